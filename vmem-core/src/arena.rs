@@ -1,0 +1,1249 @@
+//! The arena: spans and segments under one lock, the allocation policies,
+//! import from a source and release back to it, and the checker.
+
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+use arrayvec::ArrayString;
+use lock_api::{Mutex, MutexGuard, RawMutex};
+
+use crate::constraint::{Constraints, Fit, round_up};
+use crate::error::{Error, ErrorKind, Result};
+use crate::freelist::{FreeLists, highbit};
+use crate::hash::{AllocHash, Table};
+use crate::tag::{AllocBy, Kind, Link, MetaSource, TagPtr, TagStock, take_static_batch};
+
+/// The lock an arena uses unless its owner picks another: a spin lock.
+pub type DefaultLock = spin::mutex::SpinMutex<()>;
+
+/// Longest arena name kept, in bytes; longer names are cut at a character
+/// boundary.
+pub const NAME_MAX: usize = 32;
+
+/// Tags one operation may need: a span marker and its free segment for an
+/// import, then a leading and a trailing free fragment around the allocation.
+const TAGS_PER_OP: usize = 4;
+
+/// Refill rounds an operation tries before it gives up on tags.
+const REFILL_ROUNDS: usize = 8;
+
+/// Where an arena gets spans when it runs out: another arena, or anything
+/// that hands out ranges of integers.
+///
+/// The arena calls its source with its own lock held, so a source must never
+/// call back into the arena that imports from it (a tree of arenas locks
+/// child before parent, never the reverse).
+pub trait Source: Sync {
+    /// Hands out a range of `size` integers aligned to `align`, returning its
+    /// start.
+    fn import(&self, size: u64, align: u64) -> Result<u64>;
+
+    /// Takes back a range [`Source::import`] handed out, whole.
+    fn release(&self, base: u64, size: u64) -> Result<()>;
+
+    /// Called when an arena starts importing from this source.
+    fn attach(&self) {}
+
+    /// Called when an arena that imported from this source is destroyed or
+    /// dropped.
+    fn detach(&self) {}
+}
+
+/// How an allocation picks among the free segments.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Policy {
+    /// O(1): the head of the first freelist whose every member is large
+    /// enough, else the first fit on the one list that might hold it.
+    #[default]
+    InstantFit,
+    /// The smallest free segment that holds the request.
+    BestFit,
+    /// The first fit at or after the end of the previous next-fit
+    /// allocation, wrapping around (as for process IDs).
+    NextFit,
+}
+
+/// What [`Arena::walk`] reports for each span marker and segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SegmentKind {
+    /// A span: `imported` when it came from the arena's source.
+    Span {
+        /// Whether the span came from the arena's source.
+        imported: bool,
+    },
+    /// A free segment.
+    Free,
+    /// An allocated segment.
+    Alloc,
+}
+
+/// A span marker or segment, as [`Arena::walk`] reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Segment {
+    /// First integer of the range.
+    pub start: u64,
+    /// Number of integers in the range.
+    pub size: u64,
+    /// What the range is.
+    pub kind: SegmentKind,
+}
+
+/// The arena's bytes by state, as [`Arena::size`] reports them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ArenaSize {
+    /// In allocated segments.
+    pub alloc: u64,
+    /// In free segments.
+    pub free: u64,
+    /// In all spans (`alloc + free`).
+    pub total: u64,
+}
+
+/// Counters an operator reads with [`Arena::stats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Stats {
+    /// Successful allocations (`alloc`, `xalloc`, and children's imports).
+    pub allocs: u64,
+    /// Successful frees (`free`, `xfree`, and children's releases).
+    pub frees: u64,
+    /// Allocations refused for lack of space, tags or an import.
+    pub alloc_fails: u64,
+    /// Spans imported from the source.
+    pub imports: u64,
+    /// Imports the source refused.
+    pub import_fails: u64,
+    /// Imported spans released back to the source.
+    pub releases: u64,
+    /// Spans the arena has now.
+    pub spans: u64,
+    /// Allocated segments now.
+    pub alloc_segments: u64,
+    /// Free segments now.
+    pub free_segments: u64,
+    /// Boundary tags the arena owns (linked and spare).
+    pub tags: u64,
+    /// Spare boundary tags.
+    pub tags_spare: u64,
+    /// Meta pages holding the arena's tags.
+    pub tag_pages: u64,
+    /// Buckets in the allocated-segment hash.
+    pub hash_buckets: u64,
+    /// Times the hash grew.
+    pub hash_resizes: u64,
+    /// Child arenas importing from this one.
+    pub children: u64,
+}
+
+/// How an arena is made: name, quantum, and optionally a first span, a
+/// source, and a meta source for tags and hash tables.
+#[derive(Clone, Copy)]
+pub struct ArenaConfig<'s> {
+    name: ArrayString<NAME_MAX>,
+    quantum: u64,
+    span: Option<(u64, u64)>,
+    source: Option<&'s dyn Source>,
+    import_min: u64,
+    meta: Option<&'s dyn MetaSource>,
+    static_tags: bool,
+}
+
+impl<'s> ArenaConfig<'s> {
+    /// An arena named `name` whose integers come in multiples of `quantum`
+    /// (a power of two).
+    /// Names longer than [`NAME_MAX`] bytes are cut at a character boundary.
+    pub fn new(name: &str, quantum: u64) -> Self {
+        let mut kept = ArrayString::new();
+        for c in name.chars() {
+            if kept.try_push(c).is_err() {
+                break;
+            }
+        }
+        ArenaConfig {
+            name: kept,
+            quantum,
+            span: None,
+            source: None,
+            import_min: 0,
+            meta: None,
+            static_tags: true,
+        }
+    }
+
+    /// Adds `[base, base + size)` as the first span.
+    pub const fn span(mut self, base: u64, size: u64) -> Self {
+        self.span = Some((base, size));
+        self
+    }
+
+    /// Imports spans from `source`, at least `import_min` integers at a time
+    /// (rounded up to the quantum; zero means one quantum).
+    pub const fn source(mut self, source: &'s dyn Source, import_min: u64) -> Self {
+        self.source = Some(source);
+        self.import_min = import_min;
+        self
+    }
+
+    /// Takes pages for more boundary tags, and for the hash as it grows,
+    /// from `meta`.
+    pub const fn meta(mut self, meta: &'s dyn MetaSource) -> Self {
+        self.meta = Some(meta);
+        self
+    }
+
+    /// Whether the arena may take tags from the static pool shared by all
+    /// arenas (the default) when its meta source has none; turn it off to
+    /// see the arena run out of tags.
+    pub const fn static_tags(mut self, allowed: bool) -> Self {
+        self.static_tags = allowed;
+        self
+    }
+}
+
+/// A vmem arena: a set of `u64` integers handed out in multiples of a
+/// quantum. See the crate documentation for the design.
+///
+/// All calls take `&self`; the arena is `Sync` and serialises them with one
+/// lock of type `R`.
+pub struct Arena<'s, R: RawMutex = DefaultLock> {
+    name: ArrayString<NAME_MAX>,
+    quantum: u64,
+    import_min: u64,
+    meta: Option<&'s dyn MetaSource>,
+    static_tags: bool,
+    children: AtomicUsize,
+    inner: Mutex<R, Inner<'s>>,
+}
+
+/// The arena's state under its lock.
+struct Inner<'s> {
+    source: Option<&'s dyn Source>,
+    /// First and last tag of the segment list: span markers each followed by
+    /// the segments that tile the span, spans in address order.
+    seg_head: Link,
+    seg_tail: Link,
+    /// Span markers in address order, through `list_prev`/`list_next`.
+    span_head: Link,
+    free: FreeLists,
+    hash: AllocHash,
+    tags: TagStock,
+    /// Where next fit resumes: a segment at or before `rotor_addr`.
+    rotor: Link,
+    rotor_addr: u64,
+    bytes_alloc: u64,
+    bytes_free: u64,
+    bytes_total: u64,
+    spans: u64,
+    free_segments: u64,
+    /// Imports still to fail (fault injection).
+    fail_imports: u64,
+    allocs: u64,
+    frees: u64,
+    alloc_fails: u64,
+    imports: u64,
+    import_fails: u64,
+    releases: u64,
+}
+
+// SAFETY: every tag the state links is owned by this arena alone and only
+// touched with the arena's lock held, so the state may move between threads
+// with the lock; the source is `Sync`.
+unsafe impl Send for Inner<'_> {}
+
+macro_rules! event {
+    ($($arg:tt)*) => {
+        #[cfg(feature = "tracing")]
+        tracing::debug!($($arg)*);
+    };
+}
+
+impl<'s, R: RawMutex> Arena<'s, R> {
+    /// An empty arena named `name` with quantum `quantum`, no source and no
+    /// meta source.
+    pub fn new(name: &str, quantum: u64) -> Result<Self> {
+        Self::create(ArenaConfig::new(name, quantum))
+    }
+
+    /// An arena as `config` describes it. A bad quantum is `BadConstraint`;
+    /// a bad first span fails as [`Arena::add_span`] would.
+    pub fn create(config: ArenaConfig<'s>) -> Result<Self> {
+        if !config.quantum.is_power_of_two() {
+            return Err(Error::new(
+                ErrorKind::BadConstraint,
+                "quantum is not a power of two",
+            ));
+        }
+        let import_min = round_up(config.import_min.max(config.quantum), config.quantum)?;
+        let arena = Arena {
+            name: config.name,
+            quantum: config.quantum,
+            import_min,
+            meta: config.meta,
+            static_tags: config.static_tags,
+            children: AtomicUsize::new(0),
+            inner: Mutex::new(Inner::new(None)),
+        };
+        if let Some((base, size)) = config.span {
+            arena.add_span(base, size)?;
+        }
+        if let Some(source) = config.source {
+            source.attach();
+            arena.inner.lock().source = Some(source);
+        }
+        Ok(arena)
+    }
+
+    /// The arena's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The arena's quantum.
+    pub fn quantum(&self) -> u64 {
+        self.quantum
+    }
+
+    /// Adds `[base, base + size)` as a span. Both must be multiples of the
+    /// quantum (`Misaligned`), the range must not pass 2^64 (`Overflow`) nor
+    /// overlap a span the arena has (`Overlap`), and `size` must not be zero
+    /// (`ZeroSize`).
+    pub fn add_span(&self, base: u64, size: u64) -> Result<()> {
+        if size == 0 {
+            return Err(Error::new(ErrorKind::ZeroSize, "span of size zero"));
+        }
+        if base.checked_add(size).is_none() {
+            return Err(Error::new(ErrorKind::Overflow, "span passes 2^64").at(base));
+        }
+        if (base | size) & (self.quantum - 1) != 0 {
+            return Err(Error::new(
+                ErrorKind::Misaligned,
+                "span is not a multiple of the quantum",
+            )
+            .at(base));
+        }
+        let mut inner = self.lock_reserved()?;
+        inner.insert_span(base, size, false)
+    }
+
+    /// Allocates `size` integers (rounded up to the quantum) by `policy`,
+    /// importing from the source when nothing free is large enough. Free it
+    /// with [`Arena::free`].
+    pub fn alloc(&self, size: u64, policy: Policy) -> Result<u64> {
+        self.allocate(size, &Constraints::NONE, policy, AllocBy::Alloc)
+    }
+
+    /// Allocates `size` integers meeting `constraints` by `policy`. It never
+    /// imports: only spans the arena has are searched. Free it with
+    /// [`Arena::xfree`].
+    pub fn xalloc(&self, size: u64, constraints: &Constraints, policy: Policy) -> Result<u64> {
+        self.allocate(size, constraints, policy, AllocBy::Xalloc)
+    }
+
+    /// Frees what [`Arena::alloc`] returned. `size` is the size asked for or
+    /// the rounded one.
+    pub fn free(&self, addr: u64, size: u64) -> Result<()> {
+        self.release_segment(addr, size, AllocBy::Alloc)
+    }
+
+    /// Frees what [`Arena::xalloc`] returned.
+    pub fn xfree(&self, addr: u64, size: u64) -> Result<()> {
+        self.release_segment(addr, size, AllocBy::Xalloc)
+    }
+
+    /// Whether `[addr, addr + size)` lies inside one of the arena's spans.
+    pub fn contains(&self, addr: u64, size: u64) -> Result<bool> {
+        if size == 0 {
+            return Err(Error::new(ErrorKind::ZeroSize, "range of size zero"));
+        }
+        let end = addr
+            .checked_add(size)
+            .ok_or(Error::new(ErrorKind::Overflow, "range passes 2^64").at(addr))?;
+        let inner = self.inner.lock();
+        let mut cursor = inner.span_head;
+        while let Some(span) = cursor {
+            if span.start() <= addr && end <= span.end() {
+                return Ok(true);
+            }
+            if span.start() > addr {
+                break;
+            }
+            cursor = span.list_next();
+        }
+        Ok(false)
+    }
+
+    /// Calls `visit` for every span marker and segment in address order,
+    /// each span marker before the segments that tile it. `visit` runs with
+    /// the arena locked and must not call the arena.
+    pub fn walk(&self, mut visit: impl FnMut(Segment)) {
+        let inner = self.inner.lock();
+        let mut cursor = inner.seg_head;
+        while let Some(tag) = cursor {
+            let kind = match tag.kind() {
+                Kind::Span { imported } => SegmentKind::Span { imported },
+                Kind::Free => SegmentKind::Free,
+                Kind::Alloc(_) => SegmentKind::Alloc,
+            };
+            visit(Segment {
+                start: tag.start(),
+                size: tag.size(),
+                kind,
+            });
+            cursor = tag.seg_next();
+        }
+    }
+
+    /// Bytes allocated, free, and in all spans.
+    pub fn size(&self) -> ArenaSize {
+        let inner = self.inner.lock();
+        ArenaSize {
+            alloc: inner.bytes_alloc,
+            free: inner.bytes_free,
+            total: inner.bytes_total,
+        }
+    }
+
+    /// The arena's counters.
+    pub fn stats(&self) -> Stats {
+        let inner = self.inner.lock();
+        Stats {
+            allocs: inner.allocs,
+            frees: inner.frees,
+            alloc_fails: inner.alloc_fails,
+            imports: inner.imports,
+            import_fails: inner.import_fails,
+            releases: inner.releases,
+            spans: inner.spans,
+            alloc_segments: inner.hash.count as u64,
+            free_segments: inner.free_segments,
+            tags: inner.tags.owned as u64,
+            tags_spare: inner.tags.spare_count as u64,
+            tag_pages: inner.tags.page_count as u64,
+            hash_buckets: inner.hash.buckets() as u64,
+            hash_resizes: inner.hash.resizes,
+            children: self.children.load(Ordering::Relaxed) as u64,
+        }
+    }
+
+    /// Makes the next `count` imports fail as a source out of memory would
+    /// (fault injection; the failures are `ImportFailed`).
+    pub fn fail_imports(&self, count: u64) {
+        self.inner.lock().fail_imports = count;
+    }
+
+    /// Checks every invariant of the arena; `Corrupt` names the first
+    /// broken one and the address where it broke.
+    pub fn check(&self) -> Result<()> {
+        let mut inner = self.inner.lock();
+        inner.check(self.quantum)
+    }
+
+    /// Empties the arena: refuses with `InUse` while it has allocated
+    /// segments or a child arena imports from it; otherwise releases its
+    /// imported spans to its source, forgets every span, and detaches from
+    /// the source. The arena is then as if newly made without a source.
+    pub fn destroy(&self) -> Result<()> {
+        let mut inner = self.inner.lock();
+        if inner.hash.count > 0 {
+            return Err(Error::new(ErrorKind::InUse, "arena has live allocations"));
+        }
+        if self.children.load(Ordering::Acquire) > 0 {
+            return Err(Error::new(
+                ErrorKind::InUse,
+                "a child arena imports from this arena",
+            ));
+        }
+        inner.remove_all_spans();
+        if let Some(source) = inner.source.take() {
+            source.detach();
+        }
+        event!(arena = self.name(), "destroyed");
+        Ok(())
+    }
+
+    /// Takes the lock with at least [`TAGS_PER_OP`] spare tags, refilling
+    /// (outside the lock) from the meta source, then the static pool.
+    fn lock_reserved(&self) -> Result<MutexGuard<'_, R, Inner<'s>>> {
+        for _ in 0..REFILL_ROUNDS {
+            let inner = self.inner.lock();
+            if inner.tags.spare_count >= TAGS_PER_OP {
+                return Ok(inner);
+            }
+            drop(inner);
+            if !self.refill_tags() {
+                break;
+            }
+        }
+        let inner = self.inner.lock();
+        if inner.tags.spare_count >= TAGS_PER_OP {
+            return Ok(inner);
+        }
+        event!(arena = self.name(), "out of boundary tags");
+        Err(Error::new(ErrorKind::NoSpace, "no boundary tags left"))
+    }
+
+    /// Adds one meta page or static batch of tags; false if none came.
+    fn refill_tags(&self) -> bool {
+        if let Some(page) = self.meta.and_then(|meta| meta.alloc_pages(1)) {
+            // SAFETY: the meta source handed over this page for the arena to own.
+            unsafe { self.inner.lock().tags.add_page(page) };
+            return true;
+        }
+        if self.static_tags {
+            let (batch, count) = take_static_batch();
+            if count > 0 {
+                self.inner.lock().tags.add_batch(batch, count);
+                return true;
+            }
+        }
+        false
+    }
+
+    fn allocate(
+        &self,
+        size: u64,
+        constraints: &Constraints,
+        policy: Policy,
+        by: AllocBy,
+    ) -> Result<u64> {
+        let fit = Fit::new(size, constraints, self.quantum)?;
+        let mut inner = self.lock_reserved()?;
+        let result = match inner.find(&fit, policy) {
+            Some((seg, addr)) => Ok(inner.carve(seg, addr, fit.size, by, policy)),
+            None if fit.plain && by != AllocBy::Xalloc => {
+                self.import_and_carve(&mut inner, &fit, policy, by)
+            }
+            None => Err(Error::new(
+                ErrorKind::NoSpace,
+                "no free segment meets the request",
+            )),
+        };
+        match result {
+            Ok(_) => inner.allocs += 1,
+            Err(_) => inner.alloc_fails += 1,
+        }
+        let grow = inner.hash.wanted_pages();
+        drop(inner);
+        if let Some(pages) = grow {
+            self.grow_hash(pages);
+        }
+        result
+    }
+
+    /// Imports a span large enough for `fit` and allocates from it.
+    fn import_and_carve(
+        &self,
+        inner: &mut Inner<'s>,
+        fit: &Fit,
+        policy: Policy,
+        by: AllocBy,
+    ) -> Result<u64> {
+        let Some(source) = inner.source else {
+            return Err(Error::new(
+                ErrorKind::NoSpace,
+                "no free segment is large enough",
+            ));
+        };
+        if inner.fail_imports > 0 {
+            inner.fail_imports -= 1;
+            inner.import_fails += 1;
+            event!(
+                arena = self.name(),
+                size = fit.size,
+                "import failed (injected)"
+            );
+            return Err(Error::new(
+                ErrorKind::ImportFailed,
+                "import failed (injected fault)",
+            ));
+        }
+        let size = fit.size.max(self.import_min);
+        let base = match source.import(size, self.quantum) {
+            Ok(base) => base,
+            Err(_) => {
+                inner.import_fails += 1;
+                event!(arena = self.name(), size, "import failed");
+                return Err(Error::new(
+                    ErrorKind::ImportFailed,
+                    "the source could not supply a span",
+                ));
+            }
+        };
+        let usable = base & (self.quantum - 1) == 0 && base.checked_add(size).is_some();
+        let inserted = if usable {
+            inner.insert_span(base, size, true)
+        } else {
+            Err(Error::new(
+                ErrorKind::Misaligned,
+                "imported span is misaligned or passes 2^64",
+            ))
+        };
+        if let Err(_e) = inserted {
+            // A source that hands out a range the arena cannot take is a bug in
+            // the source: give the range back and report the import as failed.
+            let _ = source.release(base, size);
+            inner.import_fails += 1;
+            event!(
+                arena = self.name(),
+                base,
+                size,
+                error = _e.what(),
+                "import unusable"
+            );
+            return Err(Error::new(
+                ErrorKind::ImportFailed,
+                "the source supplied an unusable span",
+            )
+            .at(base));
+        }
+        inner.imports += 1;
+        event!(arena = self.name(), base, size, "imported span");
+        match inner.find(fit, policy) {
+            Some((seg, addr)) => Ok(inner.carve(seg, addr, fit.size, by, policy)),
+            None => Err(Error::new(
+                ErrorKind::NoSpace,
+                "imported span does not hold the request",
+            )),
+        }
+    }
+
+    /// Installs a larger hash table, taken and given back outside the lock.
+    fn grow_hash(&self, pages: usize) {
+        let Some(meta) = self.meta else { return };
+        let Some(base) = meta.alloc_pages(pages) else {
+            return;
+        };
+        // SAFETY: the meta source handed over `pages` pages for the arena to own.
+        let unused = unsafe { self.inner.lock().hash.grow(Table { base, pages }) };
+        if let Some(table) = unused {
+            // SAFETY: the hash no longer uses this table, which came from `meta`.
+            unsafe { meta.free_pages(table.base, table.pages) };
+        }
+    }
+
+    fn release_segment(&self, addr: u64, size: u64, by: AllocBy) -> Result<()> {
+        if size == 0 {
+            return Err(Error::new(ErrorKind::ZeroSize, "free of size zero").at(addr));
+        }
+        let size = round_up(size, self.quantum).map_err(|e| e.at(addr))?;
+        let mut inner = self.inner.lock();
+        let Some(seg) = inner.hash.find(addr) else {
+            return Err(Error::new(ErrorKind::BadFree, "address is not allocated").at(addr));
+        };
+        match seg.kind() {
+            Kind::Alloc(owner) if owner == by => {}
+            Kind::Alloc(AllocBy::Alloc) => {
+                return Err(Error::new(
+                    ErrorKind::BadFree,
+                    "allocated by alloc: free it with free",
+                )
+                .at(addr));
+            }
+            Kind::Alloc(AllocBy::Xalloc) => {
+                return Err(Error::new(
+                    ErrorKind::BadFree,
+                    "allocated by xalloc: free it with xfree",
+                )
+                .at(addr));
+            }
+            _ => {
+                return Err(
+                    Error::new(ErrorKind::BadFree, "a span imported by a child arena").at(addr),
+                );
+            }
+        }
+        if seg.size() != size {
+            return Err(
+                Error::new(ErrorKind::BadFree, "size differs from the allocation").at(addr),
+            );
+        }
+        inner.frees += 1;
+        if let Some((base, size)) = inner.free_segment(seg) {
+            inner.releases += 1;
+            event!(arena = self.name(), base, size, "released span");
+            if let Some(source) = inner.source {
+                // The span was imported from this source, whole.
+                let _ = source.release(base, size);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<R: RawMutex> Source for Arena<'_, R>
+where
+    Self: Sync,
+{
+    fn import(&self, size: u64, align: u64) -> Result<u64> {
+        let constraints = if align <= self.quantum {
+            Constraints::NONE
+        } else {
+            Constraints::aligned(align)
+        };
+        self.allocate(size, &constraints, Policy::InstantFit, AllocBy::Import)
+    }
+
+    fn release(&self, base: u64, size: u64) -> Result<()> {
+        self.release_segment(base, size, AllocBy::Import)
+    }
+
+    fn attach(&self) {
+        self.children.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn detach(&self) {
+        self.children.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl<R: RawMutex> Drop for Arena<'_, R> {
+    /// Gives imported spans back to the source (even ones with live
+    /// allocations, which no one can free any more), detaches from it, and
+    /// returns tags and tables to the static pool and the meta source.
+    fn drop(&mut self) {
+        let inner = self.inner.get_mut();
+        inner.remove_all_spans();
+        if let Some(source) = inner.source.take() {
+            source.detach();
+        }
+        if let (Some(table), Some(meta)) = (inner.hash.reset(), self.meta) {
+            // SAFETY: the table came from `meta` and the hash no longer uses it.
+            unsafe { meta.free_pages(table.base, table.pages) };
+        }
+        inner.tags.dispose(core::iter::empty(), self.meta);
+    }
+}
+
+impl<'s> Inner<'s> {
+    const fn new(source: Option<&'s dyn Source>) -> Self {
+        Inner {
+            source,
+            seg_head: None,
+            seg_tail: None,
+            span_head: None,
+            free: FreeLists::new(),
+            hash: AllocHash::new(),
+            tags: TagStock::new(),
+            rotor: None,
+            rotor_addr: 0,
+            bytes_alloc: 0,
+            bytes_free: 0,
+            bytes_total: 0,
+            spans: 0,
+            free_segments: 0,
+            fail_imports: 0,
+            allocs: 0,
+            frees: 0,
+            alloc_fails: 0,
+            imports: 0,
+            import_fails: 0,
+            releases: 0,
+        }
+    }
+
+    /// Takes a spare tag; the operation reserved enough before it began.
+    fn new_tag(&mut self, start: u64, size: u64, kind: Kind) -> TagPtr {
+        match self.tags.take(start, size, kind) {
+            Some(tag) => tag,
+            // Unreachable: every operation holds TAGS_PER_OP spare tags before
+            // it starts and uses at most that many.
+            None => unreachable!("boundary tag reserve exhausted"),
+        }
+    }
+
+    /// Links `tag` into the segment list right after `prev` (at the head
+    /// when `prev` is none).
+    fn seg_insert_after(&mut self, prev: Link, tag: TagPtr) {
+        let next = match prev {
+            Some(prev) => prev.seg_next(),
+            None => self.seg_head,
+        };
+        tag.set_seg_prev(prev);
+        tag.set_seg_next(next);
+        match prev {
+            Some(prev) => prev.set_seg_next(Some(tag)),
+            None => self.seg_head = Some(tag),
+        }
+        match next {
+            Some(next) => next.set_seg_prev(Some(tag)),
+            None => self.seg_tail = Some(tag),
+        }
+    }
+
+    /// Unlinks `tag` from the segment list and gives it back, moving the
+    /// rotor to `heir` if it pointed at `tag`.
+    fn seg_destroy(&mut self, tag: TagPtr, heir: Link) {
+        let prev = tag.seg_prev();
+        let next = tag.seg_next();
+        match prev {
+            Some(prev) => prev.set_seg_next(next),
+            None => self.seg_head = next,
+        }
+        match next {
+            Some(next) => next.set_seg_prev(prev),
+            None => self.seg_tail = prev,
+        }
+        if self.rotor == Some(tag) {
+            self.rotor = heir;
+        }
+        self.tags.give_back(tag);
+    }
+
+    /// Adds a span with one free segment covering it.
+    fn insert_span(&mut self, base: u64, size: u64, imported: bool) -> Result<()> {
+        let end = base + size;
+        let mut before: Link = None;
+        let mut cursor = self.span_head;
+        while let Some(span) = cursor {
+            if span.start() >= end {
+                break;
+            }
+            if span.end() > base {
+                return Err(
+                    Error::new(ErrorKind::Overlap, "span overlaps an existing span").at(base),
+                );
+            }
+            before = Some(span);
+            cursor = span.list_next();
+        }
+        let span = self.new_tag(base, size, Kind::Span { imported });
+        let seg = self.new_tag(base, size, Kind::Free);
+        // Span list, in address order.
+        span.set_list_prev(before);
+        span.set_list_next(cursor);
+        match before {
+            Some(before) => before.set_list_next(Some(span)),
+            None => self.span_head = Some(span),
+        }
+        if let Some(after) = cursor {
+            after.set_list_prev(Some(span));
+        }
+        // Segment list: the new span goes right before the next span's marker.
+        let prev = match cursor {
+            Some(after) => after.seg_prev(),
+            None => self.seg_tail,
+        };
+        self.seg_insert_after(prev, span);
+        self.seg_insert_after(Some(span), seg);
+        self.free.insert(seg);
+        self.free_segments += 1;
+        self.spans += 1;
+        self.bytes_total += size;
+        self.bytes_free += size;
+        Ok(())
+    }
+
+    /// Removes a span whose one free segment `seg` covers it.
+    fn remove_span(&mut self, span: TagPtr, seg: TagPtr) {
+        self.free.remove(seg);
+        self.free_segments -= 1;
+        let prev = span.list_prev();
+        let next = span.list_next();
+        match prev {
+            Some(prev) => prev.set_list_next(next),
+            None => self.span_head = next,
+        }
+        if let Some(next) = next {
+            next.set_list_prev(prev);
+        }
+        self.spans -= 1;
+        self.bytes_total -= span.size();
+        self.bytes_free -= span.size();
+        self.seg_destroy(seg, None);
+        self.seg_destroy(span, None);
+    }
+
+    /// Releases imported spans (through the source) and forgets every span
+    /// and segment. Needs no new tag, so it works with none spare.
+    fn remove_all_spans(&mut self) {
+        while let Some(span) = self.span_head {
+            let imported = span.kind() == (Kind::Span { imported: true });
+            let (base, size) = (span.start(), span.size());
+            while let Some(seg) = span.seg_next().filter(|t| !t.is_span()) {
+                if seg.is_free() {
+                    self.free.remove(seg);
+                    self.free_segments -= 1;
+                    self.bytes_free -= seg.size();
+                } else {
+                    self.hash.remove(seg);
+                    self.bytes_alloc -= seg.size();
+                }
+                self.seg_destroy(seg, None);
+            }
+            self.span_head = span.list_next();
+            if let Some(next) = self.span_head {
+                next.set_list_prev(None);
+            }
+            self.spans -= 1;
+            self.bytes_total -= size;
+            self.seg_destroy(span, None);
+            if imported {
+                self.releases += 1;
+                if let Some(source) = self.source {
+                    let _ = source.release(base, size);
+                }
+            }
+        }
+        self.rotor = None;
+    }
+
+    /// A free segment and placement for `fit` under `policy`, if any.
+    #[inline]
+    fn find(&mut self, fit: &Fit, policy: Policy) -> Option<(TagPtr, u64)> {
+        match policy {
+            Policy::InstantFit => {
+                if fit.plain {
+                    if let Some(seg) = self.free.first_sure_fit(fit.size) {
+                        return Some((seg, seg.start()));
+                    }
+                }
+                self.search_first(fit)
+            }
+            Policy::BestFit => self.search_best(fit),
+            Policy::NextFit => self.search_next(fit),
+        }
+    }
+
+    /// The first placement on the lists that might hold `fit`, lowest list
+    /// first.
+    fn search_first(&self, fit: &Fit) -> Option<(TagPtr, u64)> {
+        let mut lists = self.free.lists_from(fit.size);
+        while lists != 0 {
+            let list = lists.trailing_zeros() as usize;
+            lists &= lists - 1;
+            let mut cursor = self.free.head(list);
+            while let Some(seg) = cursor {
+                if let Some(addr) = fit.place_in(seg.start(), seg.end()) {
+                    return Some((seg, addr));
+                }
+                cursor = seg.list_next();
+            }
+        }
+        None
+    }
+
+    /// The smallest free segment with a placement for `fit` (the lowest
+    /// address among equals).
+    fn search_best(&self, fit: &Fit) -> Option<(TagPtr, u64)> {
+        let mut lists = self.free.lists_from(fit.size);
+        while lists != 0 {
+            let list = lists.trailing_zeros() as usize;
+            lists &= lists - 1;
+            let mut best: Option<(TagPtr, u64)> = None;
+            let mut cursor = self.free.head(list);
+            while let Some(seg) = cursor {
+                if let Some(addr) = fit.place_in(seg.start(), seg.end()) {
+                    let better = match best {
+                        None => true,
+                        Some((b, _)) => (seg.size(), seg.start()) < (b.size(), b.start()),
+                    };
+                    if better {
+                        best = Some((seg, addr));
+                    }
+                }
+                cursor = seg.list_next();
+            }
+            // Every member of a higher list is larger than any of this one.
+            if best.is_some() {
+                return best;
+            }
+        }
+        None
+    }
+
+    /// The first placement at or after the rotor, walking the segment list
+    /// and wrapping around once.
+    fn search_next(&self, fit: &Fit) -> Option<(TagPtr, u64)> {
+        let try_seg = |seg: TagPtr, floor: u64| -> Option<(TagPtr, u64)> {
+            if !seg.is_free() {
+                return None;
+            }
+            fit.place_from(seg.start(), seg.end(), floor)
+                .map(|addr| (seg, addr))
+        };
+        let Some(rotor) = self.rotor else {
+            let mut cursor = self.seg_head;
+            while let Some(seg) = cursor {
+                if let Some(found) = try_seg(seg, 0) {
+                    return Some(found);
+                }
+                cursor = seg.seg_next();
+            }
+            return None;
+        };
+        if let Some(found) = try_seg(rotor, self.rotor_addr) {
+            return Some(found);
+        }
+        let mut cursor = rotor.seg_next().or(self.seg_head);
+        while let Some(seg) = cursor {
+            if seg == rotor {
+                break;
+            }
+            if let Some(found) = try_seg(seg, 0) {
+                return Some(found);
+            }
+            cursor = seg.seg_next().or(self.seg_head);
+        }
+        // Back at the rotor: the part of its segment below the rotor address.
+        try_seg(rotor, 0)
+    }
+
+    /// Allocates `[addr, addr + size)` out of the free segment `seg`.
+    #[inline]
+    fn carve(&mut self, seg: TagPtr, addr: u64, size: u64, by: AllocBy, policy: Policy) -> u64 {
+        self.free.remove(seg);
+        let end = seg.end();
+        if addr > seg.start() {
+            let lead = self.new_tag(seg.start(), addr - seg.start(), Kind::Free);
+            self.seg_insert_after(seg.seg_prev(), lead);
+            self.free.insert(lead);
+            self.free_segments += 1;
+            if self.rotor == Some(seg) {
+                self.rotor = Some(lead);
+            }
+        }
+        if addr + size < end {
+            let tail = self.new_tag(addr + size, end - addr - size, Kind::Free);
+            self.seg_insert_after(Some(seg), tail);
+            self.free.insert(tail);
+            self.free_segments += 1;
+        }
+        self.free_segments -= 1;
+        seg.set_start(addr);
+        seg.set_size(size);
+        seg.set_kind(Kind::Alloc(by));
+        self.hash.insert(seg);
+        self.bytes_free -= size;
+        self.bytes_alloc += size;
+        if policy == Policy::NextFit {
+            self.rotor = Some(seg);
+            self.rotor_addr = addr + size;
+        }
+        addr
+    }
+
+    /// Turns an allocated segment (already checked) free, coalesces it with
+    /// free neighbours, and removes its span when the span is imported and
+    /// now wholly free, returning that span for release.
+    fn free_segment(&mut self, seg: TagPtr) -> Option<(u64, u64)> {
+        self.hash.remove(seg);
+        self.bytes_alloc -= seg.size();
+        self.bytes_free += seg.size();
+        seg.set_kind(Kind::Free);
+        // Span markers separate spans in the list, so a free neighbour in
+        // the list is a neighbour inside the same span.
+        if let Some(next) = seg.seg_next().filter(|t| t.is_free()) {
+            self.free.remove(next);
+            self.free_segments -= 1;
+            seg.set_size(seg.size() + next.size());
+            self.seg_destroy(next, Some(seg));
+        }
+        if let Some(prev) = seg.seg_prev().filter(|t| t.is_free()) {
+            self.free.remove(prev);
+            self.free_segments -= 1;
+            seg.set_start(prev.start());
+            seg.set_size(seg.size() + prev.size());
+            self.seg_destroy(prev, Some(seg));
+        }
+        self.free.insert(seg);
+        self.free_segments += 1;
+        let span = seg.seg_prev()?;
+        if span.kind() == (Kind::Span { imported: true }) && span.size() == seg.size() {
+            let whole = (span.start(), span.size());
+            self.remove_span(span, seg);
+            return Some(whole);
+        }
+        None
+    }
+
+    /// The checker: walks every structure and compares it with the others.
+    fn check(&mut self, quantum: u64) -> Result<()> {
+        let corrupt =
+            |what: &'static str, at: u64| Err(Error::new(ErrorKind::Corrupt, what).at(at));
+        // Every walk is bounded by the tags the arena owns, so a cycle ends it.
+        let limit = self.tags.owned + 1;
+        let (mut alloc, mut free, mut total) = (0u64, 0u64, 0u64);
+        let (mut alloc_segs, mut free_segs, mut spans) = (0usize, 0u64, 0u64);
+        let mut span_cursor = self.span_head;
+        let mut span_end: Option<u64> = None; // end of the current span
+        let mut covered = 0u64; // where the next segment of the span must start
+        let mut last_span_end = 0u64;
+        let mut first_span = true;
+        let mut prev: Link = None;
+        let mut rotor_seen = self.rotor.is_none();
+        let mut seg_in_span = 0usize;
+        let mut cursor = self.seg_head;
+        let mut steps = 0;
+        while let Some(tag) = cursor {
+            steps += 1;
+            if steps > limit {
+                return corrupt("segment list has a cycle", tag.start());
+            }
+            if tag.seg_prev() != prev {
+                return corrupt("segment list back link is wrong", tag.start());
+            }
+            if tag.size() == 0 || (tag.start() | tag.size()) & (quantum - 1) != 0 {
+                return corrupt("tag is empty or not a multiple of the quantum", tag.start());
+            }
+            if tag.start().checked_add(tag.size()).is_none() {
+                return corrupt("tag passes 2^64", tag.start());
+            }
+            match tag.kind() {
+                Kind::Span { imported } => {
+                    if span_end.is_some_and(|end| covered != end)
+                        || (span_end.is_some() && seg_in_span == 0)
+                    {
+                        return corrupt("segments do not tile their span", tag.start());
+                    }
+                    if !first_span && tag.start() < last_span_end {
+                        return corrupt("spans overlap or are out of order", tag.start());
+                    }
+                    if span_cursor != Some(tag) {
+                        return corrupt("span list disagrees with the segment list", tag.start());
+                    }
+                    span_cursor = tag.list_next();
+                    if span_cursor.is_some_and(|next| next.list_prev() != Some(tag)) {
+                        return corrupt("span list back link is wrong", tag.start());
+                    }
+                    let next = tag.seg_next();
+                    if imported && next.is_some_and(|s| s.is_free() && s.size() == tag.size()) {
+                        return corrupt(
+                            "imported span is wholly free but was not released",
+                            tag.start(),
+                        );
+                    }
+                    first_span = false;
+                    last_span_end = tag.end();
+                    span_end = Some(tag.end());
+                    covered = tag.start();
+                    seg_in_span = 0;
+                    spans += 1;
+                    total += tag.size();
+                }
+                kind => {
+                    if span_end.is_none() || tag.start() != covered {
+                        return corrupt(
+                            "segment does not follow its neighbour in its span",
+                            tag.start(),
+                        );
+                    }
+                    covered = tag.end();
+                    if span_end.is_some_and(|end| covered > end) {
+                        return corrupt("segment runs past the end of its span", tag.start());
+                    }
+                    seg_in_span += 1;
+                    if self.rotor == Some(tag) {
+                        rotor_seen = true;
+                    }
+                    if kind == Kind::Free {
+                        if prev.is_some_and(|p| p.is_free()) {
+                            return corrupt(
+                                "adjacent free segments were not coalesced",
+                                tag.start(),
+                            );
+                        }
+                        let list = highbit(tag.size());
+                        let linked = match tag.list_prev() {
+                            Some(p) => p.list_next() == Some(tag),
+                            None => self.free.head(list) == Some(tag),
+                        };
+                        if !linked {
+                            return corrupt("free segment is not on its freelist", tag.start());
+                        }
+                        free += tag.size();
+                        free_segs += 1;
+                    } else {
+                        if self.hash.find(tag.start()) != Some(tag) {
+                            return corrupt("allocated segment is not in the hash", tag.start());
+                        }
+                        alloc += tag.size();
+                        alloc_segs += 1;
+                    }
+                }
+            }
+            prev = Some(tag);
+            cursor = tag.seg_next();
+        }
+        if self.seg_tail != prev {
+            return corrupt("segment list tail is wrong", 0);
+        }
+        if span_end.is_some_and(|end| covered != end) || (span_end.is_some() && seg_in_span == 0) {
+            return corrupt("segments do not tile their span", covered);
+        }
+        if span_cursor.is_some() {
+            return corrupt("span list has spans the segment list lacks", 0);
+        }
+        if !rotor_seen {
+            return corrupt(
+                "next-fit rotor is not a segment of the arena",
+                self.rotor_addr,
+            );
+        }
+        // Freelists: members are free, on the right list, and as many as the
+        // free segments; the bitmap marks exactly the non-empty lists.
+        let mut listed = 0u64;
+        for list in 0..64 {
+            let head = self.free.head(list);
+            if head.is_some() != (self.free.bitmap() & (1 << list) != 0) {
+                return corrupt("freelist bitmap disagrees with the lists", list as u64);
+            }
+            let mut prev: Link = None;
+            let mut cursor = head;
+            while let Some(seg) = cursor {
+                listed += 1;
+                if listed > limit as u64 {
+                    return corrupt("a freelist has a cycle", seg.start());
+                }
+                if !seg.is_free() || highbit(seg.size()) != list || seg.list_prev() != prev {
+                    return corrupt("freelist holds a wrong or misfiled segment", seg.start());
+                }
+                prev = Some(seg);
+                cursor = seg.list_next();
+            }
+        }
+        if listed != free_segs || free_segs != self.free_segments {
+            return corrupt(
+                "freelists and segment list count different free segments",
+                listed,
+            );
+        }
+        // Hash: every chain member is allocated and in its own bucket.
+        let mut hashed = 0usize;
+        for bucket in 0..self.hash.buckets() {
+            let mut cursor = self.hash.bucket(bucket);
+            while let Some(seg) = cursor {
+                hashed += 1;
+                if hashed > limit {
+                    return corrupt("a hash chain has a cycle", seg.start());
+                }
+                if !matches!(seg.kind(), Kind::Alloc(_))
+                    || !self.hash.hashes_to(seg.start(), bucket)
+                {
+                    return corrupt("hash holds a wrong or misfiled segment", seg.start());
+                }
+                cursor = seg.list_next();
+            }
+        }
+        if hashed != alloc_segs || hashed != self.hash.count {
+            return corrupt(
+                "hash and segment list count different allocated segments",
+                hashed as u64,
+            );
+        }
+        // Accounting.
+        if alloc != self.bytes_alloc || free != self.bytes_free || total != self.bytes_total {
+            return corrupt("byte counts disagree with the segments", total);
+        }
+        if alloc + free != total || spans != self.spans {
+            return corrupt(
+                "alloc + free differs from total, or span count is wrong",
+                total,
+            );
+        }
+        let linked = (spans + free_segs) as usize + alloc_segs;
+        if self.tags.count_spare(limit) != self.tags.spare_count
+            || linked + self.tags.spare_count != self.tags.owned
+        {
+            return corrupt("boundary tags are lost or counted twice", linked as u64);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,117 @@
+//! # vmem-core: the vmem resource allocator
+//!
+//! ## Theory
+//!
+//! An **arena** manages a set of integers: addresses, guest-physical pages,
+//! interrupt numbers, process IDs. It does not care what they mean. Every
+//! integer is a `u64`, and the arena hands them out in multiples of its
+//! **quantum**, a power of two (4096 for pages, 1 for IDs).
+//!
+//! The integers enter an arena as **spans**, non-overlapping ranges added by
+//! the owner ([`Arena::add_span`]) or **imported** from a **source**: any
+//! [`Source`], and every arena is one. An arena with a source imports a span
+//! (at least its minimum import size) when an unconstrained request finds
+//! nothing free, and releases that span back the moment it is wholly free
+//! again. Trees of arenas follow: a kernel's virtual heap imports from its
+//! virtual address range, which imports from nothing.
+//!
+//! Inside each span, **segments** tile the range exactly: each is free or
+//! allocated. Each span and segment is described by a **boundary tag**, and
+//! the tags form one list in address order, each span's marker followed by
+//! its segments. Freeing a segment coalesces it with free neighbours at
+//! once, so two free segments are never adjacent inside a span; the span
+//! markers in the list stop coalescing at span edges.
+//!
+//! Free segments also sit on **freelists**, one per power of two: list `i`
+//! holds sizes in `[2^i, 2^(i+1))`, and a bitmap marks the lists that are not
+//! empty. This gives the three **policies** ([`Policy`]):
+//! - *instant fit* takes the head of the first non-empty list above the
+//!   request's size class, whose every member is large enough: one bitmap
+//!   scan, O(1), with no search. Only when there is none does it search the
+//!   one list that *might* fit, so a request fails only when nothing free is
+//!   large enough;
+//! - *best fit* searches from the might-fit list up for the smallest segment
+//!   that holds the request;
+//! - *next fit* walks the segment list from a **rotor** left after the
+//!   previous allocation, so integers are reused as late as possible (as for
+//!   process IDs).
+//!
+//! Allocated segments sit in a **hash** keyed by address, which grows with
+//! the number of live segments, so a free finds its segment in expected O(1)
+//! time. A free names the address and size; a mismatch, an address not
+//! allocated, or the wrong call (`free` for `xalloc`) is refused.
+//!
+//! **Constrained allocation** ([`Arena::xalloc`], [`Constraints`]) adds
+//! alignment, phase, a boundary not to cross, and a `[min, max)` window; an
+//! exact address is a window around one address. Constrained requests search
+//! every list that might hold them and never import: a source cannot promise
+//! to meet constraints of the child's address space.
+//!
+//! ## Tags need no heap
+//!
+//! The allocator must not need the allocator it serves. An arena takes its
+//! first tags from a **static pool** shared by all arenas, then pages from a
+//! [`MetaSource`] its owner supplies (a kernel gives physical pages). Every
+//! operation **reserves** the tags it may need (four: a span and its free
+//! segment for an import, and two fragments around the allocation) before
+//! it touches anything, so no operation fails halfway, a free never
+//! allocates, and running out of tags is a clean `NoSpace`. Tags and hash
+//! tables are fetched with the arena unlocked, so a meta source may itself
+//! allocate from arenas.
+//!
+//! ## Errors
+//!
+//! Every call returns a [`Result`]; the [`ErrorKind`]s are the scenario
+//! language's. A failed call changes nothing (statistics counters aside),
+//! and [`Arena::check`] verifies every invariant after any sequence of
+//! calls.
+//!
+//! ## Locking
+//!
+//! Each arena has one lock (a spin lock by default, or any
+//! [`lock_api::RawMutex`]). An arena calls its source with its own lock
+//! held; a source never calls its child, so a tree of arenas always locks
+//! child before parent. The meta source is called with no lock held.
+//!
+//! ## Example
+//!
+//! ```
+//! use vmem_core::{Arena, ArenaConfig, Constraints, Policy};
+//!
+//! # fn main() -> vmem_core::Result<()> {
+//! let heap: Arena = Arena::create(ArenaConfig::new("heap", 4096).span(0x10_0000, 0x10_0000))?;
+//! let a = heap.alloc(5000, Policy::InstantFit)?; // rounded up to 8192
+//! let b = heap.xalloc(4096, &Constraints::aligned(0x1_0000), Policy::InstantFit)?;
+//! assert_eq!(b % 0x1_0000, 0);
+//! heap.free(a, 5000)?;
+//! heap.xfree(b, 4096)?;
+//! heap.check()?;
+//! assert_eq!(heap.size().alloc, 0);
+//! # Ok(())
+//! # }
+//! ```
+
+#![cfg_attr(not(test), no_std)]
+#![deny(missing_docs)]
+
+#[cfg(feature = "alloc")]
+extern crate alloc;
+
+mod arena;
+mod constraint;
+mod error;
+mod freelist;
+mod hash;
+#[cfg(feature = "alloc")]
+mod heap_meta;
+mod tag;
+
+pub use arena::{
+    Arena, ArenaConfig, ArenaSize, DefaultLock, NAME_MAX, Policy, Segment, SegmentKind, Source,
+    Stats,
+};
+pub use constraint::Constraints;
+pub use error::{Error, ErrorKind, Result};
+#[cfg(feature = "alloc")]
+pub use heap_meta::HeapMeta;
+pub use tag::{META_PAGE, MetaSource, STATIC_TAGS, static_tags_available};
