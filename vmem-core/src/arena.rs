@@ -207,15 +207,17 @@ pub struct Arena<'s, R: RawMutex = DefaultLock> {
     name: ArrayString<NAME_MAX>,
     quantum: u64,
     import_min: u64,
+    source: Option<&'s dyn Source>,
     meta: Option<&'s dyn MetaSource>,
     static_tags: bool,
     children: AtomicUsize,
-    inner: Mutex<R, Inner<'s>>,
+    inner: Mutex<R, Inner>,
 }
 
 /// The arena's state under its lock.
-struct Inner<'s> {
-    source: Option<&'s dyn Source>,
+struct Inner {
+    /// Whether the arena imports from its source (until it is destroyed).
+    attached: bool,
     /// First and last tag of the segment list: span markers each followed by
     /// the segments that tile the span, spans in address order.
     seg_head: Link,
@@ -246,7 +248,7 @@ struct Inner<'s> {
 // SAFETY: every tag the state links is owned by this arena alone and only
 // touched with the arena's lock held, so the state may move between threads
 // with the lock; the source is `Sync`.
-unsafe impl Send for Inner<'_> {}
+unsafe impl Send for Inner {}
 
 macro_rules! event {
     ($($arg:tt)*) => {
@@ -279,14 +281,15 @@ impl<'s, R: RawMutex> Arena<'s, R> {
             meta: config.meta,
             static_tags: config.static_tags,
             children: AtomicUsize::new(0),
-            inner: Mutex::new(Inner::new(None)),
+            source: config.source,
+            inner: Mutex::new(Inner::new()),
         };
         if let Some((base, size)) = config.span {
             arena.add_span(base, size)?;
         }
         if let Some(source) = config.source {
             source.attach();
-            arena.inner.lock().source = Some(source);
+            arena.inner.lock().attached = true;
         }
         Ok(arena)
     }
@@ -451,17 +454,14 @@ impl<'s, R: RawMutex> Arena<'s, R> {
                 "a child arena imports from this arena",
             ));
         }
-        inner.remove_all_spans();
-        if let Some(source) = inner.source.take() {
-            source.detach();
-        }
+        inner.detach(self.source);
         event!(arena = self.name(), "destroyed");
         Ok(())
     }
 
     /// Takes the lock with at least [`TAGS_PER_OP`] spare tags, refilling
     /// (outside the lock) from the meta source, then the static pool.
-    fn lock_reserved(&self) -> Result<MutexGuard<'_, R, Inner<'s>>> {
+    fn lock_reserved(&self) -> Result<MutexGuard<'_, R, Inner>> {
         for _ in 0..REFILL_ROUNDS {
             let inner = self.inner.lock();
             if inner.tags.spare_count >= TAGS_PER_OP {
@@ -531,12 +531,12 @@ impl<'s, R: RawMutex> Arena<'s, R> {
     /// Imports a span large enough for `fit` and allocates from it.
     fn import_and_carve(
         &self,
-        inner: &mut Inner<'s>,
+        inner: &mut Inner,
         fit: &Fit,
         policy: Policy,
         by: AllocBy,
     ) -> Result<u64> {
-        let Some(source) = inner.source else {
+        let Some(source) = self.source.filter(|_| inner.attached) else {
             return Err(Error::new(
                 ErrorKind::NoSpace,
                 "no free segment is large enough",
@@ -659,12 +659,25 @@ impl<'s, R: RawMutex> Arena<'s, R> {
         if let Some((base, size)) = inner.free_segment(seg) {
             inner.releases += 1;
             event!(arena = self.name(), base, size, "released span");
-            if let Some(source) = inner.source {
+            if let Some(source) = self.source {
                 // The span was imported from this source, whole.
                 let _ = source.release(base, size);
             }
         }
         Ok(())
+    }
+}
+
+impl<R: RawMutex> core::fmt::Debug for Arena<'_, R> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let size = self.size();
+        f.debug_struct("Arena")
+            .field("name", &self.name())
+            .field("quantum", &self.quantum)
+            .field("alloc", &size.alloc)
+            .field("free", &size.free)
+            .field("total", &size.total)
+            .finish()
     }
 }
 
@@ -700,22 +713,19 @@ impl<R: RawMutex> Drop for Arena<'_, R> {
     /// returns tags and tables to the static pool and the meta source.
     fn drop(&mut self) {
         let inner = self.inner.get_mut();
-        inner.remove_all_spans();
-        if let Some(source) = inner.source.take() {
-            source.detach();
-        }
+        inner.detach(self.source);
         if let (Some(table), Some(meta)) = (inner.hash.reset(), self.meta) {
             // SAFETY: the table came from `meta` and the hash no longer uses it.
             unsafe { meta.free_pages(table.base, table.pages) };
         }
-        inner.tags.dispose(core::iter::empty(), self.meta);
+        inner.tags.dispose(self.meta);
     }
 }
 
-impl<'s> Inner<'s> {
-    const fn new(source: Option<&'s dyn Source>) -> Self {
+impl Inner {
+    const fn new() -> Self {
         Inner {
-            source,
+            attached: false,
             seg_head: None,
             seg_tail: None,
             span_head: None,
@@ -851,9 +861,20 @@ impl<'s> Inner<'s> {
         self.seg_destroy(span, None);
     }
 
+    /// Releases every span and stops importing from the source.
+    fn detach(&mut self, source: Option<&dyn Source>) {
+        self.remove_all_spans(source);
+        if self.attached {
+            self.attached = false;
+            if let Some(source) = source {
+                source.detach();
+            }
+        }
+    }
+
     /// Releases imported spans (through the source) and forgets every span
     /// and segment. Needs no new tag, so it works with none spare.
-    fn remove_all_spans(&mut self) {
+    fn remove_all_spans(&mut self, source: Option<&dyn Source>) {
         while let Some(span) = self.span_head {
             let imported = span.kind() == (Kind::Span { imported: true });
             let (base, size) = (span.start(), span.size());
@@ -877,7 +898,7 @@ impl<'s> Inner<'s> {
             self.seg_destroy(span, None);
             if imported {
                 self.releases += 1;
-                if let Some(source) = self.source {
+                if let Some(source) = source {
                     let _ = source.release(base, size);
                 }
             }
@@ -1245,5 +1266,524 @@ impl<'s> Inner<'s> {
             return corrupt("boundary tags are lost or counted twice", linked as u64);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::HeapMeta;
+
+    const Q: u64 = 0x1000;
+
+    fn arena(base: u64, size: u64) -> Arena<'static> {
+        Arena::create(ArenaConfig::new("test", Q).span(base, size).meta(&HeapMeta)).unwrap()
+    }
+
+    fn segments(arena: &Arena<'_>) -> Vec<(u64, u64, SegmentKind)> {
+        let mut out = Vec::new();
+        arena.walk(|s| out.push((s.start, s.size, s.kind)));
+        out
+    }
+
+    fn kind<T: core::fmt::Debug>(r: Result<T>) -> ErrorKind {
+        r.unwrap_err().kind()
+    }
+
+    const SPAN: SegmentKind = SegmentKind::Span { imported: false };
+    const IMPORTED: SegmentKind = SegmentKind::Span { imported: true };
+    use SegmentKind::{Alloc as A, Free as F};
+
+    #[test]
+    fn arena_is_send_and_sync() {
+        fn assert_sync<T: Send + Sync>() {}
+        assert_sync::<Arena<'static>>();
+    }
+
+    #[test]
+    fn allocates_rounded_and_coalesces_on_free() {
+        let a = arena(0x10000, 0x10000);
+        let x = a.alloc(1, Policy::InstantFit).unwrap();
+        let y = a.alloc(0x1800, Policy::InstantFit).unwrap();
+        let z = a.alloc(Q, Policy::InstantFit).unwrap();
+        assert_eq!((x, y, z), (0x10000, 0x11000, 0x13000));
+        assert_eq!(
+            a.size(),
+            ArenaSize {
+                alloc: 0x4000,
+                free: 0xc000,
+                total: 0x10000
+            }
+        );
+        a.free(y, 0x1800).unwrap();
+        a.free(x, Q).unwrap();
+        assert_eq!(
+            segments(&a),
+            vec![
+                (0x10000, 0x10000, SPAN),
+                (0x10000, 0x3000, F),
+                (0x13000, Q, A),
+                (0x14000, 0xc000, F)
+            ]
+        );
+        a.free(z, 1).unwrap();
+        assert_eq!(
+            segments(&a),
+            vec![(0x10000, 0x10000, SPAN), (0x10000, 0x10000, F)]
+        );
+        a.check().unwrap();
+        let s = a.stats();
+        assert_eq!(
+            (
+                s.allocs,
+                s.frees,
+                s.spans,
+                s.free_segments,
+                s.alloc_segments
+            ),
+            (3, 3, 1, 1, 0)
+        );
+    }
+
+    #[test]
+    fn free_refuses_wrong_address_size_and_call_and_changes_nothing() {
+        let a = arena(0x10000, 0x10000);
+        let x = a.alloc(0x2000, Policy::InstantFit).unwrap();
+        let y = a
+            .xalloc(Q, &Constraints::aligned(0x4000), Policy::InstantFit)
+            .unwrap();
+        let before = segments(&a);
+        assert_eq!(kind(a.free(x + Q, Q)), ErrorKind::BadFree);
+        assert_eq!(kind(a.free(x, Q)), ErrorKind::BadFree);
+        assert_eq!(kind(a.free(x, 0x3000)), ErrorKind::BadFree);
+        assert_eq!(kind(a.xfree(x, 0x2000)), ErrorKind::BadFree);
+        assert_eq!(kind(a.free(y, Q)), ErrorKind::BadFree);
+        assert_eq!(kind(a.free(x, 0)), ErrorKind::ZeroSize);
+        assert_eq!(kind(a.free(x, u64::MAX)), ErrorKind::Overflow);
+        assert_eq!(segments(&a), before);
+        a.check().unwrap();
+        a.free(x, 0x1001).unwrap();
+        assert_eq!(kind(a.free(x, 0x2000)), ErrorKind::BadFree, "double free");
+        a.xfree(y, Q).unwrap();
+        a.check().unwrap();
+    }
+
+    #[test]
+    fn spans_refuse_overlap_misalignment_overflow_and_zero() {
+        let a = arena(0x10000, 0x10000);
+        assert_eq!(kind(a.add_span(0x18000, 0x10000)), ErrorKind::Overlap);
+        assert_eq!(kind(a.add_span(0x8000, 0x9000)), ErrorKind::Overlap);
+        assert_eq!(kind(a.add_span(0x0, 0x100000)), ErrorKind::Overlap);
+        assert_eq!(kind(a.add_span(0x30800, 0x1000)), ErrorKind::Misaligned);
+        assert_eq!(kind(a.add_span(0x30000, 0x800)), ErrorKind::Misaligned);
+        assert_eq!(
+            kind(a.add_span(u64::MAX - 0xfff, 0x2000)),
+            ErrorKind::Overflow
+        );
+        assert_eq!(kind(a.add_span(0x30000, 0)), ErrorKind::ZeroSize);
+        assert_eq!(
+            segments(&a),
+            vec![(0x10000, 0x10000, SPAN), (0x10000, 0x10000, F)]
+        );
+        a.add_span(0x20000, 0x1000).unwrap();
+        a.add_span(0x0, 0x10000).unwrap();
+        a.add_span(u64::MAX - 0xfff - 0x1000, 0x1000).unwrap();
+        let spans: Vec<u64> = segments(&a)
+            .iter()
+            .filter(|s| s.2 == SPAN)
+            .map(|s| s.0)
+            .collect();
+        assert_eq!(spans, vec![0x0, 0x10000, 0x20000, u64::MAX - 0x1fff]);
+        // Adjacent spans stay apart: segments never coalesce across them.
+        let x = a.alloc(0x10000, Policy::BestFit).unwrap();
+        let y = a.alloc(0x10000, Policy::BestFit).unwrap();
+        assert_eq!((x, y), (0x0, 0x10000));
+        assert_eq!(
+            kind(a.alloc(0x2000, Policy::InstantFit)),
+            ErrorKind::NoSpace
+        );
+        assert!(a.contains(0x20000, 0x1000).unwrap());
+        assert!(!a.contains(0x20000, 0x2000).unwrap());
+        assert!(
+            !a.contains(0x0, 0x11000).unwrap(),
+            "two spans are not one range"
+        );
+        assert!(a.contains(u64::MAX - 0x1fff, 0x1000).unwrap());
+        assert_eq!(kind(a.contains(0, 0)), ErrorKind::ZeroSize);
+        assert_eq!(kind(a.contains(u64::MAX, 2)), ErrorKind::Overflow);
+        a.check().unwrap();
+    }
+
+    #[test]
+    fn instant_fit_fails_only_when_nothing_is_large_enough() {
+        let a = arena(0, 0x100000);
+        // Leave one free segment of 3 quanta: it is on the might-fit list of 3.
+        let x = a.alloc(0x3000, Policy::InstantFit).unwrap();
+        let _rest = a.alloc(0xfd000, Policy::InstantFit).unwrap();
+        a.free(x, 0x3000).unwrap();
+        assert_eq!(a.alloc(0x3000, Policy::InstantFit).unwrap(), x);
+        assert_eq!(kind(a.alloc(Q, Policy::InstantFit)), ErrorKind::NoSpace);
+        assert_eq!(a.stats().alloc_fails, 1);
+        a.check().unwrap();
+    }
+
+    #[test]
+    fn best_fit_takes_the_smallest_hole() {
+        let a = arena(0, 0x20000);
+        let mut v = Vec::new();
+        for size in [0x4000, Q, 0x2000, Q, 0x3000, Q] {
+            v.push(a.alloc(size, Policy::InstantFit).unwrap());
+        }
+        a.free(v[0], 0x4000).unwrap();
+        a.free(v[2], 0x2000).unwrap();
+        a.free(v[4], 0x3000).unwrap();
+        assert_eq!(a.alloc(0x2000, Policy::BestFit).unwrap(), v[2]);
+        assert_eq!(a.alloc(0x3000, Policy::BestFit).unwrap(), v[4]);
+        assert_eq!(a.alloc(0x3000, Policy::BestFit).unwrap(), v[0]);
+        a.check().unwrap();
+    }
+
+    #[test]
+    fn next_fit_hands_out_ids_in_order_and_wraps() {
+        let ids: Arena =
+            Arena::create(ArenaConfig::new("pid", 1).span(1, 8).meta(&HeapMeta)).unwrap();
+        let first: Vec<u64> = (0..3)
+            .map(|_| ids.alloc(1, Policy::NextFit).unwrap())
+            .collect();
+        assert_eq!(first, vec![1, 2, 3]);
+        ids.free(2, 1).unwrap();
+        ids.free(3, 1).unwrap();
+        // Freed IDs are reused only after the rest of the space.
+        let more: Vec<u64> = (0..5)
+            .map(|_| ids.alloc(1, Policy::NextFit).unwrap())
+            .collect();
+        assert_eq!(more, vec![4, 5, 6, 7, 8]);
+        assert_eq!(ids.alloc(1, Policy::NextFit).unwrap(), 2);
+        ids.free(1, 1).unwrap();
+        assert_eq!(ids.alloc(1, Policy::NextFit).unwrap(), 3);
+        assert_eq!(ids.alloc(1, Policy::NextFit).unwrap(), 1);
+        assert_eq!(kind(ids.alloc(1, Policy::NextFit)), ErrorKind::NoSpace);
+        ids.check().unwrap();
+    }
+
+    #[test]
+    fn xalloc_meets_every_constraint() {
+        let a = arena(0x100000, 0x100000);
+        let c = Constraints {
+            align: 0x10000,
+            phase: 0x3000,
+            ..Constraints::NONE
+        };
+        let r = a.xalloc(0x2000, &c, Policy::InstantFit).unwrap();
+        assert_eq!(r % 0x10000, 0x3000);
+        let c = Constraints {
+            nocross: 0x8000,
+            min: 0x106000,
+            ..Constraints::NONE
+        };
+        let r = a.xalloc(0x4000, &c, Policy::InstantFit).unwrap();
+        assert!(
+            r >= 0x106000 && r / 0x8000 == (r + 0x3fff) / 0x8000,
+            "{r:#x}"
+        );
+        let exact = a
+            .xalloc(
+                0x3000,
+                &Constraints::exact(0x150000, 0x3000).unwrap(),
+                Policy::BestFit,
+            )
+            .unwrap();
+        assert_eq!(exact, 0x150000);
+        assert_eq!(
+            kind(a.xalloc(
+                0x1000,
+                &Constraints::exact(0x151000, 0x1000).unwrap(),
+                Policy::InstantFit
+            )),
+            ErrorKind::NoSpace
+        );
+        let below = Constraints {
+            max: 0x101000,
+            ..Constraints::NONE
+        };
+        assert_eq!(a.xalloc(0x1000, &below, Policy::NextFit).unwrap(), 0x100000);
+        assert_eq!(
+            kind(a.xalloc(0x1000, &below, Policy::InstantFit)),
+            ErrorKind::NoSpace
+        );
+        let before = segments(&a);
+        assert_eq!(
+            kind(a.xalloc(0x1000, &Constraints::aligned(0x3000), Policy::InstantFit)),
+            ErrorKind::BadConstraint
+        );
+        assert_eq!(
+            kind(a.xalloc(0, &Constraints::NONE, Policy::InstantFit)),
+            ErrorKind::ZeroSize
+        );
+        assert_eq!(segments(&a), before);
+        a.check().unwrap();
+    }
+
+    #[test]
+    fn child_imports_and_releases_two_levels_deep() {
+        let root = arena(0x4000_0000, 0x100_0000);
+        let mid: Arena = Arena::create(
+            ArenaConfig::new("mid", Q)
+                .source(&root, 0x10_0000)
+                .meta(&HeapMeta),
+        )
+        .unwrap();
+        let leaf: Arena = Arena::create(
+            ArenaConfig::new("leaf", Q)
+                .source(&mid, 0x4000)
+                .meta(&HeapMeta),
+        )
+        .unwrap();
+        let x = leaf.alloc(0x1000, Policy::InstantFit).unwrap();
+        let y = leaf.alloc(0x6000, Policy::InstantFit).unwrap();
+        assert_eq!(
+            (
+                leaf.stats().imports,
+                mid.stats().imports,
+                root.stats().allocs
+            ),
+            (2, 1, 1)
+        );
+        assert_eq!(mid.size().alloc, 0x4000 + 0x6000);
+        assert_eq!(root.size().alloc, 0x10_0000);
+        assert_eq!(segments(&leaf)[0], (x, 0x4000, IMPORTED));
+        assert_eq!(kind(root.destroy()), ErrorKind::InUse);
+        assert_eq!(
+            kind(mid.free(x, 0x4000)),
+            ErrorKind::BadFree,
+            "a child's span is released, not freed"
+        );
+        leaf.free(y, 0x6000).unwrap();
+        assert_eq!(leaf.stats().releases, 1);
+        leaf.free(x, 0x1000).unwrap();
+        assert_eq!(segments(&leaf), vec![]);
+        assert_eq!(
+            mid.size().total,
+            0,
+            "mid released its span when leaf gave everything back"
+        );
+        assert_eq!(root.size().alloc, 0);
+        root.check().unwrap();
+        mid.check().unwrap();
+        leaf.check().unwrap();
+        leaf.destroy().unwrap();
+        mid.destroy().unwrap();
+        root.destroy().unwrap();
+        assert_eq!(segments(&root), vec![]);
+    }
+
+    #[test]
+    fn failed_imports_change_nothing() {
+        let root = arena(0, 0x10000);
+        let child: Arena = Arena::create(
+            ArenaConfig::new("child", Q)
+                .source(&root, 0)
+                .meta(&HeapMeta),
+        )
+        .unwrap();
+        child.fail_imports(1);
+        assert_eq!(
+            kind(child.alloc(Q, Policy::InstantFit)),
+            ErrorKind::ImportFailed
+        );
+        assert_eq!((child.size().total, root.size().alloc), (0, 0));
+        let x = child.alloc(Q, Policy::InstantFit).unwrap();
+        assert_eq!(
+            kind(child.alloc(0x10000, Policy::InstantFit)),
+            ErrorKind::ImportFailed,
+            "root is full"
+        );
+        assert_eq!(
+            kind(child.xalloc(Q, &Constraints::aligned(0x8000), Policy::InstantFit)),
+            ErrorKind::NoSpace,
+            "xalloc never imports"
+        );
+        assert_eq!(child.stats().import_fails, 2);
+        child.free(x, Q).unwrap();
+        root.check().unwrap();
+        child.check().unwrap();
+    }
+
+    #[test]
+    fn destroy_refuses_live_allocations_then_releases_spans() {
+        let root = arena(0, 0x100000);
+        let child: Arena = Arena::create(
+            ArenaConfig::new("child", Q)
+                .source(&root, 0x8000)
+                .meta(&HeapMeta),
+        )
+        .unwrap();
+        child.add_span(0x200000, 0x1000).unwrap();
+        let x = child.alloc(0x2000, Policy::InstantFit).unwrap();
+        assert_eq!(kind(child.destroy()), ErrorKind::InUse);
+        assert_eq!(child.size().total, 0x9000);
+        child.free(x, 0x2000).unwrap();
+        child.add_span(0x300000, 0x1000).unwrap();
+        assert_eq!(root.stats().children, 1);
+        child.destroy().unwrap();
+        assert_eq!(root.stats().children, 0);
+        assert_eq!(child.size(), ArenaSize::default());
+        assert_eq!(root.size().alloc, 0);
+        root.destroy().unwrap();
+    }
+
+    #[test]
+    fn dropping_a_child_gives_back_its_spans_and_detaches() {
+        let root = arena(0, 0x100000);
+        {
+            let child: Arena = Arena::create(
+                ArenaConfig::new("child", Q)
+                    .source(&root, 0)
+                    .meta(&HeapMeta),
+            )
+            .unwrap();
+            child.alloc(0x3000, Policy::InstantFit).unwrap();
+            assert_eq!(root.size().alloc, 0x3000);
+        }
+        assert_eq!((root.size().alloc, root.stats().children), (0, 0));
+        root.check().unwrap();
+    }
+
+    struct Pages {
+        left: AtomicUsize,
+    }
+
+    impl MetaSource for Pages {
+        fn alloc_pages(&self, pages: usize) -> Option<core::ptr::NonNull<u8>> {
+            self.left
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    n.checked_sub(pages)
+                })
+                .ok()?;
+            HeapMeta.alloc_pages(pages)
+        }
+
+        unsafe fn free_pages(&self, base: core::ptr::NonNull<u8>, pages: usize) {
+            self.left.fetch_add(pages, Ordering::AcqRel);
+            unsafe { HeapMeta.free_pages(base, pages) }
+        }
+    }
+
+    #[test]
+    fn running_out_of_tags_is_a_clean_no_space() {
+        let pages = Pages {
+            left: AtomicUsize::new(1),
+        };
+        let a: Arena = Arena::create(
+            ArenaConfig::new("tight", 1)
+                .span(0, 1 << 20)
+                .meta(&pages)
+                .static_tags(false),
+        )
+        .unwrap();
+        let mut live = Vec::new();
+        let err = loop {
+            match a.alloc(1, Policy::InstantFit) {
+                Ok(x) => live.push(x),
+                Err(e) => break e,
+            }
+            // Free every other one so each allocation needs a fresh tag.
+            if let Ok(y) = a.alloc(1, Policy::InstantFit) {
+                live.push(y);
+            }
+        };
+        assert_eq!(err.kind(), ErrorKind::NoSpace);
+        assert!(live.len() > 8 && live.len() < crate::tag::TAGS_PER_PAGE);
+        let before = segments(&a);
+        assert_eq!(kind(a.alloc(1, Policy::InstantFit)), ErrorKind::NoSpace);
+        assert_eq!(segments(&a), before);
+        // Frees never need a tag.
+        for x in live {
+            a.free(x, 1).unwrap();
+        }
+        a.check().unwrap();
+        drop(a);
+        assert_eq!(pages.left.load(Ordering::Acquire), 1, "the page went back");
+    }
+
+    #[test]
+    fn static_pool_tags_go_back_when_the_arena_is_dropped() {
+        let a: Arena = Arena::create(ArenaConfig::new("static", Q).span(0, 0x100000)).unwrap();
+        let x = a.alloc(Q, Policy::InstantFit).unwrap();
+        let owned = a.stats().tags;
+        assert!(owned >= TAGS_PER_OP as u64);
+        a.free(x, Q).unwrap();
+        a.check().unwrap();
+        drop(a);
+        // Other tests share the pool, so only check that it is not drained.
+        assert!(crate::static_tags_available() > 0);
+    }
+
+    #[test]
+    fn hash_grows_with_live_segments() {
+        let a = arena(0, 1 << 32);
+        let live: Vec<u64> = (0..5000)
+            .map(|_| a.alloc(Q, Policy::InstantFit).unwrap())
+            .collect();
+        let s = a.stats();
+        assert!(s.hash_buckets >= 2048 && s.hash_resizes >= 1, "{s:?}");
+        a.check().unwrap();
+        for x in live {
+            a.free(x, Q).unwrap();
+        }
+        a.check().unwrap();
+        assert_eq!(a.stats().free_segments, 1);
+    }
+
+    #[test]
+    fn checker_names_the_broken_invariant() {
+        let a = arena(0, 0x100000);
+        let x = a.alloc(0x2000, Policy::InstantFit).unwrap();
+        a.inner.lock().bytes_free += Q;
+        let e = a.check().unwrap_err();
+        assert_eq!(
+            (e.kind(), e.what()),
+            (ErrorKind::Corrupt, "byte counts disagree with the segments")
+        );
+        a.inner.lock().bytes_free -= Q;
+        a.check().unwrap();
+        {
+            // Mark the allocated segment free without listing it.
+            let inner = a.inner.lock();
+            let seg = inner.seg_head.and_then(|s| s.seg_next()).unwrap();
+            assert_eq!(seg.start(), x);
+            seg.set_kind(Kind::Free);
+        }
+        let e = a.check().unwrap_err();
+        assert_eq!(
+            (e.kind(), e.what(), e.addr()),
+            (
+                ErrorKind::Corrupt,
+                "free segment is not on its freelist",
+                Some(x)
+            )
+        );
+        a.inner
+            .lock()
+            .seg_head
+            .and_then(|s| s.seg_next())
+            .unwrap()
+            .set_kind(Kind::Alloc(AllocBy::Alloc));
+        a.check().unwrap();
+        a.inner.lock().spans += 1;
+        assert_eq!(a.check().unwrap_err().kind(), ErrorKind::Corrupt);
+        a.inner.lock().spans -= 1;
+        a.free(x, 0x2000).unwrap();
+        a.check().unwrap();
+    }
+
+    #[test]
+    fn long_names_are_cut_at_a_character_boundary() {
+        let a: Arena = Arena::new("ééééééééééééééééééééé", Q).unwrap();
+        assert_eq!(a.name().len(), 32);
+        assert_eq!(
+            kind(Arena::<DefaultLock>::new("q", 3)),
+            ErrorKind::BadConstraint
+        );
     }
 }

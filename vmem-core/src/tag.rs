@@ -310,28 +310,17 @@ impl TagStock {
         self.owned += TAGS_PER_PAGE;
     }
 
-    /// Gives every static tag among `tags` back to the static pool, and
-    /// every meta page to `meta`. The caller passes each tag the arena still
-    /// links (its spare tags are walked here) and forgets them all.
-    pub(crate) fn dispose(
-        &mut self,
-        linked: impl Iterator<Item = TagPtr>,
-        meta: Option<&dyn MetaSource>,
-    ) {
+    /// Gives every static tag back to the static pool and every meta page to
+    /// `meta`. The arena links no tag any more: all are spare.
+    pub(crate) fn dispose(&mut self, meta: Option<&dyn MetaSource>) {
         let mut pool = STATIC_POOL.lock();
         let mut spare = self.spare.take();
-        let mut hand_back = |tag: TagPtr| {
+        while let Some(tag) = spare {
+            spare = tag.list_next();
             if is_static(tag) {
                 tag.set_list_next(pool.returned);
                 pool.returned = Some(tag);
             }
-        };
-        for tag in linked {
-            hand_back(tag);
-        }
-        while let Some(tag) = spare {
-            spare = tag.list_next();
-            hand_back(tag);
         }
         drop(pool);
         let mut pages = self.pages.take();
