@@ -911,10 +911,10 @@ impl Inner {
     fn find(&mut self, fit: &Fit, policy: Policy) -> Option<(TagPtr, u64)> {
         match policy {
             Policy::InstantFit => {
-                if fit.plain {
-                    if let Some(seg) = self.free.first_sure_fit(fit.size) {
-                        return Some((seg, seg.start()));
-                    }
+                if fit.plain
+                    && let Some(seg) = self.free.first_sure_fit(fit.size)
+                {
+                    return Some((seg, seg.start()));
                 }
                 self.search_first(fit)
             }
