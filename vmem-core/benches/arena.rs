@@ -1,1 +1,145 @@
-fn main() {}
+//! Steady-state churn through one arena, per allocation policy.
+//!
+//! For each policy and each count of live segments, an arena with quantum
+//! 4096 and one span (room for twice the largest possible live set, so it is
+//! at most about a quarter full on average) is filled, outside the timed
+//! loop, with that many allocations of pseudo-random sizes of 1 to 64
+//! quanta, made with the policy under test. Tags and the allocation hash
+//! grow from the heap ([`HeapMeta`]).
+//!
+//! The timed operation is one **pair**: free a randomly chosen live segment,
+//! then allocate a new random size (1 to 64 quanta) with the same policy and
+//! keep it in that slot, so the live count stays fixed while the free space
+//! fragments. Throughput is one element per pair, so criterion's `time` is
+//! the time per free + alloc pair.
+//!
+//! Groups: `churn/instant` at 1k, 10k, 100k and 1M live segments;
+//! `churn/best` and `churn/next` at the same sizes. Best fit and next fit may
+//! search O(n) segments per allocation, so those groups use flat sampling
+//! and the minimum sample size at the larger sizes to keep the run short.
+//!
+//! Run it with:
+//!
+//! ```text
+//! cargo bench -p vmem-core --bench arena
+//! ```
+//!
+//! (append e.g. `-- churn/instant` to run one group only).
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{
+    BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group, criterion_main,
+};
+use vmem_core::{Arena, ArenaConfig, HeapMeta, Policy};
+
+/// The arena's quantum.
+const QUANTUM: u64 = 4096;
+/// The largest allocation, in quanta.
+const MAX_QUANTA: u64 = 64;
+/// Where the span starts.
+const BASE: u64 = 0x1000_0000_0000;
+/// Extra room in the span beyond twice the largest possible live set.
+const SLACK_QUANTA: u64 = 1024;
+
+/// SplitMix64: small, deterministic, good enough for picking sizes and slots.
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A value in `0..n` (the slight modulo bias does not matter here).
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    /// A size of 1 to `MAX_QUANTA` quanta, in integers.
+    fn size(&mut self) -> u64 {
+        (1 + self.below(MAX_QUANTA)) * QUANTUM
+    }
+}
+
+/// An arena filled with `live` allocations made by `policy`, their
+/// `(addr, size)`, and the generator to continue with.
+fn setup(live: usize, policy: Policy) -> (Arena<'static>, Vec<(u64, u64)>, SplitMix64) {
+    let span = (live as u64 * MAX_QUANTA * 2 + SLACK_QUANTA) * QUANTUM;
+    let arena: Arena<'static> = Arena::create(
+        ArenaConfig::new("bench", QUANTUM)
+            .span(BASE, span)
+            .meta(&HeapMeta),
+    )
+    .unwrap_or_else(|e| panic!("Arena::create(span {BASE:#x}+{span:#x}) failed: {e:?}"));
+    let mut rng = SplitMix64(0x5EED_0000 ^ live as u64);
+    let mut segs = Vec::with_capacity(live);
+    for i in 0..live {
+        let size = rng.size();
+        let addr = arena.alloc(size, policy).unwrap_or_else(|e| {
+            panic!("setup alloc #{i} of {size:#x} ({policy:?}, live {live}) failed: {e:?}")
+        });
+        segs.push((addr, size));
+    }
+    arena
+        .check()
+        .unwrap_or_else(|e| panic!("check after setup ({policy:?}, live {live}) failed: {e:?}"));
+    (arena, segs, rng)
+}
+
+fn churn(c: &mut Criterion, name: &str, policy: Policy, sizes: &[usize]) {
+    let mut group = c.benchmark_group(name);
+    group
+        .sample_size(20)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .throughput(Throughput::Elements(1));
+    for &live in sizes {
+        // Searching policies can take O(live) per pair at the large sizes:
+        // flat sampling and the fewest samples criterion allows keep those
+        // runs within their time budget.
+        if policy != Policy::InstantFit && live >= 100_000 {
+            group.sampling_mode(SamplingMode::Flat).sample_size(10);
+        }
+        let (arena, mut segs, mut rng) = setup(live, policy);
+        group.bench_with_input(BenchmarkId::from_parameter(live), &live, |b, &live| {
+            b.iter(|| {
+                let slot = rng.below(live as u64) as usize;
+                let (addr, size) = segs[slot];
+                arena
+                    .free(black_box(addr), black_box(size))
+                    .unwrap_or_else(|e| panic!("free({addr:#x}, {size:#x}) failed: {e:?}"));
+                let size = rng.size();
+                let addr = arena
+                    .alloc(black_box(size), policy)
+                    .unwrap_or_else(|e| panic!("alloc({size:#x}, {policy:?}) failed: {e:?}"));
+                segs[slot] = (black_box(addr), size);
+            });
+        });
+        arena.check().unwrap_or_else(|e| {
+            panic!("check after churn ({policy:?}, live {live}) failed: {e:?}")
+        });
+    }
+    group.finish();
+}
+
+const SIZES: [usize; 4] = [1_000, 10_000, 100_000, 1_000_000];
+
+fn churn_instant(c: &mut Criterion) {
+    churn(c, "churn/instant", Policy::InstantFit, &SIZES);
+}
+
+fn churn_best(c: &mut Criterion) {
+    churn(c, "churn/best", Policy::BestFit, &SIZES);
+}
+
+fn churn_next(c: &mut Criterion) {
+    churn(c, "churn/next", Policy::NextFit, &SIZES);
+}
+
+criterion_group!(benches, churn_instant, churn_best, churn_next);
+criterion_main!(benches);
