@@ -90,7 +90,7 @@ fn expected_param_error(size: u64, c: &Constraints) -> Option<ErrorKind> {
     if size == 0 {
         return Some(ErrorKind::ZeroSize);
     }
-    if align % Q != 0 || c.phase % Q != 0 || c.nocross % Q != 0 {
+    if !align.is_multiple_of(Q) || !c.phase.is_multiple_of(Q) || !c.nocross.is_multiple_of(Q) {
         return Some(ErrorKind::Misaligned);
     }
     let size = size.div_ceil(Q) * Q;
