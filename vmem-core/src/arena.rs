@@ -330,14 +330,16 @@ impl<'s, R: RawMutex> Arena<'s, R> {
     /// importing from the source when nothing free is large enough. Free it
     /// with [`Arena::free`].
     pub fn alloc(&self, size: u64, policy: Policy) -> Result<u64> {
-        self.allocate(size, &Constraints::NONE, policy, AllocBy::Alloc)
+        let fit = Fit::plain(size, self.quantum)?;
+        self.allocate(&fit, policy, AllocBy::Alloc)
     }
 
     /// Allocates `size` integers meeting `constraints` by `policy`. It never
     /// imports: only spans the arena has are searched. Free it with
     /// [`Arena::xfree`].
     pub fn xalloc(&self, size: u64, constraints: &Constraints, policy: Policy) -> Result<u64> {
-        self.allocate(size, constraints, policy, AllocBy::Xalloc)
+        let fit = Fit::new(size, constraints, self.quantum)?;
+        self.allocate(&fit, policy, AllocBy::Xalloc)
     }
 
     /// Frees what [`Arena::alloc`] returned. `size` is the size asked for or
@@ -497,19 +499,12 @@ impl<'s, R: RawMutex> Arena<'s, R> {
         false
     }
 
-    fn allocate(
-        &self,
-        size: u64,
-        constraints: &Constraints,
-        policy: Policy,
-        by: AllocBy,
-    ) -> Result<u64> {
-        let fit = Fit::new(size, constraints, self.quantum)?;
+    fn allocate(&self, fit: &Fit, policy: Policy, by: AllocBy) -> Result<u64> {
         let mut inner = self.lock_reserved()?;
-        let result = match inner.find(&fit, policy) {
+        let result = match inner.find(fit, policy) {
             Some((seg, addr)) => Ok(inner.carve(seg, addr, fit.size, by, policy)),
             None if fit.plain && by != AllocBy::Xalloc => {
-                self.import_and_carve(&mut inner, &fit, policy, by)
+                self.import_and_carve(&mut inner, fit, policy, by)
             }
             None => Err(Error::new(
                 ErrorKind::NoSpace,
@@ -691,7 +686,8 @@ where
         } else {
             Constraints::aligned(align)
         };
-        self.allocate(size, &constraints, Policy::InstantFit, AllocBy::Import)
+        let fit = Fit::new(size, &constraints, self.quantum)?;
+        self.allocate(&fit, Policy::InstantFit, AllocBy::Import)
     }
 
     fn release(&self, base: u64, size: u64) -> Result<()> {
@@ -1007,69 +1003,112 @@ impl Inner {
         try_seg(rotor, 0)
     }
 
+    /// Gives a free segment a new extent, moving it to another freelist only
+    /// when its size class changes.
+    #[inline]
+    fn reshape_free(&mut self, seg: TagPtr, start: u64, size: u64) {
+        if highbit(size) == highbit(seg.size()) {
+            seg.set_start(start);
+            seg.set_size(size);
+        } else {
+            self.free.remove(seg);
+            seg.set_start(start);
+            seg.set_size(size);
+            self.free.insert(seg);
+        }
+    }
+
     /// Allocates `[addr, addr + size)` out of the free segment `seg`.
     #[inline]
     fn carve(&mut self, seg: TagPtr, addr: u64, size: u64, by: AllocBy, policy: Policy) -> u64 {
-        self.free.remove(seg);
-        let end = seg.end();
-        if addr > seg.start() {
-            let lead = self.new_tag(seg.start(), addr - seg.start(), Kind::Free);
-            self.seg_insert_after(seg.seg_prev(), lead);
-            self.free.insert(lead);
-            self.free_segments += 1;
+        let (start, end) = (seg.start(), seg.end());
+        let taken = if addr == start && addr + size < end {
+            // The common case: the free remainder keeps the segment's tag,
+            // and usually its place on its freelist, so only the new tag and
+            // the segment before it are touched.
+            let taken = self.new_tag(addr, size, Kind::Alloc(by));
+            self.seg_insert_after(seg.seg_prev(), taken);
+            self.reshape_free(seg, addr + size, end - addr - size);
             if self.rotor == Some(seg) {
-                self.rotor = Some(lead);
+                self.rotor = Some(taken);
             }
-        }
-        if addr + size < end {
-            let tail = self.new_tag(addr + size, end - addr - size, Kind::Free);
-            self.seg_insert_after(Some(seg), tail);
-            self.free.insert(tail);
-            self.free_segments += 1;
-        }
-        self.free_segments -= 1;
-        seg.set_start(addr);
-        seg.set_size(size);
-        seg.set_kind(Kind::Alloc(by));
-        self.hash.insert(seg);
+            taken
+        } else {
+            self.free.remove(seg);
+            self.free_segments -= 1;
+            if addr > start {
+                let lead = self.new_tag(start, addr - start, Kind::Free);
+                self.seg_insert_after(seg.seg_prev(), lead);
+                self.free.insert(lead);
+                self.free_segments += 1;
+                if self.rotor == Some(seg) {
+                    self.rotor = Some(lead);
+                }
+            }
+            if addr + size < end {
+                let tail = self.new_tag(addr + size, end - addr - size, Kind::Free);
+                self.seg_insert_after(Some(seg), tail);
+                self.free.insert(tail);
+                self.free_segments += 1;
+            }
+            seg.set_start(addr);
+            seg.set_size(size);
+            seg.set_kind(Kind::Alloc(by));
+            seg
+        };
+        self.hash.insert(taken);
         self.bytes_free -= size;
         self.bytes_alloc += size;
         if policy == Policy::NextFit {
-            self.rotor = Some(seg);
+            self.rotor = Some(taken);
             self.rotor_addr = addr + size;
         }
         addr
     }
 
-    /// Turns an allocated segment (already checked) free, coalesces it with
-    /// free neighbours, and removes its span when the span is imported and
-    /// now wholly free, returning that span for release.
+    /// Frees an allocated segment (already checked): a free neighbour
+    /// absorbs it (so the tags that change are the ones already read), and
+    /// when its span is imported and now wholly free the span is removed and
+    /// returned for release.
     fn free_segment(&mut self, seg: TagPtr) -> Option<(u64, u64)> {
         self.hash.remove(seg);
-        self.bytes_alloc -= seg.size();
-        self.bytes_free += seg.size();
-        seg.set_kind(Kind::Free);
+        let size = seg.size();
+        self.bytes_alloc -= size;
+        self.bytes_free += size;
         // Span markers separate spans in the list, so a free neighbour in
         // the list is a neighbour inside the same span.
-        if let Some(next) = seg.seg_next().filter(|t| t.is_free()) {
-            self.free.remove(next);
-            self.free_segments -= 1;
-            seg.set_size(seg.size() + next.size());
-            self.seg_destroy(next, Some(seg));
-        }
-        if let Some(prev) = seg.seg_prev().filter(|t| t.is_free()) {
-            self.free.remove(prev);
-            self.free_segments -= 1;
-            seg.set_start(prev.start());
-            seg.set_size(seg.size() + prev.size());
-            self.seg_destroy(prev, Some(seg));
-        }
-        self.free.insert(seg);
-        self.free_segments += 1;
-        let span = seg.seg_prev()?;
-        if span.kind() == (Kind::Span { imported: true }) && span.size() == seg.size() {
+        let prev = seg.seg_prev().filter(|t| t.is_free());
+        let next = seg.seg_next().filter(|t| t.is_free());
+        let merged = match (prev, next) {
+            (None, None) => {
+                seg.set_kind(Kind::Free);
+                self.free.insert(seg);
+                self.free_segments += 1;
+                seg
+            }
+            (Some(prev), None) => {
+                self.reshape_free(prev, prev.start(), prev.size() + size);
+                self.seg_destroy(seg, Some(prev));
+                prev
+            }
+            (None, Some(next)) => {
+                self.reshape_free(next, seg.start(), next.size() + size);
+                self.seg_destroy(seg, Some(next));
+                next
+            }
+            (Some(prev), Some(next)) => {
+                self.free.remove(next);
+                self.free_segments -= 1;
+                self.reshape_free(prev, prev.start(), prev.size() + size + next.size());
+                self.seg_destroy(seg, Some(prev));
+                self.seg_destroy(next, Some(prev));
+                prev
+            }
+        };
+        let span = merged.seg_prev()?;
+        if span.kind() == (Kind::Span { imported: true }) && span.size() == merged.size() {
             let whole = (span.start(), span.size());
-            self.remove_span(span, seg);
+            self.remove_span(span, merged);
             return Some(whole);
         }
         None
@@ -1229,7 +1268,10 @@ impl Inner {
         // Hash: every chain member is allocated and in its own bucket.
         let mut hashed = 0usize;
         for bucket in 0..self.hash.buckets() {
-            let mut cursor = self.hash.bucket(bucket);
+            let (mut cursor, key_agrees) = self.hash.bucket(bucket);
+            if !key_agrees {
+                return corrupt("hash bucket caches a wrong start", bucket as u64);
+            }
             while let Some(seg) = cursor {
                 hashed += 1;
                 if hashed > limit {

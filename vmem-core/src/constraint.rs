@@ -87,10 +87,30 @@ pub(crate) fn round_up(value: u64, quantum: u64) -> Result<u64> {
 }
 
 impl Fit {
+    /// A request of `size` with no constraint beyond the quantum.
+    #[inline]
+    pub(crate) fn plain(size: u64, quantum: u64) -> Result<Fit> {
+        if size == 0 {
+            return Err(Error::new(ErrorKind::ZeroSize, "allocation of size zero"));
+        }
+        Ok(Fit {
+            size: round_up(size, quantum)?,
+            align: quantum,
+            phase: 0,
+            nocross: 0,
+            min: 0,
+            max: u64::MAX,
+            plain: true,
+        })
+    }
+
     /// Checks a request of `size` under `c` in an arena of `quantum`.
     pub(crate) fn new(size: u64, c: &Constraints, quantum: u64) -> Result<Fit> {
         if size == 0 {
             return Err(Error::new(ErrorKind::ZeroSize, "allocation of size zero"));
+        }
+        if *c == Constraints::NONE {
+            return Fit::plain(size, quantum);
         }
         let size = round_up(size, quantum)?;
         let align = if c.align == 0 { quantum } else { c.align };

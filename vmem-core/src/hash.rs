@@ -1,9 +1,13 @@
 //! The allocated-segment hash: finds the tag of an allocated segment from
 //! its address in expected O(1), so `free` needs no search.
 //!
+//! Each bucket keeps the start address of its first segment beside the
+//! pointer, so a lookup that hits the first segment reads no other tag;
+//! further segments of the bucket chain through their tags.
+//!
 //! It starts with a small table inside the arena and grows, one larger
 //! table at a time from the arena's [`crate::MetaSource`], whenever the
-//! number of allocated segments passes twice the number of buckets. The
+//! number of allocated segments passes the number of buckets. The
 //! table is taken and given back outside the arena's lock (see `Arena`), so
 //! growth never blocks a free; when no memory can be had the hash keeps its
 //! table and chains grow longer.
@@ -26,9 +30,18 @@ pub(crate) struct Table {
     pub(crate) pages: usize,
 }
 
+/// One bucket: its first segment and that segment's start.
+#[derive(Clone, Copy)]
+pub(crate) struct Bucket {
+    key: u64,
+    head: Link,
+}
+
+const EMPTY: Bucket = Bucket { key: 0, head: None };
+
 /// The hash of allocated segments, chained through `list_prev`/`list_next`.
 pub(crate) struct AllocHash {
-    inline: [Link; INLINE_BUCKETS],
+    inline: [Bucket; INLINE_BUCKETS],
     table: Option<Table>,
     /// log2 of the number of buckets.
     bits: u32,
@@ -41,7 +54,7 @@ pub(crate) struct AllocHash {
 impl AllocHash {
     pub(crate) const fn new() -> Self {
         AllocHash {
-            inline: [None; INLINE_BUCKETS],
+            inline: [EMPTY; INLINE_BUCKETS],
             table: None,
             bits: INLINE_BUCKETS.trailing_zeros(),
             count: 0,
@@ -60,19 +73,24 @@ impl AllocHash {
     }
 
     #[inline(always)]
-    fn slot(&mut self, index: usize) -> &mut Link {
+    fn slot(&mut self, index: usize) -> &mut Bucket {
         match self.table {
-            // SAFETY: the table holds `1 << bits` links (checked when it was
+            // SAFETY: the table holds `1 << bits` buckets (checked when it was
             // installed) and `index` is below that; `&mut self` makes this the
             // only access.
-            Some(table) => unsafe { &mut *table.base.cast::<Link>().as_ptr().add(index) },
+            Some(table) => unsafe { &mut *table.base.cast::<Bucket>().as_ptr().add(index) },
             None => &mut self.inline[index],
         }
     }
 
-    /// The head of bucket `index` (for the checker).
-    pub(crate) fn bucket(&mut self, index: usize) -> Link {
-        *self.slot(index)
+    /// The first segment of bucket `index`, and whether the bucket's cached
+    /// start agrees with it (for the checker).
+    pub(crate) fn bucket(&mut self, index: usize) -> (Link, bool) {
+        let bucket = *self.slot(index);
+        (
+            bucket.head,
+            bucket.head.is_none_or(|head| head.start() == bucket.key),
+        )
     }
 
     /// Whether `addr` hashes to bucket `index` (for the checker).
@@ -83,13 +101,27 @@ impl AllocHash {
     /// Adds an allocated segment.
     #[inline]
     pub(crate) fn insert(&mut self, seg: TagPtr) {
-        let slot = self.slot(self.index(seg.start()));
-        let head = *slot;
-        *slot = Some(seg);
-        seg.set_list_prev(None);
-        seg.set_list_next(head);
-        if let Some(head) = head {
-            head.set_list_prev(Some(seg));
+        let key = seg.start();
+        let slot = self.slot(self.index(key));
+        match slot.head {
+            // Second in the chain, so the bucket keeps its cached key.
+            Some(head) => {
+                let next = head.list_next();
+                seg.set_list_prev(Some(head));
+                seg.set_list_next(next);
+                head.set_list_next(Some(seg));
+                if let Some(next) = next {
+                    next.set_list_prev(Some(seg));
+                }
+            }
+            None => {
+                *slot = Bucket {
+                    key,
+                    head: Some(seg),
+                };
+                seg.set_list_prev(None);
+                seg.set_list_next(None);
+            }
         }
         self.count += 1;
     }
@@ -97,7 +129,12 @@ impl AllocHash {
     /// The allocated segment starting at `addr`, if any.
     #[inline]
     pub(crate) fn find(&mut self, addr: u64) -> Link {
-        let mut cursor = *self.slot(self.index(addr));
+        let bucket = *self.slot(self.index(addr));
+        let head = bucket.head?;
+        if bucket.key == addr {
+            return Some(head);
+        }
+        let mut cursor = head.list_next();
         while let Some(seg) = cursor {
             if seg.start() == addr {
                 return Some(seg);
@@ -114,7 +151,10 @@ impl AllocHash {
         let next = seg.list_next();
         match prev {
             Some(prev) => prev.set_list_next(next),
-            None => *self.slot(self.index(seg.start())) = next,
+            None => {
+                let key = next.map_or(0, |n| n.start());
+                *self.slot(self.index(seg.start())) = Bucket { key, head: next };
+            }
         }
         if let Some(next) = next {
             next.set_list_prev(prev);
@@ -126,11 +166,11 @@ impl AllocHash {
 
     /// Pages for the table the hash wants now, if it is overloaded.
     pub(crate) fn wanted_pages(&self) -> Option<usize> {
-        if self.count <= 2 * self.buckets() {
+        if self.count <= self.buckets() {
             return None;
         }
         let buckets = self.count.checked_next_power_of_two()?;
-        let bytes = buckets.checked_mul(size_of::<Link>())?;
+        let bytes = buckets.checked_mul(2 * size_of::<Bucket>())?;
         Some(bytes.div_ceil(META_PAGE))
     }
 
@@ -142,20 +182,20 @@ impl AllocHash {
     /// `table` is writable memory of `table.pages` meta pages that the arena
     /// owns and no one else uses.
     pub(crate) unsafe fn grow(&mut self, table: Table) -> Option<Table> {
-        let capacity = table.pages * META_PAGE / size_of::<Link>();
+        let capacity = table.pages * META_PAGE / size_of::<Bucket>();
         let bits = capacity.ilog2();
         if self.wanted_pages().is_none() || bits <= self.bits {
             return Some(table);
         }
-        let links = table.base.cast::<Link>();
+        let buckets = table.base.cast::<Bucket>();
         for i in 0..(1usize << bits) {
-            // SAFETY: `1 << bits <= capacity` links fit in the table.
-            unsafe { links.as_ptr().add(i).write(None) };
+            // SAFETY: `1 << bits <= capacity` buckets fit in the table.
+            unsafe { buckets.as_ptr().add(i).write(EMPTY) };
         }
         let old_buckets = self.buckets();
         let mut moved: Link = None;
         for index in 0..old_buckets {
-            let mut cursor = core::mem::take(self.slot(index));
+            let mut cursor = core::mem::replace(self.slot(index), EMPTY).head;
             while let Some(seg) = cursor {
                 cursor = seg.list_next();
                 seg.set_list_next(moved);

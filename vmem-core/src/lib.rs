@@ -113,5 +113,5 @@ pub use arena::{
 pub use constraint::Constraints;
 pub use error::{Error, ErrorKind, Result};
 #[cfg(feature = "alloc")]
-pub use heap_meta::HeapMeta;
+pub use heap_meta::{CHUNK_PAGES, HeapMeta};
 pub use tag::{META_PAGE, MetaSource, STATIC_TAGS, static_tags_available};
