@@ -7,7 +7,7 @@
 //!
 //! It starts with a small table inside the arena and grows, one larger
 //! table at a time from the arena's [`crate::MetaSource`], whenever the
-//! number of allocated segments passes the number of buckets. The
+//! number of allocated segments passes twice the number of buckets. The
 //! table is taken and given back outside the arena's lock (see `Arena`), so
 //! growth never blocks a free; when no memory can be had the hash keeps its
 //! table and chains grow longer.
@@ -166,11 +166,11 @@ impl AllocHash {
 
     /// Pages for the table the hash wants now, if it is overloaded.
     pub(crate) fn wanted_pages(&self) -> Option<usize> {
-        if self.count <= self.buckets() {
+        if self.count <= 2 * self.buckets() {
             return None;
         }
         let buckets = self.count.checked_next_power_of_two()?;
-        let bytes = buckets.checked_mul(2 * size_of::<Bucket>())?;
+        let bytes = buckets.checked_mul(size_of::<Bucket>())?;
         Some(bytes.div_ceil(META_PAGE))
     }
 

@@ -64,9 +64,6 @@ pub(crate) enum Kind {
 /// order. `list_prev`/`list_next` link a free segment into its freelist, an
 /// allocated segment into its hash chain, a span marker into the span list,
 /// and a spare tag into the arena's stock.
-///
-/// Aligned to a cache line so that one tag is one line.
-#[repr(align(64))]
 pub(crate) struct Tag {
     start: u64,
     size: u64,
