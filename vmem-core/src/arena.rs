@@ -6,11 +6,15 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 use arrayvec::ArrayString;
 use lock_api::{Mutex, MutexGuard, RawMutex};
 
+use crate::cache::FreeError;
 use crate::constraint::{Constraints, Fit, round_up};
 use crate::error::{Error, ErrorKind, Result};
 use crate::freelist::{FreeLists, highbit};
 use crate::hash::{AllocHash, Table};
-use crate::tag::{AllocBy, Kind, Link, MetaSource, TagPtr, TagStock, take_static_batch};
+use crate::meta::MetaSource;
+use crate::qcache::QuantumCaches;
+use crate::slab::Backing;
+use crate::tag::{AllocBy, Kind, Link, TagPtr, TagStock, take_static_batch};
 
 /// The lock an arena uses unless its owner picks another: a spin lock.
 pub type DefaultLock = spin::mutex::SpinMutex<()>;
@@ -144,6 +148,7 @@ pub struct ArenaConfig<'s> {
     import_min: u64,
     meta: Option<&'s dyn MetaSource>,
     static_tags: bool,
+    qcache: Option<&'s QuantumCaches<'s>>,
 }
 
 impl<'s> ArenaConfig<'s> {
@@ -165,6 +170,7 @@ impl<'s> ArenaConfig<'s> {
             import_min: 0,
             meta: None,
             static_tags: true,
+            qcache: None,
         }
     }
 
@@ -189,6 +195,14 @@ impl<'s> ArenaConfig<'s> {
         self
     }
 
+    /// Serves `alloc`/`free` of sizes up to `caches.max()` through these
+    /// quantum caches (made for this arena's quantum, serving no other
+    /// arena).
+    pub const fn qcache(mut self, caches: &'s QuantumCaches<'s>) -> Self {
+        self.qcache = Some(caches);
+        self
+    }
+
     /// Whether the arena may take tags from the static pool shared by all
     /// arenas (the default) when its meta source has none; turn it off to
     /// see the arena run out of tags.
@@ -210,6 +224,7 @@ pub struct Arena<'s, R: RawMutex = DefaultLock> {
     source: Option<&'s dyn Source>,
     meta: Option<&'s dyn MetaSource>,
     static_tags: bool,
+    qcache: Option<&'s QuantumCaches<'s>>,
     children: AtomicUsize,
     inner: Mutex<R, Inner>,
 }
@@ -274,6 +289,20 @@ impl<'s, R: RawMutex> Arena<'s, R> {
             ));
         }
         let import_min = round_up(config.import_min.max(config.quantum), config.quantum)?;
+        if let Some(qc) = config.qcache {
+            if qc.quantum() != config.quantum {
+                return Err(Error::new(
+                    ErrorKind::BadConstraint,
+                    "quantum caches made for another quantum",
+                ));
+            }
+            if !qc.claim() {
+                return Err(Error::new(
+                    ErrorKind::InUse,
+                    "quantum caches already serve another arena",
+                ));
+            }
+        }
         let arena = Arena {
             name: config.name,
             quantum: config.quantum,
@@ -282,6 +311,7 @@ impl<'s, R: RawMutex> Arena<'s, R> {
             static_tags: config.static_tags,
             children: AtomicUsize::new(0),
             source: config.source,
+            qcache: config.qcache,
             inner: Mutex::new(Inner::new()),
         };
         if let Some((base, size)) = config.span {
@@ -331,6 +361,17 @@ impl<'s, R: RawMutex> Arena<'s, R> {
     /// with [`Arena::free`].
     pub fn alloc(&self, size: u64, policy: Policy) -> Result<u64> {
         let fit = Fit::plain(size, self.quantum)?;
+        if policy != Policy::NextFit
+            && let Some(cache) = self.qcache.and_then(|qc| qc.cache_for(fit.size))
+        {
+            match cache.alloc(self) {
+                Ok(addr) => return Ok(addr),
+                // No slab could be had: the arena itself may still hold a
+                // segment of this size.
+                Err(e) if matches!(e.kind(), ErrorKind::NoSpace | ErrorKind::ImportFailed) => {}
+                Err(e) => return Err(e),
+            }
+        }
         self.allocate(&fit, policy, AllocBy::Alloc)
     }
 
@@ -345,7 +386,34 @@ impl<'s, R: RawMutex> Arena<'s, R> {
     /// Frees what [`Arena::alloc`] returned. `size` is the size asked for or
     /// the rounded one.
     pub fn free(&self, addr: u64, size: u64) -> Result<()> {
+        if size != 0
+            && let Ok(rounded) = round_up(size, self.quantum)
+            && let Some(cache) = self.qcache.and_then(|qc| qc.cache_for(rounded))
+        {
+            match cache.free(addr) {
+                Ok(()) => return Ok(()),
+                // Not in the cache's slabs: allocated from the arena directly.
+                Err(FreeError::NotOurs(_)) => {}
+                Err(FreeError::Refused(e)) => return Err(e),
+            }
+        }
         self.release_segment(addr, size, AllocBy::Alloc)
+    }
+
+    /// Returns every quantum cache's magazines and empty slabs to the arena.
+    pub fn reap(&self) -> Result<()> {
+        let mut result = Ok(());
+        for cache in self.qcache.iter().flat_map(|qc| qc.caches.iter()) {
+            if let Err(e) = cache.purge(self) {
+                result = Err(e);
+            }
+        }
+        result
+    }
+
+    /// The arena's quantum caches, if it has them.
+    pub fn qcaches(&self) -> Option<&'s QuantumCaches<'s>> {
+        self.qcache
     }
 
     /// Frees what [`Arena::xalloc`] returned.
@@ -437,6 +505,9 @@ impl<'s, R: RawMutex> Arena<'s, R> {
     /// Checks every invariant of the arena; `Corrupt` names the first
     /// broken one and the address where it broke.
     pub fn check(&self) -> Result<()> {
+        for cache in self.qcache.iter().flat_map(|qc| qc.caches.iter()) {
+            cache.check()?;
+        }
         let mut inner = self.inner.lock();
         inner.check(self.quantum)
     }
@@ -446,6 +517,16 @@ impl<'s, R: RawMutex> Arena<'s, R> {
     /// imported spans to its source, forgets every span, and detaches from
     /// the source. The arena is then as if newly made without a source.
     pub fn destroy(&self) -> Result<()> {
+        if self.qcache.is_some_and(|qc| qc.in_use() > 0) {
+            return Err(Error::new(ErrorKind::InUse, "arena has live allocations"));
+        }
+        if self.children.load(Ordering::Acquire) > 0 {
+            return Err(Error::new(
+                ErrorKind::InUse,
+                "a child arena imports from this arena",
+            ));
+        }
+        self.reap()?;
         let mut inner = self.inner.lock();
         if inner.hash.count > 0 {
             return Err(Error::new(ErrorKind::InUse, "arena has live allocations"));
@@ -639,6 +720,9 @@ impl<'s, R: RawMutex> Arena<'s, R> {
                 )
                 .at(addr));
             }
+            Kind::Alloc(AllocBy::Cache) => {
+                return Err(Error::new(ErrorKind::BadFree, "a slab of an object cache").at(addr));
+            }
             _ => {
                 return Err(
                     Error::new(ErrorKind::BadFree, "a span imported by a child arena").at(addr),
@@ -703,11 +787,28 @@ where
     }
 }
 
+impl<R: RawMutex> Backing for Arena<'_, R> {
+    fn slab_alloc(&self, size: u64, align: u64) -> Result<u64> {
+        let fit = if align <= self.quantum {
+            Fit::plain(size, self.quantum)?
+        } else {
+            Fit::new(size, &Constraints::aligned(align), self.quantum)?
+        };
+        self.allocate(&fit, Policy::InstantFit, AllocBy::Cache)
+    }
+
+    fn slab_free(&self, base: u64, size: u64, _align: u64) {
+        // The slab came from this arena whole, so the free cannot be refused.
+        let _ = self.release_segment(base, size, AllocBy::Cache);
+    }
+}
+
 impl<R: RawMutex> Drop for Arena<'_, R> {
     /// Gives imported spans back to the source (even ones with live
     /// allocations, which no one can free any more), detaches from it, and
     /// returns tags and tables to the static pool and the meta source.
     fn drop(&mut self) {
+        let _ = self.reap();
         let inner = self.inner.get_mut();
         inner.detach(self.source);
         if let (Some(table), Some(meta)) = (inner.hash.reset(), self.meta) {

@@ -15,7 +15,8 @@
 use core::mem::size_of;
 use core::ptr::NonNull;
 
-use crate::tag::{Link, META_PAGE, TagPtr};
+use crate::meta::META_PAGE;
+use crate::tag::{Link, TagPtr};
 
 /// Buckets in the table that lives inside the arena.
 const INLINE_BUCKETS: usize = 16;

@@ -3,7 +3,7 @@
 use alloc::alloc::{Layout, alloc, dealloc};
 use core::ptr::NonNull;
 
-use crate::tag::{META_PAGE, MetaSource};
+use crate::meta::{META_PAGE, MetaSource};
 
 /// Meta pages from the process's global allocator (the host, the Wasm
 /// module): the meta source for arenas that live where a heap exists.

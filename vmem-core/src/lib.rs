@@ -98,20 +98,30 @@
 extern crate alloc;
 
 mod arena;
+mod cache;
 mod constraint;
+mod cpu;
 mod error;
 mod freelist;
 mod hash;
 #[cfg(feature = "alloc")]
 mod heap_meta;
+mod magazine;
+mod meta;
+mod qcache;
+mod slab;
 mod tag;
 
 pub use arena::{
     Arena, ArenaConfig, ArenaSize, DefaultLock, NAME_MAX, Policy, Segment, SegmentKind, Source,
     Stats,
 };
+pub use cache::{CacheConfig, CacheStats, DEFAULT_MAGAZINE, ObjectCache, ObjectHook};
 pub use constraint::Constraints;
+pub use cpu::{CPU0, CpuId, FixedCpu, MAX_CPUS};
 pub use error::{Error, ErrorKind, Result};
 #[cfg(feature = "alloc")]
 pub use heap_meta::{CHUNK_PAGES, HeapMeta};
-pub use tag::{META_PAGE, MetaSource, STATIC_TAGS, static_tags_available};
+pub use meta::{ArenaMeta, META_PAGE, MetaSource};
+pub use qcache::{QCACHE_MAX_QUANTA, QuantumCaches};
+pub use tag::{STATIC_TAGS, static_tags_available};

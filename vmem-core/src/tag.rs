@@ -11,30 +11,7 @@ use core::cell::UnsafeCell;
 use core::mem::{MaybeUninit, size_of};
 use core::ptr::NonNull;
 
-/// Bytes in the pages a [`MetaSource`] hands over.
-pub const META_PAGE: usize = 4096;
-
-/// Where an arena gets memory for its own metadata once the static pool of
-/// boundary tags is not enough: pages for more tags, and tables for the
-/// allocated-segment hash as it grows.
-///
-/// The arena never calls a `MetaSource` with its own lock held, so the
-/// source may allocate from other arenas (a kernel backs it with physical
-/// pages from its `phys` arena).
-pub trait MetaSource: Sync {
-    /// Hands over `pages` contiguous, writable pages of [`META_PAGE`] bytes,
-    /// aligned to [`META_PAGE`], or `None` when there is no memory. The
-    /// arena owns them until it gives them back with [`MetaSource::free_pages`].
-    fn alloc_pages(&self, pages: usize) -> Option<NonNull<u8>>;
-
-    /// Takes back pages handed over by [`MetaSource::alloc_pages`].
-    ///
-    /// # Safety
-    /// `base` and `pages` are exactly what one earlier `alloc_pages` call of
-    /// this source returned and was asked for, and the memory is not used
-    /// after this call.
-    unsafe fn free_pages(&self, base: NonNull<u8>, pages: usize);
-}
+use crate::meta::{META_PAGE, MetaSource};
 
 /// Who allocated a segment, so that it is freed by the matching call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,6 +22,8 @@ pub(crate) enum AllocBy {
     Xalloc,
     /// A child arena's import through [`crate::Source`].
     Import,
+    /// A slab of an object cache (a quantum cache or an [`crate::ObjectCache`]).
+    Cache,
 }
 
 /// What a tag describes.

@@ -1,0 +1,856 @@
+//! Object caches: the slab layer with the magazine layer over it, debug
+//! checks, statistics and the checker.
+//!
+//! An allocation tries the CPU's magazines, then the depot, then the slab
+//! layer; a free goes the other way. Objects in magazines are constructed
+//! (the constructor ran when they left the slab layer), so the common path
+//! neither constructs nor takes a shared lock.
+
+use core::ptr::NonNull;
+
+use arrayvec::ArrayString;
+use lock_api::RawMutex;
+
+use crate::arena::{Arena, NAME_MAX};
+use crate::cpu::{CpuId, MAX_CPUS};
+use crate::error::{Error, ErrorKind, Result};
+use crate::magazine::{CpuMags, CpuSlot, Depot, MAG_ROUNDS, MagLink, Magazine, mag};
+use crate::meta::MetaSource;
+use crate::slab::{Backing, MAX_OBJS, SlabLayer};
+
+/// A constructor or destructor: called with the object's address.
+pub type ObjectHook<'a> = &'a (dyn Fn(u64) + Sync);
+
+/// Pattern a freed object holds while debug checks are on.
+const POISON: u64 = 0xdead_beef_dead_beef;
+/// Pattern of the red zone after each object.
+const REDZONE: u64 = 0xfeed_face_feed_face;
+/// Byte pattern between the object's end and its red zone.
+const PAD: u8 = 0xbb;
+/// Buffer-tag states (mixed with the cache's address).
+const TAG_ALLOCATED: u64 = 0xa110_ca7e_d0b1_ec75;
+const TAG_FREE: u64 = 0xf4ee_d0b1_ec75_0000;
+
+/// The magazine size caches start with when none is given.
+pub const DEFAULT_MAGAZINE: u32 = 15;
+
+/// How an object cache is made.
+#[derive(Clone, Copy)]
+pub struct CacheConfig<'a> {
+    name: ArrayString<NAME_MAX>,
+    size: u64,
+    align: u64,
+    ctor: Option<ObjectHook<'a>>,
+    dtor: Option<ObjectHook<'a>>,
+    magazine: u32,
+    memory: bool,
+    debug: bool,
+    meta: &'a dyn MetaSource,
+    cpu: &'a dyn CpuId,
+}
+
+impl<'a> CacheConfig<'a> {
+    /// A no-touch cache of objects of `size` integers: the cache never reads
+    /// or writes the integers it hands out. Slab records and magazines come
+    /// from `meta`; `cpu` says which CPU is running.
+    pub fn new(name: &str, size: u64, meta: &'a dyn MetaSource, cpu: &'a dyn CpuId) -> Self {
+        let mut kept = ArrayString::new();
+        for c in name.chars() {
+            if kept.try_push(c).is_err() {
+                break;
+            }
+        }
+        CacheConfig {
+            name: kept,
+            size,
+            align: 1,
+            ctor: None,
+            dtor: None,
+            magazine: DEFAULT_MAGAZINE,
+            memory: false,
+            debug: false,
+            meta,
+            cpu,
+        }
+    }
+
+    /// Objects aligned to `align` (a power of two).
+    pub const fn align(mut self, align: u64) -> Self {
+        self.align = align;
+        self
+    }
+
+    /// Runs `ctor` on an object when it leaves the slab layer, `dtor` when
+    /// it goes back.
+    pub const fn hooks(
+        mut self,
+        ctor: Option<ObjectHook<'a>>,
+        dtor: Option<ObjectHook<'a>>,
+    ) -> Self {
+        self.ctor = ctor;
+        self.dtor = dtor;
+        self
+    }
+
+    /// Magazines of `rounds` objects to start with (at most 62; zero turns
+    /// the magazine layer off).
+    pub const fn magazine(mut self, rounds: u32) -> Self {
+        self.magazine = rounds;
+        self
+    }
+
+    /// Memory mode: the integers are addresses of memory the cache may
+    /// write, so debug checks can poison freed objects and guard red zones.
+    ///
+    /// # Safety
+    /// Every integer the backing arena hands out must be the address of
+    /// writable memory that nothing else uses while it is allocated.
+    pub const unsafe fn memory(mut self) -> Self {
+        self.memory = true;
+        self
+    }
+
+    /// Debug checks: every free is verified (a double free, or an object of
+    /// another cache, is `BadFree`); in memory mode freed objects are
+    /// poisoned and checked on reuse, and a red zone after each object is
+    /// checked on free (`Corrupt` with the address).
+    pub const fn debug(mut self, on: bool) -> Self {
+        self.debug = on;
+        self
+    }
+}
+
+/// Counters of one object cache.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CacheStats {
+    /// Successful allocations.
+    pub allocs: u64,
+    /// Successful frees.
+    pub frees: u64,
+    /// Allocations refused (no slab could be had).
+    pub alloc_fails: u64,
+    /// Objects users hold now.
+    pub in_use: u64,
+    /// Integers per object slot (the object rounded up, with its debug tag).
+    pub chunk: u64,
+    /// Integers per slab.
+    pub slab_size: u64,
+    /// Objects per slab.
+    pub objects_per_slab: u64,
+    /// Slabs now.
+    pub slabs: u64,
+    /// Empty slabs waiting for a reap.
+    pub slabs_empty: u64,
+    /// Slabs created.
+    pub slabs_created: u64,
+    /// Slabs given back to the arena.
+    pub slabs_destroyed: u64,
+    /// Allocations served by a CPU's magazines.
+    pub magazine_hits: u64,
+    /// Allocations that went to the slab layer.
+    pub magazine_misses: u64,
+    /// Frees that went into a CPU's magazines.
+    pub free_magazine_hits: u64,
+    /// Frees that went to the slab layer.
+    pub free_magazine_misses: u64,
+    /// Rounds in a new magazine now.
+    pub magazine_size: u64,
+    /// Magazines the cache owns.
+    pub magazines: u64,
+    /// Full magazines in the depot.
+    pub depot_full: u64,
+    /// Empty magazines in the depot.
+    pub depot_empty: u64,
+    /// Depot lock acquisitions that had to wait.
+    pub depot_contention: u64,
+    /// Times the magazine size grew.
+    pub magazine_resizes: u64,
+    /// Reaps.
+    pub reaps: u64,
+}
+
+/// Why a free failed: `NotOurs` lets a quantum cache hand the free to its
+/// arena instead.
+pub(crate) enum FreeError {
+    NotOurs(Error),
+    Refused(Error),
+}
+
+impl FreeError {
+    pub(crate) fn error(self) -> Error {
+        match self {
+            FreeError::NotOurs(e) | FreeError::Refused(e) => e,
+        }
+    }
+}
+
+/// Everything of a cache but its arena, which callers pass in: quantum
+/// caches live inside storage their arena points to.
+pub(crate) struct CacheCore<'a> {
+    pub(crate) name: ArrayString<NAME_MAX>,
+    size: u64,
+    chunk: u64,
+    memory: bool,
+    verify: bool,
+    poison: bool,
+    ctor: Option<ObjectHook<'a>>,
+    dtor: Option<ObjectHook<'a>>,
+    meta: &'a dyn MetaSource,
+    cpu: &'a dyn CpuId,
+    cpus: [CpuSlot; MAX_CPUS],
+    depot: spin::Mutex<Depot>,
+    slabs: spin::Mutex<SlabLayer>,
+    counters: spin::Mutex<Counters>,
+}
+
+/// Counters of the slow paths.
+#[derive(Default)]
+struct Counters {
+    slab_allocs: u64,
+    slab_frees: u64,
+    alloc_fails: u64,
+    reaps: u64,
+}
+
+fn highbit1(v: u64) -> u32 {
+    64 - v.leading_zeros()
+}
+
+impl<'a> CacheCore<'a> {
+    /// A cache over an arena of `quantum`, as `config` says; `slab_size`
+    /// forces the slab size (quantum caches follow the reference rule).
+    pub(crate) fn new(
+        config: &CacheConfig<'a>,
+        quantum: u64,
+        slab_size: Option<u64>,
+    ) -> Result<Self> {
+        if config.size == 0 {
+            return Err(Error::new(ErrorKind::ZeroSize, "object size zero"));
+        }
+        if !config.align.is_power_of_two() {
+            return Err(Error::new(
+                ErrorKind::BadConstraint,
+                "object alignment is not a power of two",
+            ));
+        }
+        let too_big = Error::new(ErrorKind::Overflow, "object too large for a cache");
+        let debug_memory = config.debug && config.memory;
+        let body = if debug_memory {
+            config.size.checked_next_multiple_of(8).ok_or(too_big)? + 16
+        } else {
+            config.size
+        };
+        let align = if config.memory {
+            config.align.max(8)
+        } else {
+            config.align
+        };
+        let chunk = body.checked_next_multiple_of(align).ok_or(too_big)?;
+        let slab_size = match slab_size {
+            Some(s) => s,
+            None => chunk
+                .checked_mul(8)
+                .and_then(|b| b.max(quantum).checked_next_power_of_two())
+                .ok_or(too_big)?,
+        };
+        if chunk > slab_size {
+            return Err(too_big);
+        }
+        let objs = (slab_size / chunk).min(MAX_OBJS as u64) as u32;
+        let magazine = config.magazine.min(MAG_ROUNDS as u32);
+        Ok(CacheCore {
+            name: config.name,
+            size: config.size,
+            chunk,
+            memory: config.memory,
+            verify: config.debug,
+            poison: debug_memory,
+            ctor: config.ctor,
+            dtor: config.dtor,
+            meta: config.meta,
+            cpu: config.cpu,
+            cpus: [const { CpuSlot::new() }; MAX_CPUS],
+            depot: spin::Mutex::new(Depot::new(magazine)),
+            slabs: spin::Mutex::new(SlabLayer::new(chunk, slab_size, objs, align.max(quantum))),
+            counters: spin::Mutex::new(Counters::default()),
+        })
+    }
+
+    /// The slab size quantum caches use: `max(2^highbit(3 * qcache_max), 64)`
+    /// integers, at least one quantum.
+    pub(crate) fn qcache_slab_size(qcache_max: u64, quantum: u64) -> u64 {
+        (1u64 << highbit1(3 * qcache_max)).max(64).max(quantum)
+    }
+
+    /// Object size.
+    pub(crate) fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn slot(&self) -> &CpuSlot {
+        &self.cpus[self.cpu.current() % MAX_CPUS]
+    }
+
+    fn lock_depot(&self) -> spin::MutexGuard<'_, Depot> {
+        let (mut depot, contended) = match self.depot.try_lock() {
+            Some(depot) => (depot, false),
+            None => (self.depot.lock(), true),
+        };
+        depot.note_access(contended);
+        depot
+    }
+
+    /// Takes an object from the CPU's magazines, trading with the depot.
+    #[inline]
+    fn mag_alloc(&self) -> Option<u64> {
+        let mut guard = self.slot().0.lock();
+        let c = &mut *guard;
+        loop {
+            if let Some(m) = c.loaded
+                // SAFETY: the CPU slot owns its magazines, and its lock is held.
+                && let Some(obj) = unsafe { mag(m) }.pop()
+            {
+                c.alloc_hits += 1;
+                return Some(obj);
+            }
+            // SAFETY: as above.
+            if c.prev.is_some_and(|p| unsafe { mag(p) }.rounds() > 0) {
+                core::mem::swap(&mut c.loaded, &mut c.prev);
+                continue;
+            }
+            let mut depot = self.lock_depot();
+            if depot.magsize == 0 {
+                break;
+            }
+            let Some(full) = depot.take_full() else { break };
+            if let Some(empty) = c.prev {
+                depot.put_empty(empty);
+            }
+            c.prev = c.loaded;
+            c.loaded = Some(full);
+        }
+        c.alloc_misses += 1;
+        None
+    }
+
+    /// Puts an object in the CPU's magazines, trading with the depot; false
+    /// when there is no room anywhere.
+    #[inline]
+    fn mag_free(&self, obj: u64) -> bool {
+        let mut guard = self.slot().0.lock();
+        let c = &mut *guard;
+        loop {
+            // SAFETY: the CPU slot owns its magazines, and its lock is held.
+            if c.loaded.is_some_and(|m| unsafe { mag(m) }.push(obj)) {
+                c.free_hits += 1;
+                return true;
+            }
+            // SAFETY: as above.
+            if c.prev.is_some_and(|p| unsafe { mag(p) }.rounds() == 0) {
+                core::mem::swap(&mut c.loaded, &mut c.prev);
+                continue;
+            }
+            let mut depot = self.lock_depot();
+            let Some(empty) = depot.take_empty(self.meta) else {
+                break;
+            };
+            if let Some(full) = c.prev {
+                depot.put_full(full);
+            }
+            c.prev = c.loaded;
+            c.loaded = Some(empty);
+        }
+        c.free_misses += 1;
+        false
+    }
+
+    fn word(addr: u64) -> *mut u64 {
+        addr as usize as *mut u64
+    }
+
+    /// Writes the poison, pad, red zone and free tag of the object at `obj`.
+    fn poison_object(&self, obj: u64) {
+        let body = self.size.next_multiple_of(8);
+        // SAFETY: memory mode: the object's chunk (body + 16 bytes of tag) is
+        // writable memory this cache owns.
+        unsafe {
+            for i in 0..self.size / 8 {
+                Self::word(obj + 8 * i).write_unaligned(POISON);
+            }
+            for b in (self.size / 8 * 8)..body {
+                let byte = if b < self.size { POISON as u8 } else { PAD };
+                (obj as usize as *mut u8).add(b as usize).write(byte);
+            }
+            Self::word(obj + body).write_unaligned(REDZONE);
+            Self::word(obj + body + 8).write_unaligned(self.tag(obj, TAG_FREE));
+        }
+    }
+
+    fn tag(&self, obj: u64, state: u64) -> u64 {
+        obj ^ state ^ (self as *const Self as usize as u64)
+    }
+
+    /// Checks that a free object still holds its poison; marks it allocated.
+    fn unpoison(&self, obj: u64) -> Result<()> {
+        let body = self.size.next_multiple_of(8);
+        // SAFETY: memory mode: the chunk is memory this cache owns.
+        unsafe {
+            if Self::word(obj + body + 8).read_unaligned() != self.tag(obj, TAG_FREE) {
+                return Err(
+                    Error::new(ErrorKind::Corrupt, "free object's tag was overwritten").at(obj),
+                );
+            }
+            for i in 0..self.size / 8 {
+                if Self::word(obj + 8 * i).read_unaligned() != POISON {
+                    return Err(Error::new(
+                        ErrorKind::Corrupt,
+                        "object was written after it was freed",
+                    )
+                    .at(obj + 8 * i));
+                }
+            }
+            Self::word(obj + body + 8).write_unaligned(self.tag(obj, TAG_ALLOCATED));
+        }
+        Ok(())
+    }
+
+    /// Checks an object's tag and red zone before it is freed.
+    fn check_tag(&self, obj: u64) -> Result<()> {
+        let body = self.size.next_multiple_of(8);
+        // SAFETY: memory mode, and the slab layer confirmed `obj` is an
+        // object of this cache a user holds.
+        unsafe {
+            let tag = Self::word(obj + body + 8).read_unaligned();
+            if tag == self.tag(obj, TAG_FREE) {
+                return Err(Error::new(ErrorKind::BadFree, "object is already free").at(obj));
+            }
+            if tag != self.tag(obj, TAG_ALLOCATED) {
+                return Err(
+                    Error::new(ErrorKind::Corrupt, "object's buffer tag was overwritten").at(obj),
+                );
+            }
+            let pad_ok = (self.size..body)
+                .all(|b| (obj as usize as *const u8).add(b as usize).read() == PAD);
+            if !pad_ok || Self::word(obj + body).read_unaligned() != REDZONE {
+                return Err(Error::new(
+                    ErrorKind::Corrupt,
+                    "red zone after the object was overwritten",
+                )
+                .at(obj));
+            }
+        }
+        Ok(())
+    }
+
+    fn construct(&self, obj: u64) {
+        if let Some(ctor) = self.ctor {
+            ctor(obj);
+        }
+    }
+
+    fn destruct(&self, obj: u64) {
+        if let Some(dtor) = self.dtor {
+            dtor(obj);
+        }
+    }
+
+    /// An object from the slab layer, constructed (unless debug poisoning
+    /// defers construction to every allocation).
+    fn slab_alloc(&self, backing: &dyn Backing) -> Result<u64> {
+        let mut slabs = self.slabs.lock();
+        let (obj, fresh) = match slabs.alloc(backing, self.meta) {
+            Ok(got) => got,
+            Err(e) => {
+                drop(slabs);
+                self.counters.lock().alloc_fails += 1;
+                return Err(e);
+            }
+        };
+        if fresh && self.poison {
+            let base = obj;
+            for i in 0..u64::from(slabs.objs) {
+                self.poison_object(base + i * self.chunk);
+            }
+        }
+        drop(slabs);
+        self.counters.lock().slab_allocs += 1;
+        if !self.poison {
+            self.construct(obj);
+        }
+        Ok(obj)
+    }
+
+    /// Returns an object to the slab layer, destructed.
+    fn slab_free(&self, obj: u64) -> Result<()> {
+        if !self.poison {
+            self.destruct(obj);
+        }
+        self.slabs.lock().free(obj)?;
+        self.counters.lock().slab_frees += 1;
+        Ok(())
+    }
+
+    /// Allocates one object.
+    pub(crate) fn alloc(&self, backing: &dyn Backing) -> Result<u64> {
+        let obj = match self.mag_alloc() {
+            Some(obj) => obj,
+            None => self.slab_alloc(backing)?,
+        };
+        if self.verify || self.poison {
+            self.slabs.lock().mark_user(obj)?;
+            if self.poison {
+                self.unpoison(obj)?;
+            }
+            if self.poison {
+                self.construct(obj);
+                let body = self.size.next_multiple_of(8);
+                // SAFETY: memory mode: the pad and red zone are ours.
+                unsafe {
+                    for b in self.size..body {
+                        (obj as usize as *mut u8).add(b as usize).write(PAD);
+                    }
+                    Self::word(obj + body).write_unaligned(REDZONE);
+                }
+            }
+        }
+        Ok(obj)
+    }
+
+    /// Frees one object.
+    pub(crate) fn free(&self, obj: u64) -> core::result::Result<(), FreeError> {
+        if self.verify || self.poison {
+            let mut slabs = self.slabs.lock();
+            match slabs.unmark_user(obj) {
+                Ok(()) => {}
+                Err(e) if e.what() == crate::slab::NOT_OURS => return Err(FreeError::NotOurs(e)),
+                Err(e) => return Err(FreeError::Refused(e)),
+            }
+            if self.poison
+                && let Err(e) = self.check_tag(obj)
+            {
+                // The free is refused: the object stays with its user.
+                let _ = slabs.mark_user(obj);
+                return Err(FreeError::Refused(e));
+            }
+            drop(slabs);
+            if self.poison {
+                self.destruct(obj);
+                self.poison_object(obj);
+            }
+        }
+        if !self.mag_free(obj) {
+            self.slab_free(obj).map_err(FreeError::Refused)?;
+        }
+        Ok(())
+    }
+
+    /// Drains a chain of magazines into the slab layer and frees them.
+    fn drain(&self, mags: &mut [MagLink]) -> Result<()> {
+        let mut result = Ok(());
+        for m in mags.iter_mut().filter_map(|m| m.take()) {
+            // SAFETY: the magazine was taken out of its owner, so it is ours alone.
+            while let Some(obj) = unsafe { mag(m) }.pop() {
+                if let Err(e) = self.slab_free(obj) {
+                    result = Err(e);
+                }
+            }
+            self.depot.lock().pool.give(m);
+        }
+        result
+    }
+
+    /// Returns every magazine's objects and every empty slab: afterwards the
+    /// cache holds only what its users hold.
+    pub(crate) fn purge(&self, backing: &dyn Backing) -> Result<()> {
+        let mut result = Ok(());
+        for slot in &self.cpus {
+            let mut mags = {
+                let mut c = slot.0.lock();
+                [c.loaded.take(), c.prev.take()]
+            };
+            if let Err(e) = self.drain(&mut mags) {
+                result = Err(e);
+            }
+        }
+        loop {
+            let mut batch: [MagLink; 8] = [None; 8];
+            {
+                let mut depot = self.depot.lock();
+                for slot in batch.iter_mut() {
+                    *slot = depot.take_full().or_else(|| depot.take_empty_existing());
+                }
+            }
+            if batch.iter().all(Option::is_none) {
+                break;
+            }
+            if let Err(e) = self.drain(&mut batch) {
+                result = Err(e);
+            }
+        }
+        self.depot.lock().reset_working_set();
+        self.slabs.lock().reap(backing);
+        self.counters.lock().reaps += 1;
+        result
+    }
+
+    /// Trims the depot to its working set (magazines untouched since the
+    /// last call go back) and returns empty slabs.
+    pub(crate) fn reap_idle(&self, backing: &dyn Backing) -> Result<()> {
+        let (full, empty) = self.depot.lock().idle();
+        let mut result = Ok(());
+        for _ in 0..full + empty {
+            let mut one = [{
+                let mut depot = self.depot.lock();
+                depot.take_full().or_else(|| depot.take_empty_existing())
+            }];
+            if one[0].is_none() {
+                break;
+            }
+            if let Err(e) = self.drain(&mut one) {
+                result = Err(e);
+            }
+        }
+        self.depot.lock().reset_working_set();
+        self.slabs.lock().reap(backing);
+        self.counters.lock().reaps += 1;
+        result
+    }
+
+    /// The cache's counters.
+    pub(crate) fn stats(&self) -> CacheStats {
+        let mut s = CacheStats::default();
+        for slot in &self.cpus {
+            let c = slot.0.lock();
+            s.magazine_hits += c.alloc_hits;
+            s.magazine_misses += c.alloc_misses;
+            s.free_magazine_hits += c.free_hits;
+            s.free_magazine_misses += c.free_misses;
+        }
+        {
+            let depot = self.depot.lock();
+            s.magazine_size = u64::from(depot.magsize);
+            s.magazines = depot.pool.in_use as u64;
+            s.depot_full = depot.full.count as u64;
+            s.depot_empty = depot.empty.count as u64;
+            s.depot_contention = depot.contention;
+            s.magazine_resizes = depot.resizes;
+        }
+        {
+            let slabs = self.slabs.lock();
+            s.chunk = slabs.chunk;
+            s.slab_size = slabs.slab_size;
+            s.objects_per_slab = u64::from(slabs.objs);
+            s.slabs = slabs.slabs() as u64;
+            s.slabs_empty = slabs.empty_slabs() as u64;
+            s.slabs_created = slabs.counts.created;
+            s.slabs_destroyed = slabs.counts.destroyed;
+        }
+        let counters = self.counters.lock();
+        s.allocs = s.magazine_hits + counters.slab_allocs;
+        s.frees = s.free_magazine_hits + counters.slab_frees;
+        s.in_use = s.allocs - s.frees;
+        s.alloc_fails = counters.alloc_fails;
+        s.reaps = counters.reaps;
+        s
+    }
+
+    /// Checks the slab layer, every magazine, and that the objects out of
+    /// the slabs are exactly those in magazines plus those users hold.
+    pub(crate) fn check(&self) -> Result<()> {
+        let corrupt = |what, at| Err(Error::new(ErrorKind::Corrupt, what).at(at));
+        let cpus: [spin::MutexGuard<'_, CpuMags>; MAX_CPUS] =
+            core::array::from_fn(|i| self.cpus[i].0.lock());
+        let depot = self.depot.lock();
+        let mut slabs = self.slabs.lock();
+        let (out, users) = slabs.check()?;
+        let mut rounds = 0u64;
+        let mut magazines = 0usize;
+        let mut visit = |m: NonNull<Magazine>, want: Option<bool>| -> Result<()> {
+            // SAFETY: every owner's lock is held.
+            let m = unsafe { mag(m) };
+            magazines += 1;
+            if m.rounds() > m.cap() || m.cap() as usize > MAG_ROUNDS {
+                return corrupt("magazine holds more than it can", u64::from(m.rounds()));
+            }
+            if let Some(full) = want
+                && (full && !m.is_full() || !full && m.rounds() != 0)
+            {
+                return corrupt("depot magazine is on the wrong list", u64::from(m.rounds()));
+            }
+            for &obj in m.objects() {
+                slabs.check_out(obj, self.verify)?;
+            }
+            rounds += u64::from(m.rounds());
+            Ok(())
+        };
+        for c in &cpus {
+            if let Some(m) = c.loaded {
+                visit(m, None)?;
+            }
+            if let Some(p) = c.prev {
+                // SAFETY: the slot's lock is held.
+                let prev = unsafe { mag(p) };
+                if prev.rounds() != 0 && !prev.is_full() {
+                    return corrupt(
+                        "previous magazine is neither full nor empty",
+                        u64::from(prev.rounds()),
+                    );
+                }
+                visit(p, None)?;
+            }
+        }
+        for m in depot.full.iter() {
+            visit(m, Some(true))?;
+        }
+        for m in depot.empty.iter() {
+            visit(m, Some(false))?;
+        }
+        if magazines != depot.pool.in_use {
+            return corrupt("magazines are lost", magazines as u64);
+        }
+        drop(slabs);
+        drop(depot);
+        let hits: u64 = cpus.iter().map(|c| c.alloc_hits).sum();
+        let free_hits: u64 = cpus.iter().map(|c| c.free_hits).sum();
+        drop(cpus);
+        let counters = self.counters.lock();
+        let in_use = (hits + counters.slab_allocs).wrapping_sub(free_hits + counters.slab_frees);
+        if (self.verify || self.poison) && users != in_use {
+            return corrupt("objects held by users are miscounted", users);
+        }
+        if out != rounds + in_use {
+            return corrupt(
+                "objects out of the slabs are neither in magazines nor with users",
+                out,
+            );
+        }
+        Ok(())
+    }
+
+    /// Gives everything back: magazines, every slab (even ones users still
+    /// hold objects of), records and tables.
+    pub(crate) fn dispose(&mut self, backing: &dyn Backing) {
+        let _ = self.purge(backing);
+        let meta = self.meta;
+        let slabs = self.slabs.get_mut();
+        slabs.release_all(backing);
+        slabs.dispose(meta);
+        self.depot.get_mut().pool.dispose(meta);
+    }
+
+    /// Gives the records, tables and magazines back to the meta source
+    /// without touching the arena (which has already taken back every slab
+    /// or is gone).
+    pub(crate) fn release_meta(&mut self) {
+        let meta = self.meta;
+        self.slabs.get_mut().dispose(meta);
+        self.depot.get_mut().pool.dispose(meta);
+    }
+
+    /// Whether frees are verified.
+    pub(crate) fn verifies(&self) -> bool {
+        self.verify
+    }
+
+    /// Whether the cache is in memory mode.
+    pub(crate) fn memory_mode(&self) -> bool {
+        self.memory
+    }
+}
+
+/// An object cache over an arena: the kmem layer.
+///
+/// Allocation and free take only the current CPU's lock in the common
+/// case; see the crate documentation for the magazine design.
+pub struct ObjectCache<'a, R: RawMutex = crate::arena::DefaultLock> {
+    arena: &'a Arena<'a, R>,
+    core: CacheCore<'a>,
+}
+
+impl<'a, R: RawMutex> ObjectCache<'a, R> {
+    /// A cache as `config` says, its slabs from `arena`.
+    pub fn new(config: CacheConfig<'a>, arena: &'a Arena<'a, R>) -> Result<Self> {
+        Ok(ObjectCache {
+            core: CacheCore::new(&config, arena.quantum(), None)?,
+            arena,
+        })
+    }
+
+    /// The cache's name.
+    pub fn name(&self) -> &str {
+        &self.core.name
+    }
+
+    /// The object size.
+    pub fn object_size(&self) -> u64 {
+        self.core.size()
+    }
+
+    /// The arena the slabs come from.
+    pub fn arena(&self) -> &'a Arena<'a, R> {
+        self.arena
+    }
+
+    /// Allocates one object (constructed, if the cache has a constructor).
+    pub fn alloc(&self) -> Result<u64> {
+        self.core.alloc(self.arena)
+    }
+
+    /// Frees an object this cache handed out. Without debug checks the
+    /// magazine layer takes the caller's word, as kmem does; with them a
+    /// double free or a foreign object is `BadFree`, and a damaged red zone
+    /// or poison is `Corrupt`.
+    pub fn free(&self, obj: u64) -> Result<()> {
+        self.core.free(obj).map_err(FreeError::error)
+    }
+
+    /// Returns every magazine's objects to the slabs and every empty slab
+    /// to the arena.
+    pub fn reap(&self) -> Result<()> {
+        self.core.purge(self.arena)
+    }
+
+    /// Returns what the depot's working set shows idle since the last call,
+    /// and empty slabs: the periodic reap.
+    pub fn reap_idle(&self) -> Result<()> {
+        self.core.reap_idle(self.arena)
+    }
+
+    /// The cache's counters.
+    pub fn stats(&self) -> CacheStats {
+        self.core.stats()
+    }
+
+    /// Checks the cache's invariants (`Corrupt` names the broken one).
+    pub fn check(&self) -> Result<()> {
+        self.core.check()
+    }
+
+    /// Whether debug checks are on.
+    pub fn debug(&self) -> bool {
+        self.core.verifies()
+    }
+
+    /// Whether the cache is in memory mode.
+    pub fn memory_mode(&self) -> bool {
+        self.core.memory_mode()
+    }
+}
+
+impl<R: RawMutex> Drop for ObjectCache<'_, R> {
+    /// Gives every slab back to the arena and all metadata to the meta source.
+    fn drop(&mut self) {
+        let arena = self.arena;
+        self.core.dispose(arena);
+    }
+}
+
+impl<R: RawMutex> core::fmt::Debug for ObjectCache<'_, R> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("ObjectCache")
+            .field("name", &self.name())
+            .field("object_size", &self.object_size())
+            .field("stats", &self.stats())
+            .finish()
+    }
+}

@@ -1,0 +1,278 @@
+//! The magazine layer: per-CPU loaded and previous magazines, and the
+//! depot of full and empty magazines behind its own lock.
+//!
+//! A magazine is a stack of constructed objects. Each CPU allocates from
+//! its loaded magazine and frees into it; when it runs empty (or full) the
+//! CPU swaps in its previous magazine, and only when both are exhausted
+//! does it trade with the depot: a full magazine for an empty one, or the
+//! reverse. So a CPU goes to the depot at most once per magazine's worth of
+//! operations, and its previous magazine is always either full or empty.
+//! When the depot lock is contended the magazine size grows, as the paper
+//! describes, so CPUs come to the depot less often.
+
+use core::ptr::NonNull;
+
+use crate::meta::{MetaSource, RecordPool};
+
+/// Most rounds a magazine holds.
+pub(crate) const MAG_ROUNDS: usize = 62;
+
+/// The magazine sizes a cache grows through under contention.
+pub(crate) const MAG_SIZES: [u32; 7] = [1, 3, 7, 15, 31, 47, 62];
+
+/// Depot operations per contention window.
+const WINDOW_OPS: u64 = 256;
+
+/// Contended depot acquisitions in one window that make magazines grow.
+const WINDOW_CONTENTION: u64 = 3;
+
+pub(crate) type MagLink = Option<NonNull<Magazine>>;
+
+/// A magazine: a stack of up to `cap` objects (512 bytes, eight a page).
+#[repr(C)]
+pub(crate) struct Magazine {
+    rounds: u32,
+    cap: u32,
+    next: MagLink,
+    objs: [u64; MAG_ROUNDS],
+}
+
+/// Access to a magazine.
+///
+/// # Safety
+/// The caller holds the lock of the place that owns the magazine (a CPU
+/// slot or the depot), and no other reference to it is alive.
+pub(crate) unsafe fn mag<'x>(m: NonNull<Magazine>) -> &'x mut Magazine {
+    // SAFETY: per the function's contract.
+    unsafe { &mut *m.as_ptr() }
+}
+
+impl Magazine {
+    pub(crate) fn rounds(&self) -> u32 {
+        self.rounds
+    }
+
+    pub(crate) fn cap(&self) -> u32 {
+        self.cap
+    }
+
+    pub(crate) fn is_full(&self) -> bool {
+        self.rounds >= self.cap
+    }
+
+    #[inline(always)]
+    pub(crate) fn pop(&mut self) -> Option<u64> {
+        self.rounds = self.rounds.checked_sub(1)?;
+        self.objs.get(self.rounds as usize).copied()
+    }
+
+    #[inline(always)]
+    pub(crate) fn push(&mut self, obj: u64) -> bool {
+        if self.is_full() {
+            return false;
+        }
+        match self.objs.get_mut(self.rounds as usize) {
+            Some(slot) => {
+                *slot = obj;
+                self.rounds += 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The objects it holds.
+    pub(crate) fn objects(&self) -> &[u64] {
+        &self.objs[..(self.rounds as usize).min(MAG_ROUNDS)]
+    }
+}
+
+/// One CPU's magazines and counters, under that CPU's lock.
+#[derive(Default)]
+pub(crate) struct CpuMags {
+    pub(crate) loaded: MagLink,
+    pub(crate) prev: MagLink,
+    /// Allocations served from this CPU's magazines.
+    pub(crate) alloc_hits: u64,
+    /// Allocations that found no object in the magazines or depot.
+    pub(crate) alloc_misses: u64,
+    /// Frees that went into this CPU's magazines.
+    pub(crate) free_hits: u64,
+    /// Frees that found no room in the magazines or depot.
+    pub(crate) free_misses: u64,
+}
+
+// SAFETY: the magazines belong to this slot and are reached only under its lock.
+unsafe impl Send for CpuMags {}
+
+/// A CPU's slot, on its own cache line so CPUs do not share lines.
+#[repr(align(64))]
+pub(crate) struct CpuSlot(pub(crate) spin::Mutex<CpuMags>);
+
+impl CpuSlot {
+    pub(crate) const fn new() -> Self {
+        CpuSlot(spin::Mutex::new(CpuMags {
+            loaded: None,
+            prev: None,
+            alloc_hits: 0,
+            alloc_misses: 0,
+            free_hits: 0,
+            free_misses: 0,
+        }))
+    }
+}
+
+/// A stack of magazines chained through `next`.
+#[derive(Clone, Copy)]
+pub(crate) struct MagStack {
+    head: MagLink,
+    pub(crate) count: usize,
+    /// The lowest count since the last working-set update.
+    low: usize,
+}
+
+impl MagStack {
+    const EMPTY: MagStack = MagStack {
+        head: None,
+        count: 0,
+        low: 0,
+    };
+
+    fn push(&mut self, m: NonNull<Magazine>) {
+        // SAFETY: the depot owns `m` now, under its lock.
+        unsafe { mag(m).next = self.head };
+        self.head = Some(m);
+        self.count += 1;
+    }
+
+    fn pop(&mut self) -> MagLink {
+        let m = self.head?;
+        // SAFETY: the depot owns `m`, under its lock.
+        self.head = unsafe { mag(m).next };
+        self.count -= 1;
+        self.low = self.low.min(self.count);
+        Some(m)
+    }
+
+    /// Walks the stack (for the checker and purges).
+    pub(crate) fn iter(&self) -> impl Iterator<Item = NonNull<Magazine>> {
+        let mut cursor = self.head;
+        core::iter::from_fn(move || {
+            let m = cursor?;
+            // SAFETY: the depot owns `m`, under its lock, held by the caller.
+            cursor = unsafe { mag(m).next };
+            Some(m)
+        })
+    }
+}
+
+/// The depot: full and empty magazines, the magazine size, contention
+/// statistics, and the pool magazines come from.
+pub(crate) struct Depot {
+    pub(crate) full: MagStack,
+    pub(crate) empty: MagStack,
+    /// Rounds in a new magazine; zero turns magazines off.
+    pub(crate) magsize: u32,
+    window_ops: u64,
+    window_contention: u64,
+    /// Depot acquisitions that found the lock taken.
+    pub(crate) contention: u64,
+    /// Times the magazine size grew.
+    pub(crate) resizes: u64,
+    pub(crate) pool: RecordPool<Magazine>,
+}
+
+// SAFETY: the depot owns its magazines and pool, reached only under its lock.
+unsafe impl Send for Depot {}
+
+impl Depot {
+    pub(crate) const fn new(magsize: u32) -> Self {
+        Depot {
+            full: MagStack::EMPTY,
+            empty: MagStack::EMPTY,
+            magsize,
+            window_ops: 0,
+            window_contention: 0,
+            contention: 0,
+            resizes: 0,
+            pool: RecordPool::new(),
+        }
+    }
+
+    /// Records one acquisition of the depot lock, and grows the magazine
+    /// size when the lock was contended often in the current window.
+    pub(crate) fn note_access(&mut self, contended: bool) {
+        self.window_ops += 1;
+        if contended {
+            self.contention += 1;
+            self.window_contention += 1;
+        }
+        if self.window_contention >= WINDOW_CONTENTION {
+            if let Some(&next) = MAG_SIZES.iter().find(|&&s| s > self.magsize)
+                && self.magsize > 0
+            {
+                self.magsize = next;
+                self.resizes += 1;
+            }
+            self.window_ops = 0;
+            self.window_contention = 0;
+        } else if self.window_ops >= WINDOW_OPS {
+            self.window_ops = 0;
+            self.window_contention = 0;
+        }
+    }
+
+    pub(crate) fn take_full(&mut self) -> MagLink {
+        self.full.pop()
+    }
+
+    pub(crate) fn put_full(&mut self, m: NonNull<Magazine>) {
+        self.full.push(m);
+    }
+
+    pub(crate) fn put_empty(&mut self, m: NonNull<Magazine>) {
+        self.empty.push(m);
+    }
+
+    /// An empty magazine of the current size: from the depot, or a new one
+    /// from `meta`; none when magazines are off or there is no memory.
+    pub(crate) fn take_empty(&mut self, meta: &dyn MetaSource) -> MagLink {
+        if self.magsize == 0 {
+            return None;
+        }
+        let magsize = self.magsize.min(MAG_ROUNDS as u32);
+        if let Some(m) = self.empty.pop() {
+            // SAFETY: the depot owns `m`; an empty magazine may grow to any
+            // size up to its storage.
+            unsafe { mag(m).cap = magsize };
+            return Some(m);
+        }
+        let m = self.pool.take(meta)?;
+        // SAFETY: a fresh record from the pool, written whole.
+        unsafe {
+            m.as_ptr().write(Magazine {
+                rounds: 0,
+                cap: magsize,
+                next: None,
+                objs: [0; MAG_ROUNDS],
+            })
+        };
+        Some(m)
+    }
+
+    /// An empty magazine from the depot, if it has one.
+    pub(crate) fn take_empty_existing(&mut self) -> MagLink {
+        self.empty.pop()
+    }
+
+    /// Starts a new working-set interval: the counts now are the lows.
+    pub(crate) fn reset_working_set(&mut self) {
+        self.full.low = self.full.count;
+        self.empty.low = self.empty.count;
+    }
+
+    /// Magazines untouched since the last working-set update: `(full, empty)`.
+    pub(crate) fn idle(&self) -> (usize, usize) {
+        (self.full.low, self.empty.low)
+    }
+}

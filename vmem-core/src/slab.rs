@@ -1,0 +1,595 @@
+//! The slab layer: objects of one size carved from slabs the cache takes
+//! from its arena, with all bookkeeping outside the slab (so it works the
+//! same whether the integers are memory or not).
+//!
+//! Each slab has a record with a bitmap of its free objects and, when the
+//! cache verifies frees, a bitmap of the objects its users hold. Slabs sit
+//! on one of three lists (partial, full, empty); allocation prefers partial
+//! slabs so that empty ones can be returned. A hash finds the slab of an
+//! object: slabs are registered under the slab-size blocks their first and
+//! last integer fall in, so any object's block leads to its slab without the
+//! slabs having to be aligned.
+
+use core::mem::size_of;
+use core::ptr::NonNull;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::meta::{META_PAGE, MetaSource, RecordPool};
+
+/// Most objects one slab holds.
+pub(crate) const MAX_OBJS: usize = 512;
+const WORDS: usize = MAX_OBJS / 64;
+const INLINE_BUCKETS: usize = 16;
+const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
+
+type SlabLink = Option<NonNull<SlabRec>>;
+
+/// The words of the `BadFree` for an address no slab of the cache holds.
+pub(crate) const NOT_OURS: &str = "not an object of this cache";
+
+/// Where a cache's slabs come from.
+pub(crate) trait Backing {
+    /// A slab of `size` integers aligned to `align`.
+    fn slab_alloc(&self, size: u64, align: u64) -> Result<u64>;
+    /// Gives a slab back.
+    fn slab_free(&self, base: u64, size: u64, align: u64);
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ListId {
+    Partial,
+    Full,
+    Empty,
+}
+
+/// One slab's record.
+pub(crate) struct SlabRec {
+    base: u64,
+    /// Bit set: the object is free in the slab.
+    free: [u64; WORDS],
+    /// Bit set: a user holds the object (kept when the cache verifies).
+    user: [u64; WORDS],
+    nfree: u32,
+    list: ListId,
+    prev: SlabLink,
+    next: SlabLink,
+    /// Hash chain links, one per block the slab is registered under.
+    chain: [SlabLink; 2],
+}
+
+/// Access to a slab record.
+///
+/// # Safety
+/// `p` is a record of the layer whose `&mut` the caller holds, and no other
+/// reference to the record is alive.
+unsafe fn rec<'x>(p: NonNull<SlabRec>) -> &'x mut SlabRec {
+    // SAFETY: per the function's contract.
+    unsafe { &mut *p.as_ptr() }
+}
+
+#[derive(Clone, Copy)]
+struct SlabList {
+    head: SlabLink,
+    count: usize,
+}
+
+impl SlabList {
+    const EMPTY: SlabList = SlabList {
+        head: None,
+        count: 0,
+    };
+}
+
+/// What the slab layer did, for the cache's statistics.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct SlabCounts {
+    pub(crate) created: u64,
+    pub(crate) destroyed: u64,
+}
+
+/// The slab layer of one cache.
+pub(crate) struct SlabLayer {
+    pub(crate) chunk: u64,
+    pub(crate) slab_size: u64,
+    pub(crate) objs: u32,
+    align: u64,
+    shift: u32,
+    lists: [SlabList; 3],
+    inline: [SlabLink; INLINE_BUCKETS],
+    table: Option<(NonNull<SlabLink>, usize)>,
+    bits: u32,
+    records: RecordPool<SlabRec>,
+    pub(crate) counts: SlabCounts,
+    /// Objects out of the slabs (with users or in magazines).
+    pub(crate) out: u64,
+}
+
+// SAFETY: the layer owns its records and table; it is only used behind the
+// cache's slab lock.
+unsafe impl Send for SlabLayer {}
+
+fn list_index(id: ListId) -> usize {
+    match id {
+        ListId::Partial => 0,
+        ListId::Full => 1,
+        ListId::Empty => 2,
+    }
+}
+
+impl SlabLayer {
+    /// A layer of `objs` objects of `chunk` integers per slab of
+    /// `slab_size` (a power of two), slabs aligned to `align`.
+    pub(crate) const fn new(chunk: u64, slab_size: u64, objs: u32, align: u64) -> Self {
+        SlabLayer {
+            chunk,
+            slab_size,
+            objs,
+            align,
+            shift: slab_size.trailing_zeros(),
+            lists: [SlabList::EMPTY; 3],
+            inline: [None; INLINE_BUCKETS],
+            table: None,
+            bits: INLINE_BUCKETS.trailing_zeros(),
+            records: RecordPool::new(),
+            counts: SlabCounts {
+                created: 0,
+                destroyed: 0,
+            },
+            out: 0,
+        }
+    }
+
+    /// Slabs the layer holds now.
+    pub(crate) fn slabs(&self) -> usize {
+        self.lists.iter().map(|l| l.count).sum()
+    }
+
+    /// Empty slabs the layer holds now.
+    pub(crate) fn empty_slabs(&self) -> usize {
+        self.lists[2].count
+    }
+
+    fn push(&mut self, p: NonNull<SlabRec>, id: ListId) {
+        let list = &mut self.lists[list_index(id)];
+        // SAFETY: `p` and the old head are records of this layer; each
+        // reference lives for one statement.
+        unsafe {
+            rec(p).list = id;
+            rec(p).prev = None;
+            rec(p).next = list.head;
+            if let Some(head) = list.head {
+                rec(head).prev = Some(p);
+            }
+        }
+        list.head = Some(p);
+        list.count += 1;
+    }
+
+    fn unlink(&mut self, p: NonNull<SlabRec>) {
+        // SAFETY: records of this layer, one reference at a time.
+        let (id, prev, next) = unsafe { (rec(p).list, rec(p).prev, rec(p).next) };
+        let list = &mut self.lists[list_index(id)];
+        match prev {
+            // SAFETY: as above.
+            Some(prev) => unsafe { rec(prev).next = next },
+            None => list.head = next,
+        }
+        if let Some(next) = next {
+            // SAFETY: as above.
+            unsafe { rec(next).prev = prev };
+        }
+        list.count -= 1;
+    }
+
+    fn index(&self, block: u64) -> usize {
+        (block.wrapping_mul(GOLDEN) >> (64 - self.bits)) as usize
+    }
+
+    fn bucket(&mut self, index: usize) -> &mut SlabLink {
+        match self.table {
+            // SAFETY: the table holds `1 << bits` links and `index` is below.
+            Some((table, _)) => unsafe { &mut *table.as_ptr().add(index) },
+            None => &mut self.inline[index],
+        }
+    }
+
+    /// The buckets a slab at `base` is registered in (the second only when
+    /// it differs from the first).
+    fn buckets_of(&self, base: u64) -> (usize, Option<usize>) {
+        let first = self.index(base >> self.shift);
+        let last = self.index((base + (self.slab_size - 1)) >> self.shift);
+        (first, (last != first).then_some(last))
+    }
+
+    /// Which chain link of the record at `p` continues bucket `bucket`.
+    fn link_of(&self, p: NonNull<SlabRec>, bucket: usize) -> usize {
+        // SAFETY: a record of this layer.
+        let base = unsafe { rec(p).base };
+        usize::from(self.buckets_of(base).0 != bucket)
+    }
+
+    fn hash_insert(&mut self, p: NonNull<SlabRec>) {
+        // SAFETY: a record of this layer.
+        let base = unsafe { rec(p).base };
+        let (first, second) = self.buckets_of(base);
+        for (slot, bucket) in [(0, Some(first)), (1, second)] {
+            if let Some(bucket) = bucket {
+                let head = *self.bucket(bucket);
+                // SAFETY: a record of this layer.
+                unsafe { rec(p).chain[slot] = head };
+                *self.bucket(bucket) = Some(p);
+            }
+        }
+    }
+
+    fn hash_remove(&mut self, p: NonNull<SlabRec>) {
+        // SAFETY: a record of this layer.
+        let base = unsafe { rec(p).base };
+        let (first, second) = self.buckets_of(base);
+        for (slot, bucket) in [(0, Some(first)), (1, second)] {
+            let Some(bucket) = bucket else { continue };
+            // SAFETY: a record of this layer.
+            let after = unsafe { rec(p).chain[slot] };
+            let mut prev: SlabLink = None;
+            let mut cursor = *self.bucket(bucket);
+            while let Some(node) = cursor {
+                let link = self.link_of(node, bucket);
+                if node == p {
+                    match prev {
+                        Some(prev) => {
+                            let prev_link = self.link_of(prev, bucket);
+                            // SAFETY: a record of this layer.
+                            unsafe { rec(prev).chain[prev_link] = after };
+                        }
+                        None => *self.bucket(bucket) = after,
+                    }
+                    break;
+                }
+                prev = Some(node);
+                // SAFETY: a record of this layer.
+                cursor = unsafe { rec(node).chain[link] };
+            }
+        }
+    }
+
+    /// The slab holding `addr`, if any.
+    fn lookup(&mut self, addr: u64) -> SlabLink {
+        let bucket = self.index(addr >> self.shift);
+        let mut cursor = *self.bucket(bucket);
+        while let Some(node) = cursor {
+            // SAFETY: a record of this layer.
+            let base = unsafe { rec(node).base };
+            if base <= addr && addr - base < self.slab_size {
+                return Some(node);
+            }
+            let link = self.link_of(node, bucket);
+            // SAFETY: a record of this layer.
+            cursor = unsafe { rec(node).chain[link] };
+        }
+        None
+    }
+
+    /// Rehashes into a larger table from `meta` when slabs outnumber twice
+    /// the buckets; keeps the old table when no memory comes.
+    fn maybe_grow(&mut self, meta: &dyn MetaSource) {
+        let slabs = self.slabs();
+        if slabs <= 2 * (1 << self.bits) {
+            return;
+        }
+        let pages = (slabs.next_power_of_two() * size_of::<SlabLink>()).div_ceil(META_PAGE);
+        let Some(base) = meta.alloc_pages(pages) else {
+            return;
+        };
+        let capacity = pages * META_PAGE / size_of::<SlabLink>();
+        let bits = capacity.ilog2();
+        let table = base.cast::<SlabLink>();
+        for i in 0..(1usize << bits) {
+            // SAFETY: `1 << bits` links fit in the pages.
+            unsafe { table.as_ptr().add(i).write(None) };
+        }
+        let old = self.table.replace((table, pages));
+        self.inline = [None; INLINE_BUCKETS];
+        self.bits = bits;
+        for list in 0..3 {
+            let mut cursor = self.lists[list].head;
+            while let Some(p) = cursor {
+                self.hash_insert(p);
+                // SAFETY: a record of this layer.
+                cursor = unsafe { rec(p).next };
+            }
+        }
+        if let Some((old, old_pages)) = old {
+            // SAFETY: the old table came from `meta` and is no longer used.
+            unsafe { meta.free_pages(old.cast(), old_pages) };
+        }
+    }
+
+    /// Creates a slab: its integers from `backing`, its record from `meta`.
+    fn create(&mut self, backing: &dyn Backing, meta: &dyn MetaSource) -> Result<NonNull<SlabRec>> {
+        let p = self.records.take(meta).ok_or(Error::new(
+            ErrorKind::NoSpace,
+            "no memory for a slab record",
+        ))?;
+        let base = match backing.slab_alloc(self.slab_size, self.align) {
+            Ok(base) => base,
+            Err(e) => {
+                self.records.give(p);
+                return Err(e);
+            }
+        };
+        let mut free = [0u64; WORDS];
+        for (i, word) in free.iter_mut().enumerate() {
+            let lo = i as u32 * 64;
+            *word = match self.objs.saturating_sub(lo) {
+                0 => 0,
+                n if n >= 64 => u64::MAX,
+                n => (1u64 << n) - 1,
+            };
+        }
+        // SAFETY: `p` is an unused record of this layer; write it whole.
+        unsafe {
+            p.as_ptr().write(SlabRec {
+                base,
+                free,
+                user: [0; WORDS],
+                nfree: self.objs,
+                list: ListId::Empty,
+                prev: None,
+                next: None,
+                chain: [None, None],
+            })
+        };
+        self.push(p, ListId::Empty);
+        self.hash_insert(p);
+        self.counts.created += 1;
+        self.maybe_grow(meta);
+        Ok(p)
+    }
+
+    fn relist(&mut self, p: NonNull<SlabRec>) {
+        // SAFETY: a record of this layer.
+        let (nfree, list) = unsafe { (rec(p).nfree, rec(p).list) };
+        let want = if nfree == 0 {
+            ListId::Full
+        } else if nfree == self.objs {
+            ListId::Empty
+        } else {
+            ListId::Partial
+        };
+        if want != list {
+            self.unlink(p);
+            self.push(p, want);
+        }
+    }
+
+    /// Takes a free object, creating a slab when none has one. Returns the
+    /// object and whether its slab was just created (its memory is fresh).
+    pub(crate) fn alloc(
+        &mut self,
+        backing: &dyn Backing,
+        meta: &dyn MetaSource,
+    ) -> Result<(u64, bool)> {
+        let (p, fresh) = match self.lists[0].head.or(self.lists[2].head) {
+            Some(p) => (p, false),
+            None => (self.create(backing, meta)?, true),
+        };
+        // SAFETY: a record of this layer, the only reference.
+        let slab = unsafe { rec(p) };
+        let Some(word) = slab.free.iter().position(|w| *w != 0) else {
+            return Err(
+                Error::new(ErrorKind::Corrupt, "listed slab has no free object").at(slab.base),
+            );
+        };
+        let bit = slab.free[word].trailing_zeros() as usize;
+        slab.free[word] &= !(1 << bit);
+        slab.nfree -= 1;
+        let addr = slab.base + (word * 64 + bit) as u64 * self.chunk;
+        self.relist(p);
+        self.out += 1;
+        Ok((addr, fresh))
+    }
+
+    /// The slab and object index of `addr`, or `BadFree`.
+    fn locate(&mut self, addr: u64) -> Result<(NonNull<SlabRec>, usize)> {
+        let p = self
+            .lookup(addr)
+            .ok_or(Error::new(ErrorKind::BadFree, NOT_OURS).at(addr))?;
+        // SAFETY: a record of this layer.
+        let base = unsafe { rec(p).base };
+        let offset = addr - base;
+        let index = offset / self.chunk;
+        if offset % self.chunk != 0 || index >= u64::from(self.objs) {
+            return Err(Error::new(
+                ErrorKind::BadFree,
+                "not the start of an object of this cache",
+            )
+            .at(addr));
+        }
+        Ok((p, index as usize))
+    }
+
+    /// Puts an object back in its slab.
+    pub(crate) fn free(&mut self, addr: u64) -> Result<()> {
+        let (p, index) = self.locate(addr)?;
+        // SAFETY: a record of this layer, the only reference.
+        let slab = unsafe { rec(p) };
+        let (word, bit) = (index / 64, index % 64);
+        if slab.free[word] & (1 << bit) != 0 {
+            return Err(Error::new(ErrorKind::BadFree, "object is already free").at(addr));
+        }
+        if slab.user[word] & (1 << bit) != 0 {
+            return Err(Error::new(
+                ErrorKind::Corrupt,
+                "object a user holds went back to its slab",
+            )
+            .at(addr));
+        }
+        slab.free[word] |= 1 << bit;
+        slab.nfree += 1;
+        self.relist(p);
+        self.out -= 1;
+        Ok(())
+    }
+
+    /// Marks an object handed to a user (verifying caches only).
+    pub(crate) fn mark_user(&mut self, addr: u64) -> Result<()> {
+        let (p, index) = self.locate(addr)?;
+        // SAFETY: a record of this layer, the only reference.
+        let slab = unsafe { rec(p) };
+        let (word, bit) = (index / 64, index % 64);
+        if (slab.free[word] | slab.user[word]) & (1 << bit) != 0 {
+            return Err(Error::new(ErrorKind::Corrupt, "object handed out twice").at(addr));
+        }
+        slab.user[word] |= 1 << bit;
+        Ok(())
+    }
+
+    /// Checks that a user holds `addr` and takes the mark off (verifying
+    /// caches only): a double free or a foreign address is `BadFree`.
+    pub(crate) fn unmark_user(&mut self, addr: u64) -> Result<()> {
+        let (p, index) = self.locate(addr)?;
+        // SAFETY: a record of this layer, the only reference.
+        let slab = unsafe { rec(p) };
+        let (word, bit) = (index / 64, index % 64);
+        if slab.user[word] & (1 << bit) == 0 {
+            return Err(
+                Error::new(ErrorKind::BadFree, "object is not allocated (double free?)").at(addr),
+            );
+        }
+        slab.user[word] &= !(1 << bit);
+        Ok(())
+    }
+
+    /// Returns every empty slab to `backing`; how many went.
+    pub(crate) fn reap(&mut self, backing: &dyn Backing) -> usize {
+        let mut reaped = 0;
+        while let Some(p) = self.lists[2].head {
+            self.unlink(p);
+            self.hash_remove(p);
+            // SAFETY: a record of this layer.
+            let base = unsafe { rec(p).base };
+            backing.slab_free(base, self.slab_size, self.align);
+            self.records.give(p);
+            self.counts.destroyed += 1;
+            reaped += 1;
+        }
+        reaped
+    }
+
+    /// Returns every slab to `backing`, whatever its objects' state (the
+    /// cache is going away).
+    pub(crate) fn release_all(&mut self, backing: &dyn Backing) {
+        for list in [ListId::Partial, ListId::Full] {
+            while let Some(p) = self.lists[list_index(list)].head {
+                // SAFETY: a record of this layer.
+                let nfree = unsafe { rec(p).nfree };
+                self.out -= u64::from(self.objs - nfree);
+                self.unlink(p);
+                self.push(p, ListId::Empty);
+            }
+        }
+        self.reap(backing);
+    }
+
+    /// Checks that an object in a magazine is out of its slab and, when
+    /// users are tracked, not held by one.
+    pub(crate) fn check_out(&mut self, addr: u64, users_tracked: bool) -> Result<()> {
+        let corrupt = |what| Err(Error::new(ErrorKind::Corrupt, what).at(addr));
+        let Ok((p, index)) = self.locate(addr) else {
+            return corrupt("magazine holds an object that is not this cache's");
+        };
+        // SAFETY: a record of this layer.
+        let (free, user) = unsafe { (rec(p).free, rec(p).user) };
+        let (word, bit) = (index / 64, index % 64);
+        if free[word] & (1 << bit) != 0 {
+            return corrupt("magazine holds an object that is free in its slab");
+        }
+        if users_tracked && user[word] & (1 << bit) != 0 {
+            return corrupt("magazine holds an object a user holds");
+        }
+        Ok(())
+    }
+
+    /// Gives the records and table back to `meta`; the caller reaped every
+    /// slab first.
+    pub(crate) fn dispose(&mut self, meta: &dyn MetaSource) {
+        if let Some((table, pages)) = self.table.take() {
+            // SAFETY: the table came from `meta` and is no longer used.
+            unsafe { meta.free_pages(table.cast(), pages) };
+        }
+        self.records.dispose(meta);
+        self.inline = [None; INLINE_BUCKETS];
+        self.bits = INLINE_BUCKETS.trailing_zeros();
+    }
+
+    /// Checks every slab against its list, its bitmaps and the hash, and
+    /// returns (objects out of the slabs, objects users hold).
+    pub(crate) fn check(&mut self) -> Result<(u64, u64)> {
+        let corrupt = |what, at| Err(Error::new(ErrorKind::Corrupt, what).at(at));
+        let (mut out, mut users) = (0u64, 0u64);
+        let limit = self.records.in_use + 1;
+        for (i, id) in [ListId::Partial, ListId::Full, ListId::Empty]
+            .into_iter()
+            .enumerate()
+        {
+            let mut seen = 0;
+            let mut prev: SlabLink = None;
+            let mut cursor = self.lists[i].head;
+            while let Some(p) = cursor {
+                seen += 1;
+                if seen > limit {
+                    return corrupt("slab list has a cycle", 0);
+                }
+                // SAFETY: a record of this layer; copied out, no reference kept.
+                let (base, free, user, nfree, list, back, next) = unsafe {
+                    let r = rec(p);
+                    (r.base, r.free, r.user, r.nfree, r.list, r.prev, r.next)
+                };
+                let counted: u32 = free.iter().map(|w| w.count_ones()).sum();
+                let valid_mask = |w: usize| match self.objs.saturating_sub(w as u32 * 64) {
+                    0 => 0,
+                    n if n >= 64 => u64::MAX,
+                    n => (1u64 << n) - 1,
+                };
+                if (0..WORDS)
+                    .any(|w| (free[w] | user[w]) & !valid_mask(w) != 0 || free[w] & user[w] != 0)
+                {
+                    return corrupt(
+                        "slab bitmap marks a non-object, or an object both free and held",
+                        base,
+                    );
+                }
+                if counted != nfree || list != id || back != prev {
+                    return corrupt("slab record disagrees with its bitmap or list", base);
+                }
+                let right_list = match id {
+                    ListId::Full => nfree == 0,
+                    ListId::Empty => nfree == self.objs,
+                    ListId::Partial => nfree > 0 && nfree < self.objs,
+                };
+                if !right_list {
+                    return corrupt("slab is on the wrong list", base);
+                }
+                for probe in [base, base + self.slab_size - 1] {
+                    if self.lookup(probe) != Some(p) {
+                        return corrupt("slab hash does not find the slab", base);
+                    }
+                }
+                out += u64::from(self.objs - nfree);
+                users += user.iter().map(|w| u64::from(w.count_ones())).sum::<u64>();
+                prev = Some(p);
+                cursor = next;
+            }
+            if seen != self.lists[i].count {
+                return corrupt("slab list count is wrong", seen as u64);
+            }
+        }
+        if self.slabs() != self.records.in_use {
+            return corrupt("slab records are lost", self.records.in_use as u64);
+        }
+        if out != self.out {
+            return corrupt("objects out of the slabs are miscounted", out);
+        }
+        Ok((out, users))
+    }
+}
