@@ -480,13 +480,16 @@ impl<'a> CacheCore<'a> {
         Ok(obj)
     }
 
-    /// Returns an object to the slab layer, destructed.
-    fn slab_free(&self, obj: u64) -> Result<()> {
+    /// Returns an object to the slab layer, destructed; `by_user` when a
+    /// user's free (not a magazine drain) brought it.
+    fn slab_free(&self, obj: u64, by_user: bool) -> Result<()> {
         if !self.poison {
             self.destruct(obj);
         }
         self.slabs.lock().free(obj)?;
-        self.counters.lock().slab_frees += 1;
+        if by_user {
+            self.counters.lock().slab_frees += 1;
+        }
         Ok(())
     }
 
@@ -539,7 +542,7 @@ impl<'a> CacheCore<'a> {
             }
         }
         if !self.mag_free(obj) {
-            self.slab_free(obj).map_err(FreeError::Refused)?;
+            self.slab_free(obj, true).map_err(FreeError::Refused)?;
         }
         Ok(())
     }
@@ -550,7 +553,7 @@ impl<'a> CacheCore<'a> {
         for m in mags.iter_mut().filter_map(|m| m.take()) {
             // SAFETY: the magazine was taken out of its owner, so it is ours alone.
             while let Some(obj) = unsafe { mag(m) }.pop() {
-                if let Err(e) = self.slab_free(obj) {
+                if let Err(e) = self.slab_free(obj, false) {
                     result = Err(e);
                 }
             }

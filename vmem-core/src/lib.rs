@@ -106,9 +106,11 @@ mod freelist;
 mod hash;
 #[cfg(feature = "alloc")]
 mod heap_meta;
+mod kmalloc;
 mod magazine;
 mod meta;
 mod qcache;
+mod reserve;
 mod slab;
 mod tag;
 
@@ -122,6 +124,8 @@ pub use cpu::{CPU0, CpuId, FixedCpu, MAX_CPUS};
 pub use error::{Error, ErrorKind, Result};
 #[cfg(feature = "alloc")]
 pub use heap_meta::{CHUNK_PAGES, HeapMeta};
+pub use kmalloc::{GlobalHeap, SIZE_CLASSES, SizeClasses};
 pub use meta::{ArenaMeta, META_PAGE, MetaSource};
 pub use qcache::{QCACHE_MAX_QUANTA, QuantumCaches};
+pub use reserve::Reserve;
 pub use tag::{STATIC_TAGS, static_tags_available};

@@ -398,7 +398,7 @@ impl SlabLayer {
         let base = unsafe { rec(p).base };
         let offset = addr - base;
         let index = offset / self.chunk;
-        if offset % self.chunk != 0 || index >= u64::from(self.objs) {
+        if !offset.is_multiple_of(self.chunk) || index >= u64::from(self.objs) {
             return Err(Error::new(
                 ErrorKind::BadFree,
                 "not the start of an object of this cache",

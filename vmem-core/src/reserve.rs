@@ -1,0 +1,150 @@
+//! Reserves (DragonFly's MPIPE): objects of a cache set aside so that a
+//! caller that must not fail or block (an interrupt handler, a pager under
+//! memory pressure) can always have one.
+
+use core::ptr::NonNull;
+
+use lock_api::RawMutex;
+
+use crate::cache::ObjectCache;
+use crate::error::{Error, ErrorKind, Result};
+use crate::meta::{META_PAGE, MetaSource};
+
+/// `count` objects of a cache held back: [`Reserve::alloc`] takes one of
+/// them without touching the cache's slabs or arena, and falls back to the
+/// cache (which may fail cleanly) only when all are out. Frees refill the
+/// reserve first.
+pub struct Reserve<'a, R: RawMutex = crate::arena::DefaultLock> {
+    cache: &'a ObjectCache<'a, R>,
+    meta: &'a dyn MetaSource,
+    store: spin::Mutex<Store>,
+}
+
+/// The reserved objects: a stack in meta pages.
+struct Store {
+    base: NonNull<u64>,
+    pages: usize,
+    len: usize,
+    cap: usize,
+}
+
+// SAFETY: the store owns its pages, reached only under the reserve's lock.
+unsafe impl Send for Store {}
+
+impl Store {
+    fn slots(&mut self) -> &mut [u64] {
+        // SAFETY: the pages hold `cap` words and belong to this store.
+        unsafe { core::slice::from_raw_parts_mut(self.base.as_ptr(), self.cap) }
+    }
+}
+
+impl<'a, R: RawMutex> Reserve<'a, R> {
+    /// Sets aside `count` objects of `cache`, their list in pages from
+    /// `meta`. Fails (changing nothing) when the cache cannot supply them.
+    pub fn new(
+        cache: &'a ObjectCache<'a, R>,
+        count: usize,
+        meta: &'a dyn MetaSource,
+    ) -> Result<Self> {
+        if count == 0 {
+            return Err(Error::new(ErrorKind::ZeroSize, "reserve of zero objects"));
+        }
+        let pages = count.div_ceil(META_PAGE / 8);
+        let base = meta
+            .alloc_pages(pages)
+            .ok_or(Error::new(
+                ErrorKind::NoSpace,
+                "no memory for the reserve's list",
+            ))?
+            .cast::<u64>();
+        let mut store = Store {
+            base,
+            pages,
+            len: 0,
+            cap: count,
+        };
+        for i in 0..count {
+            match cache.alloc() {
+                Ok(obj) => {
+                    store.slots()[i] = obj;
+                    store.len += 1;
+                }
+                Err(e) => {
+                    for j in 0..store.len {
+                        let _ = cache.free(store.slots()[j]);
+                    }
+                    // SAFETY: the pages came from `meta` and are not used any more.
+                    unsafe { meta.free_pages(base.cast(), pages) };
+                    return Err(e);
+                }
+            }
+        }
+        Ok(Reserve {
+            cache,
+            meta,
+            store: spin::Mutex::new(store),
+        })
+    }
+
+    /// An object: from the reserve while it has one, else from the cache.
+    pub fn alloc(&self) -> Result<u64> {
+        let mut store = self.store.lock();
+        if store.len > 0 {
+            store.len -= 1;
+            let len = store.len;
+            return Ok(store.slots()[len]);
+        }
+        drop(store);
+        self.cache.alloc()
+    }
+
+    /// Frees an object from [`Reserve::alloc`]: back into the reserve while
+    /// it is short, else to the cache. An object already in the reserve is
+    /// `BadFree`.
+    pub fn free(&self, obj: u64) -> Result<()> {
+        let mut store = self.store.lock();
+        let len = store.len;
+        if store.slots()[..len].contains(&obj) {
+            return Err(Error::new(ErrorKind::BadFree, "object is already in the reserve").at(obj));
+        }
+        if store.len < store.cap {
+            store.slots()[len] = obj;
+            store.len += 1;
+            return Ok(());
+        }
+        drop(store);
+        self.cache.free(obj)
+    }
+
+    /// Objects the reserve holds now.
+    pub fn available(&self) -> usize {
+        self.store.lock().len
+    }
+
+    /// Objects the reserve holds when full.
+    pub fn capacity(&self) -> usize {
+        self.store.lock().cap
+    }
+}
+
+impl<R: RawMutex> Drop for Reserve<'_, R> {
+    /// Returns the reserved objects to the cache and the list's pages.
+    fn drop(&mut self) {
+        let store = self.store.get_mut();
+        for i in 0..store.len {
+            let obj = store.slots()[i];
+            let _ = self.cache.free(obj);
+        }
+        // SAFETY: the pages came from `meta` and are not used any more.
+        unsafe { self.meta.free_pages(store.base.cast(), store.pages) };
+    }
+}
+
+impl<R: RawMutex> core::fmt::Debug for Reserve<'_, R> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Reserve")
+            .field("cache", &self.cache.name())
+            .field("available", &self.available())
+            .finish()
+    }
+}
