@@ -59,6 +59,37 @@
 //! tables are fetched with the arena unlocked, so a meta source may itself
 //! allocate from arenas.
 //!
+//! ## Object caches and magazines
+//!
+//! Over an arena sits the slab layer ([`ObjectCache`]): objects of one size
+//! carved from **slabs** the cache allocates from its arena, returned when
+//! a reap finds them empty. The bookkeeping lives outside the slab (a
+//! record with bitmaps, found through a hash), so the same code serves
+//! **memory mode**, where the integers are real memory and debug checks may
+//! poison freed objects and guard red zones, and **no-touch mode**, where
+//! the integers are IDs or guest-physical ranges the cache never reads.
+//!
+//! Over every cache sits the **magazine layer**. Each CPU ([`CpuId`]) has a
+//! *loaded* and a *previous* magazine, stacks of constructed objects; it
+//! allocates from the loaded one, swaps in the previous one when it runs
+//! dry, and only then trades an empty magazine for a full one at the
+//! **depot**, which has its own lock. Frees mirror this. A CPU thus touches
+//! shared state once per magazine of operations, which is what lets
+//! allocation scale with CPUs. The depot counts how often its lock is
+//! contended and grows the magazine size when it is; it remembers how low
+//! its stacks ran (the working set), so a periodic reap returns only idle
+//! magazines, and a full reap returns everything.
+//!
+//! **Quantum caches** ([`QuantumCaches`]) put caches in front of an arena
+//! for sizes of 1 to 16 quanta, with slabs of `max(2^highbit(3 *
+//! qcache_max), 64)` integers; `xalloc` bypasses them. **Reserves**
+//! ([`Reserve`], DragonFly's MPIPE) hold objects back for callers that must
+//! never fail or block. **Size classes** ([`SizeClasses`]) are kmalloc:
+//! caches from 8 bytes to 8 KiB and the arena beyond, and [`GlobalHeap`]
+//! makes them a `#[global_allocator]`. All metadata (slab records,
+//! magazines, hash tables) comes in pages from a [`MetaSource`], which a
+//! kernel backs with an arena ([`ArenaMeta`]).
+//!
 //! ## Errors
 //!
 //! Every call returns a [`Result`]; the [`ErrorKind`]s are the scenario
@@ -71,7 +102,9 @@
 //! Each arena has one lock (a spin lock by default, or any
 //! [`lock_api::RawMutex`]). An arena calls its source with its own lock
 //! held; a source never calls its child, so a tree of arenas always locks
-//! child before parent. The meta source is called with no lock held.
+//! child before parent. The meta source is called with no arena lock held.
+//! A cache takes a CPU's lock, then the depot's, then its slab layer's, then
+//! its arena's: always in that order.
 //!
 //! ## Example
 //!

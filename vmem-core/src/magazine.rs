@@ -276,3 +276,67 @@ impl Depot {
         (self.full.low, self.empty.low)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::HeapMeta;
+
+    #[test]
+    fn contention_grows_the_magazine_size() {
+        let mut depot = Depot::new(3);
+        for _ in 0..1000 {
+            depot.note_access(false);
+        }
+        assert_eq!(
+            (depot.magsize, depot.resizes),
+            (3, 0),
+            "no contention, no growth"
+        );
+        for _ in 0..3 {
+            depot.note_access(true);
+        }
+        assert_eq!((depot.magsize, depot.resizes, depot.contention), (7, 1, 3));
+        for _ in 0..100 {
+            depot.note_access(true);
+        }
+        assert_eq!(
+            depot.magsize, MAG_ROUNDS as u32,
+            "grows up to the largest size"
+        );
+        let mut off = Depot::new(0);
+        for _ in 0..10 {
+            off.note_access(true);
+        }
+        assert_eq!(off.magsize, 0, "magazines turned off stay off");
+    }
+
+    #[test]
+    fn empty_magazines_take_the_current_size_and_stacks_track_their_low() {
+        let mut depot = Depot::new(3);
+        let m = depot.take_empty(&HeapMeta).unwrap();
+        // SAFETY: the magazine is ours alone here.
+        let mg = unsafe { mag(m) };
+        assert!(mg.push(1) && mg.push(2) && mg.push(3) && !mg.push(4));
+        assert_eq!(mg.pop(), Some(3));
+        mg.push(3);
+        depot.put_full(m);
+        depot.reset_working_set();
+        assert_eq!(depot.idle(), (1, 0));
+        let m = depot.take_full().unwrap();
+        assert_eq!(
+            depot.idle(),
+            (0, 0),
+            "taking one lowers the working-set low"
+        );
+        // SAFETY: as above.
+        while unsafe { mag(m) }.pop().is_some() {}
+        depot.magsize = 15;
+        depot.put_empty(m);
+        let again = depot.take_empty(&HeapMeta).unwrap();
+        // SAFETY: as above.
+        assert_eq!(unsafe { mag(again) }.cap(), 15);
+        depot.pool.give(again);
+        depot.pool.dispose(&HeapMeta);
+    }
+}
