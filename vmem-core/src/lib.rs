@@ -144,6 +144,8 @@ mod magazine;
 mod meta;
 mod qcache;
 mod reserve;
+#[cfg(feature = "scenario")]
+pub mod scenario;
 mod slab;
 mod tag;
 
