@@ -1,0 +1,597 @@
+//! Object caches against other allocators: 64-byte objects, align 8.
+//!
+//! Every allocator under test gets its own leaked, page-aligned 64 MiB host
+//! buffer (except the system allocator, which has its own memory), made
+//! outside the timed loops. The vmem variants use a memory-mode arena of
+//! quantum 4096 whose one span is the buffer, with metadata from
+//! [`HeapMeta`].
+//!
+//! Throughput is one element per **pair** (one allocation and one free), so
+//! criterion's `time` is the time per pair.
+//!
+//! ## `hot_pair`: one thread, allocate and free the same object again
+//!
+//! - `vmem/magazine`: an [`ObjectCache`] in memory mode with the default
+//!   magazines, warmed first so every pair is served by CPU 0's magazine;
+//! - `vmem/slab`: the same cache with `.magazine(0)`, so every pair goes to
+//!   the slab layer;
+//! - `vmem/kmalloc`: [`SizeClasses::alloc`]`(64, 8)` / `free`;
+//! - peers, through their direct (non-global, unlocked) APIs: `talc`
+//!   (`talc::base::Talc` with the `Manual` source, which is talc 5's name
+//!   for talc 4's `ErrOnOom`: the buffer is `claim`ed and nothing more is
+//!   ever acquired), `linked_list_allocator` (`Heap`, first fit),
+//!   `buddy_system_allocator` (`Heap<32>`), `rlsf` (`Tlsf<u32, u32, 24,
+//!   16>`), and `system` (`std::alloc::System` through `GlobalAlloc`).
+//!
+//! ## `two_threads`: objects freed by another thread
+//!
+//! Id `ALLOCATOR/2_threads`: two threads share one allocator. In each round
+//! both threads allocate a batch of [`BATCH`] objects, publish it, meet at a
+//! spinning barrier, and each frees the batch the *other* thread allocated,
+//! so every object is freed by a thread other than the one that allocated
+//! it. The time is wall-clock time from the first round's start to the last
+//! round's end, divided by the pairs done by both threads together.
+//!
+//! Id `ALLOCATOR/1_thread`: the same workload on one thread (allocate a batch
+//! of [`BATCH`], free it in the same order), so
+//! `time(1_thread) / time(2_threads)` is the two-thread throughput over the
+//! one-thread throughput (2.0 would be perfect scaling on two cores).
+//!
+//! The vmem caches here name the CPU with a bench-local `CpuId` that reads a
+//! thread-local index set at thread start (0 and 1), since a `FixedCpu` is
+//! one index for everyone. The peers whose direct API takes `&mut self`
+//! (talc, linked_list_allocator, buddy_system_allocator, rlsf) are each
+//! wrapped in a `std::sync::Mutex` for this group; that lock is part of
+//! what is measured, as a global-allocator wrapper's would be.
+//!
+//! Settings: 20 samples, 1 s warm-up, 3 s measurement per point; the whole
+//! run takes about two minutes plus build time. Run it with:
+//!
+//! ```text
+//! cargo bench -p vmem-core --bench cache
+//! ```
+//!
+//! (append e.g. `-- hot_pair` or `-- two_threads` to run one group only).
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::hint::{black_box, spin_loop};
+use std::ptr::NonNull;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use criterion::measurement::WallTime;
+use criterion::{
+    BenchmarkGroup, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main,
+};
+use talc::DefaultBinning;
+use talc::base::Talc;
+use talc::source::Manual;
+use vmem_core::{Arena, ArenaConfig, CPU0, CacheConfig, CpuId, HeapMeta, ObjectCache, SizeClasses};
+
+/// Object size, in bytes.
+const OBJ: usize = 64;
+/// Object alignment, in bytes.
+const ALIGN: usize = 8;
+/// Bytes of host memory each allocator manages.
+const HEAP: usize = 64 << 20;
+/// The vmem arenas' quantum.
+const QUANTUM: u64 = 4096;
+/// Objects each thread allocates per round in `two_threads`.
+const BATCH: usize = 1024;
+
+fn layout() -> Layout {
+    Layout::from_size_align(OBJ, ALIGN).expect("64-byte layout")
+}
+
+/// A leaked, page-aligned host buffer of [`HEAP`] bytes.
+fn buffer() -> NonNull<u8> {
+    let layout = Layout::from_size_align(HEAP, 4096).expect("buffer layout");
+    // SAFETY: the layout has a non-zero size; the buffer is never freed.
+    NonNull::new(unsafe { std::alloc::alloc(layout) }).expect("64 MiB host buffer")
+}
+
+/// A memory-mode arena whose one span is a fresh [`buffer`].
+fn memory_arena(name: &str) -> &'static Arena<'static> {
+    let base = buffer().as_ptr() as u64;
+    let arena = Arena::create(
+        ArenaConfig::new(name, QUANTUM)
+            .span(base, HEAP as u64)
+            .meta(&HeapMeta),
+    )
+    .unwrap_or_else(|e| panic!("Arena::create({name}) failed: {e:?}"));
+    Box::leak(Box::new(arena))
+}
+
+/// A memory-mode cache of 64-byte objects over a fresh arena; `magazine`
+/// overrides the default magazine size (0 turns magazines off).
+fn vmem_cache(name: &str, magazine: Option<u32>, cpu: &'static dyn CpuId) -> ObjectCache<'static> {
+    let arena = memory_arena(name);
+    // SAFETY: the arena hands out addresses inside its leaked buffer, which
+    // nothing else uses.
+    let config = unsafe { CacheConfig::new(name, OBJ as u64, &HeapMeta, cpu).memory() };
+    let config = match magazine {
+        Some(rounds) => config.magazine(rounds),
+        None => config,
+    };
+    ObjectCache::new(config, arena).unwrap_or_else(|e| panic!("cache {name}: {e:?}"))
+}
+
+/// Size classes over a fresh memory-mode arena.
+fn vmem_kmalloc(cpu: &'static dyn CpuId) -> Kmalloc {
+    let arena = memory_arena("kmalloc");
+    // SAFETY: as in `vmem_cache`.
+    let classes = unsafe { SizeClasses::new(arena, &HeapMeta, cpu, false) }.expect("size classes");
+    Kmalloc(classes)
+}
+
+/// An allocator of 64-byte objects that threads can share.
+trait Shared: Sync {
+    /// A new object's address.
+    fn alloc(&self) -> usize;
+    /// Frees an object.
+    ///
+    /// # Safety
+    /// `p` came from `self.alloc()` and was not freed since.
+    unsafe fn free(&self, p: usize);
+}
+
+/// An allocator of 64-byte objects with a `&mut self` API.
+trait Local: Send {
+    /// A new object's address.
+    fn alloc(&mut self) -> usize;
+    /// Frees an object.
+    ///
+    /// # Safety
+    /// `p` came from `self.alloc()` and was not freed since.
+    unsafe fn free(&mut self, p: usize);
+}
+
+impl Shared for ObjectCache<'_> {
+    #[inline]
+    fn alloc(&self) -> usize {
+        match ObjectCache::alloc(self) {
+            Ok(addr) => addr as usize,
+            Err(e) => panic!("cache alloc failed: {e:?}"),
+        }
+    }
+
+    #[inline]
+    unsafe fn free(&self, p: usize) {
+        if let Err(e) = ObjectCache::free(self, p as u64) {
+            panic!("cache free({p:#x}) failed: {e:?}");
+        }
+    }
+}
+
+/// vmem's size classes.
+struct Kmalloc(SizeClasses<'static>);
+
+impl Shared for Kmalloc {
+    #[inline]
+    fn alloc(&self) -> usize {
+        match self.0.alloc(OBJ as u64, ALIGN as u64) {
+            Ok(addr) => addr as usize,
+            Err(e) => panic!("kmalloc failed: {e:?}"),
+        }
+    }
+
+    #[inline]
+    unsafe fn free(&self, p: usize) {
+        if let Err(e) = self.0.free(p as u64, OBJ as u64, ALIGN as u64) {
+            panic!("kfree({p:#x}) failed: {e:?}");
+        }
+    }
+}
+
+/// The system allocator.
+struct SystemAlloc;
+
+impl Shared for SystemAlloc {
+    #[inline]
+    fn alloc(&self) -> usize {
+        // SAFETY: the layout has a non-zero size.
+        let p = unsafe { System.alloc(layout()) };
+        assert!(!p.is_null(), "system allocator out of memory");
+        p as usize
+    }
+
+    #[inline]
+    unsafe fn free(&self, p: usize) {
+        // SAFETY: the caller passes back what `alloc` returned, same layout.
+        unsafe { System.dealloc(p as *mut u8, layout()) }
+    }
+}
+
+/// talc 5 over its own buffer, acquiring nothing more (`Manual`).
+struct TalcHeap(Talc<Manual, DefaultBinning>);
+
+impl TalcHeap {
+    fn new() -> Self {
+        let mut talc = Talc::new(Manual);
+        // SAFETY: the leaked buffer is talc's alone from now on.
+        unsafe { talc.claim(buffer().as_ptr(), HEAP) }.expect("talc claim");
+        TalcHeap(talc)
+    }
+}
+
+impl Local for TalcHeap {
+    #[inline]
+    fn alloc(&mut self) -> usize {
+        // SAFETY: the layout has a non-zero size.
+        match unsafe { self.0.allocate(layout()) } {
+            Some(p) => p.as_ptr() as usize,
+            None => panic!("talc out of memory"),
+        }
+    }
+
+    #[inline]
+    unsafe fn free(&mut self, p: usize) {
+        // SAFETY: the caller passes back what `alloc` returned, same layout.
+        unsafe { self.0.deallocate(p as *mut u8, layout()) }
+    }
+}
+
+/// linked_list_allocator over its own buffer.
+struct LinkedListHeap(linked_list_allocator::Heap);
+
+impl LinkedListHeap {
+    fn new() -> Self {
+        let mut heap = linked_list_allocator::Heap::empty();
+        // SAFETY: the leaked buffer is the heap's alone from now on.
+        unsafe { heap.init(buffer().as_ptr(), HEAP) };
+        LinkedListHeap(heap)
+    }
+}
+
+impl Local for LinkedListHeap {
+    #[inline]
+    fn alloc(&mut self) -> usize {
+        match self.0.allocate_first_fit(layout()) {
+            Ok(p) => p.as_ptr() as usize,
+            Err(()) => panic!("linked_list_allocator out of memory"),
+        }
+    }
+
+    #[inline]
+    unsafe fn free(&mut self, p: usize) {
+        let p = NonNull::new(p as *mut u8).expect("non-null object");
+        // SAFETY: the caller passes back what `alloc` returned, same layout.
+        unsafe { self.0.deallocate(p, layout()) }
+    }
+}
+
+/// buddy_system_allocator over its own buffer (orders up to 2^31 bytes).
+struct BuddyHeap(buddy_system_allocator::Heap<32>);
+
+impl BuddyHeap {
+    fn new() -> Self {
+        let mut heap = buddy_system_allocator::Heap::<32>::new();
+        // SAFETY: the leaked buffer is the heap's alone from now on.
+        unsafe { heap.init(buffer().as_ptr() as usize, HEAP) };
+        BuddyHeap(heap)
+    }
+}
+
+impl Local for BuddyHeap {
+    #[inline]
+    fn alloc(&mut self) -> usize {
+        match self.0.alloc(layout()) {
+            Ok(p) => p.as_ptr() as usize,
+            Err(()) => panic!("buddy_system_allocator out of memory"),
+        }
+    }
+
+    #[inline]
+    unsafe fn free(&mut self, p: usize) {
+        let p = NonNull::new(p as *mut u8).expect("non-null object");
+        // SAFETY: the caller passes back what `alloc` returned, same layout.
+        unsafe { self.0.dealloc(p, layout()) }
+    }
+}
+
+/// rlsf's TLSF over its own buffer: 24 first-level classes of 16 second-level
+/// ones, so blocks up to 512 MiB.
+struct TlsfHeap(rlsf::Tlsf<'static, u32, u32, 24, 16>);
+
+impl TlsfHeap {
+    fn new() -> Self {
+        let mut tlsf = rlsf::Tlsf::new();
+        let block = NonNull::slice_from_raw_parts(buffer(), HEAP);
+        // SAFETY: the leaked buffer is the TLSF's alone and outlives it.
+        unsafe { tlsf.insert_free_block_ptr(block) }.expect("rlsf pool");
+        TlsfHeap(tlsf)
+    }
+}
+
+impl Local for TlsfHeap {
+    #[inline]
+    fn alloc(&mut self) -> usize {
+        match self.0.allocate(layout()) {
+            Some(p) => p.as_ptr() as usize,
+            None => panic!("rlsf out of memory"),
+        }
+    }
+
+    #[inline]
+    unsafe fn free(&mut self, p: usize) {
+        let p = NonNull::new(p as *mut u8).expect("non-null object");
+        // SAFETY: the caller passes back what `alloc` returned, same alignment.
+        unsafe { self.0.deallocate(p, ALIGN) }
+    }
+}
+
+/// A `&mut self` allocator behind a `std::sync::Mutex`, for `two_threads`.
+struct Locked<T>(Mutex<T>);
+
+impl<T: Local> Shared for Locked<T> {
+    #[inline]
+    fn alloc(&self) -> usize {
+        self.0.lock().expect("allocator lock").alloc()
+    }
+
+    #[inline]
+    unsafe fn free(&self, p: usize) {
+        // SAFETY: the caller's promise, passed on.
+        unsafe { self.0.lock().expect("allocator lock").free(p) }
+    }
+}
+
+thread_local! {
+    /// This thread's CPU index, as [`ThreadCpu`] reports it.
+    static CPU_INDEX: Cell<usize> = const { Cell::new(0) };
+}
+
+/// The CPU is the calling thread's [`CPU_INDEX`].
+struct ThreadCpu;
+
+impl CpuId for ThreadCpu {
+    #[inline]
+    fn current(&self) -> usize {
+        CPU_INDEX.with(Cell::get)
+    }
+}
+
+static THREAD_CPU: ThreadCpu = ThreadCpu;
+
+/// A reusable barrier that spins (then yields), so a round's hand-over costs
+/// far less than a futex sleep and wake-up.
+struct SpinBarrier {
+    threads: usize,
+    arrived: AtomicUsize,
+    generation: AtomicUsize,
+}
+
+impl SpinBarrier {
+    fn new(threads: usize) -> Self {
+        SpinBarrier {
+            threads,
+            arrived: AtomicUsize::new(0),
+            generation: AtomicUsize::new(0),
+        }
+    }
+
+    fn wait(&self) {
+        let generation = self.generation.load(Ordering::Acquire);
+        if self.arrived.fetch_add(1, Ordering::AcqRel) + 1 == self.threads {
+            self.arrived.store(0, Ordering::Relaxed);
+            self.generation.fetch_add(1, Ordering::Release);
+            return;
+        }
+        let mut spins = 0u32;
+        while self.generation.load(Ordering::Acquire) == generation {
+            if spins < 1 << 12 {
+                spins += 1;
+                spin_loop();
+            } else {
+                thread::yield_now();
+            }
+        }
+    }
+}
+
+/// Batches handed between the two threads: `[round % 2][allocating thread]`.
+type Slots = [[Mutex<Vec<usize>>; 2]; 2];
+
+/// One of the two threads of `two_threads`: `pairs` allocations in batches,
+/// each batch freed by the other thread. Returns the time from the common
+/// start to the common end.
+fn cross_worker<S: Shared>(
+    alloc: &S,
+    me: usize,
+    pairs: usize,
+    slots: &Slots,
+    barrier: &SpinBarrier,
+) -> Duration {
+    CPU_INDEX.with(|c| c.set(me));
+    let mut mine = Vec::with_capacity(BATCH);
+    let mut theirs = Vec::with_capacity(BATCH);
+    barrier.wait();
+    let start = Instant::now();
+    let mut done = 0;
+    let mut round = 0;
+    while done < pairs {
+        let n = BATCH.min(pairs - done);
+        for _ in 0..n {
+            mine.push(alloc.alloc());
+        }
+        std::mem::swap(
+            &mut mine,
+            &mut *slots[round % 2][me].lock().expect("slot lock"),
+        );
+        barrier.wait();
+        std::mem::swap(
+            &mut theirs,
+            &mut *slots[round % 2][1 - me].lock().expect("slot lock"),
+        );
+        for p in theirs.drain(..) {
+            // SAFETY: the other thread allocated `p` from `alloc` and handed
+            // it over; nobody else frees it.
+            unsafe { alloc.free(black_box(p)) };
+        }
+        done += n;
+        round += 1;
+    }
+    barrier.wait();
+    start.elapsed()
+}
+
+/// `iters` pairs split over two threads (rounded up to an even count);
+/// the time scaled back to `iters` pairs.
+fn run_two_threads<S: Shared>(alloc: &S, iters: u64) -> Duration {
+    let per_thread = iters.div_ceil(2) as usize;
+    let slots: Slots =
+        std::array::from_fn(|_| std::array::from_fn(|_| Mutex::new(Vec::with_capacity(BATCH))));
+    let barrier = SpinBarrier::new(2);
+    let elapsed = thread::scope(|s| {
+        let other = s.spawn(|| cross_worker(alloc, 1, per_thread, &slots, &barrier));
+        let mine = cross_worker(alloc, 0, per_thread, &slots, &barrier);
+        other.join().expect("second thread");
+        mine
+    });
+    CPU_INDEX.with(|c| c.set(0));
+    elapsed.mul_f64(iters as f64 / (2 * per_thread) as f64)
+}
+
+/// `iters` pairs on this thread (CPU 0), in the same batches.
+fn run_one_thread<S: Shared>(alloc: &S, iters: u64) -> Duration {
+    CPU_INDEX.with(|c| c.set(0));
+    let iters = iters as usize;
+    let mut batch = Vec::with_capacity(BATCH);
+    let start = Instant::now();
+    let mut done = 0;
+    while done < iters {
+        let n = BATCH.min(iters - done);
+        for _ in 0..n {
+            batch.push(alloc.alloc());
+        }
+        for p in batch.drain(..) {
+            // SAFETY: allocated just above, freed once.
+            unsafe { alloc.free(black_box(p)) };
+        }
+        done += n;
+    }
+    start.elapsed()
+}
+
+fn configure(group: &mut BenchmarkGroup<'_, WallTime>) {
+    group
+        .sample_size(20)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .throughput(Throughput::Elements(1));
+}
+
+/// Warms `alloc` (a few pairs), then times hot pairs.
+fn hot_shared<S: Shared>(group: &mut BenchmarkGroup<'_, WallTime>, name: &str, alloc: &S) {
+    for _ in 0..64 {
+        let p = alloc.alloc();
+        // SAFETY: allocated just above, freed once.
+        unsafe { alloc.free(p) };
+    }
+    group.bench_function(name, |b| {
+        b.iter(|| {
+            let p = alloc.alloc();
+            // SAFETY: allocated just above, freed once.
+            unsafe { alloc.free(black_box(p)) };
+        });
+    });
+}
+
+/// As [`hot_shared`], for a `&mut self` allocator (no lock).
+fn hot_local<L: Local>(group: &mut BenchmarkGroup<'_, WallTime>, name: &str, mut alloc: L) {
+    for _ in 0..64 {
+        let p = alloc.alloc();
+        // SAFETY: allocated just above, freed once.
+        unsafe { alloc.free(p) };
+    }
+    group.bench_function(name, |b| {
+        b.iter(|| {
+            let p = alloc.alloc();
+            // SAFETY: allocated just above, freed once.
+            unsafe { alloc.free(black_box(p)) };
+        });
+    });
+}
+
+fn hot_pair(c: &mut Criterion) {
+    let mut group = c.benchmark_group("hot_pair");
+    configure(&mut group);
+
+    let magazine = vmem_cache("hot_magazine", None, &CPU0);
+    hot_shared(&mut group, "vmem/magazine", &magazine);
+    let s = magazine.stats();
+    assert!(
+        s.magazine_misses <= 1 && s.free_magazine_misses == 0,
+        "vmem/magazine pairs were not magazine hits: {s:?}"
+    );
+    magazine.check().expect("vmem/magazine check");
+
+    let slab = vmem_cache("hot_slab", Some(0), &CPU0);
+    hot_shared(&mut group, "vmem/slab", &slab);
+    let s = slab.stats();
+    assert_eq!(
+        (s.magazine_hits, s.slabs_created),
+        (0, 1),
+        "vmem/slab: {s:?}"
+    );
+    slab.check().expect("vmem/slab check");
+
+    let kmalloc = vmem_kmalloc(&CPU0);
+    hot_shared(&mut group, "vmem/kmalloc", &kmalloc);
+    kmalloc.0.check().expect("vmem/kmalloc check");
+
+    hot_local(&mut group, "talc", TalcHeap::new());
+    hot_local(&mut group, "linked_list_allocator", LinkedListHeap::new());
+    hot_local(&mut group, "buddy_system_allocator", BuddyHeap::new());
+    hot_local(&mut group, "rlsf", TlsfHeap::new());
+    hot_shared(&mut group, "system", &SystemAlloc);
+    group.finish();
+}
+
+/// Both `two_threads` points for one allocator.
+fn cross<S: Shared>(group: &mut BenchmarkGroup<'_, WallTime>, name: &str, alloc: &S) {
+    group.bench_function(BenchmarkId::new(name, "1_thread"), |b| {
+        b.iter_custom(|iters| run_one_thread(alloc, iters));
+    });
+    group.bench_function(BenchmarkId::new(name, "2_threads"), |b| {
+        b.iter_custom(|iters| run_two_threads(alloc, iters));
+    });
+}
+
+fn two_threads(c: &mut Criterion) {
+    let mut group = c.benchmark_group("two_threads");
+    configure(&mut group);
+
+    let magazine = vmem_cache("mt_magazine", None, &THREAD_CPU);
+    cross(&mut group, "vmem/magazine", &magazine);
+    magazine.check().expect("vmem/magazine check");
+
+    let slab = vmem_cache("mt_slab", Some(0), &THREAD_CPU);
+    cross(&mut group, "vmem/slab", &slab);
+    slab.check().expect("vmem/slab check");
+
+    let kmalloc = vmem_kmalloc(&THREAD_CPU);
+    cross(&mut group, "vmem/kmalloc", &kmalloc);
+    kmalloc.0.check().expect("vmem/kmalloc check");
+
+    cross(&mut group, "talc", &Locked(Mutex::new(TalcHeap::new())));
+    cross(
+        &mut group,
+        "linked_list_allocator",
+        &Locked(Mutex::new(LinkedListHeap::new())),
+    );
+    cross(
+        &mut group,
+        "buddy_system_allocator",
+        &Locked(Mutex::new(BuddyHeap::new())),
+    );
+    cross(&mut group, "rlsf", &Locked(Mutex::new(TlsfHeap::new())));
+    cross(&mut group, "system", &SystemAlloc);
+    group.finish();
+}
+
+criterion_group!(benches, hot_pair, two_threads);
+criterion_main!(benches);
