@@ -42,7 +42,14 @@
 //! one index for everyone. The peers whose direct API takes `&mut self`
 //! (talc, linked_list_allocator, buddy_system_allocator, rlsf) are each
 //! wrapped in a `std::sync::Mutex` for this group; that lock is part of
-//! what is measured, as a global-allocator wrapper's would be.
+//! what is measured, as a global-allocator wrapper's would be. After each
+//! vmem allocator's two points the bench prints its cache's counters to
+//! stderr (depot lock contention, the magazine size it grew to).
+//!
+//! The two-thread points need both cores to themselves: every lock and the
+//! barrier spin, so any other busy process on a two-core host (a build, a
+//! test run) can multiply their times. Compare them only across one quiet
+//! run.
 //!
 //! Settings: 20 samples, 1 s warm-up, 3 s measurement per point; the whole
 //! run takes about two minutes plus build time. Run it with:
@@ -551,6 +558,24 @@ fn hot_pair(c: &mut Criterion) {
     group.finish();
 }
 
+/// Prints the magazine layer's counters after a `two_threads` run: how
+/// often the depot was used and contended, and the magazine size reached.
+fn report(name: &str, cache: &ObjectCache<'_>) {
+    let s = cache.stats();
+    let misses = s.magazine_misses + s.free_magazine_misses;
+    let ops = s.allocs + s.frees;
+    eprintln!(
+        "two_threads/{name}: {} ops, {:.2}% went to the slab layer, depot lock contended \
+         {} times, magazine size {} after {} resizes, {} magazines",
+        ops,
+        100.0 * misses as f64 / ops.max(1) as f64,
+        s.depot_contention,
+        s.magazine_size,
+        s.magazine_resizes,
+        s.magazines,
+    );
+}
+
 /// Both `two_threads` points for one allocator.
 fn cross<S: Shared>(group: &mut BenchmarkGroup<'_, WallTime>, name: &str, alloc: &S) {
     group.bench_function(BenchmarkId::new(name, "1_thread"), |b| {
@@ -568,14 +593,17 @@ fn two_threads(c: &mut Criterion) {
     let magazine = vmem_cache("mt_magazine", None, &THREAD_CPU);
     cross(&mut group, "vmem/magazine", &magazine);
     magazine.check().expect("vmem/magazine check");
+    report("vmem/magazine", &magazine);
 
     let slab = vmem_cache("mt_slab", Some(0), &THREAD_CPU);
     cross(&mut group, "vmem/slab", &slab);
     slab.check().expect("vmem/slab check");
+    report("vmem/slab", &slab);
 
     let kmalloc = vmem_kmalloc(&THREAD_CPU);
     cross(&mut group, "vmem/kmalloc", &kmalloc);
     kmalloc.0.check().expect("vmem/kmalloc check");
+    report("vmem/kmalloc (64-byte class)", &kmalloc.0.caches()[5]);
 
     cross(&mut group, "talc", &Locked(Mutex::new(TalcHeap::new())));
     cross(

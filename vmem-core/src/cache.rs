@@ -197,6 +197,9 @@ pub(crate) struct CacheCore<'a> {
     dtor: Option<ObjectHook<'a>>,
     meta: &'a dyn MetaSource,
     cpu: &'a dyn CpuId,
+    /// Whether the magazine layer is on (a cache made with magazine size
+    /// zero never touches its CPU slots' magazines or the depot).
+    magazines: bool,
     cpus: [CpuSlot; MAX_CPUS],
     depot: spin::Mutex<Depot>,
     slabs: spin::Mutex<SlabLayer>,
@@ -269,6 +272,7 @@ impl<'a> CacheCore<'a> {
             dtor: config.dtor,
             meta: config.meta,
             cpu: config.cpu,
+            magazines: magazine > 0,
             cpus: [const { CpuSlot::new() }; MAX_CPUS],
             depot: spin::Mutex::new(Depot::new(magazine)),
             slabs: spin::Mutex::new(SlabLayer::new(chunk, slab_size, objs, align.max(quantum))),
@@ -303,6 +307,9 @@ impl<'a> CacheCore<'a> {
     /// Takes an object from the CPU's magazines, trading with the depot.
     #[inline]
     fn mag_alloc(&self) -> Option<u64> {
+        if !self.magazines {
+            return None;
+        }
         let mut guard = self.slot().0.lock();
         let c = &mut *guard;
         loop {
@@ -337,6 +344,9 @@ impl<'a> CacheCore<'a> {
     /// when there is no room anywhere.
     #[inline]
     fn mag_free(&self, obj: u64) -> bool {
+        if !self.magazines {
+            return false;
+        }
         let mut guard = self.slot().0.lock();
         let c = &mut *guard;
         loop {

@@ -22,6 +22,25 @@ pub const SIZE_CLASSES: [u64; 20] = [
     8192,
 ];
 
+/// Sizes the lookup table answers directly.
+const SMALL_MAX: u64 = 1024;
+
+/// For each 8-byte step up to `SMALL_MAX`, the smallest class that holds it.
+const SMALL_CLASS: [u8; (SMALL_MAX / 8) as usize] = {
+    let mut table = [0u8; (SMALL_MAX / 8) as usize];
+    let mut i = 0;
+    while i < table.len() {
+        let size = (i as u64 + 1) * 8;
+        let mut class = 0;
+        while SIZE_CLASSES[class] < size {
+            class += 1;
+        }
+        table[i] = class as u8;
+        i += 1;
+    }
+    table
+};
+
 /// Size-class caches over a memory-mode arena.
 pub struct SizeClasses<'a, R: RawMutex = DefaultLock> {
     arena: &'a Arena<'a, R>,
@@ -56,12 +75,18 @@ impl<'a, R: RawMutex> SizeClasses<'a, R> {
     /// the smallest class at least `size` whose objects are aligned to
     /// `align` (class `c` aligns to the lowest set bit of `c`, up to the
     /// arena's quantum, since slabs start on quantum boundaries).
+    #[inline]
     fn class(&self, size: u64, align: u64) -> Option<&ObjectCache<'a, R>> {
         let quantum = self.arena.quantum();
-        let index = SIZE_CLASSES.iter().position(|&c| {
-            let natural = (1u64 << c.trailing_zeros()).min(quantum);
-            c >= size && natural >= align
-        })?;
+        let index = if align <= 8 && size <= SMALL_MAX && quantum >= 8 {
+            // Every class is a multiple of 8, so only the size matters.
+            usize::from(*SMALL_CLASS.get(size.saturating_sub(1) as usize / 8)?)
+        } else {
+            SIZE_CLASSES.iter().position(|&c| {
+                let natural = (1u64 << c.trailing_zeros()).min(quantum);
+                c >= size && natural >= align
+            })?
+        };
         self.caches
             .get(index)
             .filter(|cache| !cache.debug() || align <= 8)
