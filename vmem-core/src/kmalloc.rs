@@ -105,9 +105,12 @@ impl<'a, R: RawMutex> SizeClasses<'a, R> {
         }
         match self.class(size, align) {
             Some(cache) => cache.alloc(),
+            // Plain alignment goes through `alloc`, so an importing arena
+            // imports; stricter alignment needs `xalloc`.
+            None if align <= self.arena.quantum() => self.arena.alloc(size, Policy::InstantFit),
             None => self
                 .arena
-                .xalloc(size, &self.large(align), Policy::InstantFit),
+                .xalloc(size, &Constraints::aligned(align), Policy::InstantFit),
         }
     }
 
@@ -119,12 +122,9 @@ impl<'a, R: RawMutex> SizeClasses<'a, R> {
         }
         match self.class(size, align) {
             Some(cache) => cache.free(addr),
+            None if align <= self.arena.quantum() => self.arena.free(addr, size),
             None => self.arena.xfree(addr, size),
         }
-    }
-
-    fn large(&self, align: u64) -> Constraints {
-        Constraints::aligned(align.max(self.arena.quantum()))
     }
 
     /// The caches, smallest class first.

@@ -445,3 +445,34 @@ fn size_classes_serve_every_size_and_alignment() {
         ErrorKind::BadConstraint
     );
 }
+
+#[test]
+fn size_classes_import_large_blocks_through_an_importing_arena() {
+    let cpu = FixedCpu::new(0);
+    let base = buffer(4 << 20);
+    let va: Arena = Arena::create(
+        ArenaConfig::new("va", 4096)
+            .span(base, 4 << 20)
+            .meta(&HeapMeta),
+    )
+    .unwrap();
+    let heap: Arena = Arena::create(
+        ArenaConfig::new("heap", 4096)
+            .source(&va, 64 << 10)
+            .meta(&HeapMeta),
+    )
+    .unwrap();
+    // SAFETY: the arenas hand out addresses inside the leaked buffer.
+    let classes = unsafe { SizeClasses::new(&heap, &HeapMeta, &cpu, false) }.unwrap();
+    let big = classes.alloc(100_000, 8).unwrap();
+    let aligned = classes.alloc(9000, 1 << 16).unwrap_err();
+    assert_eq!(
+        aligned.kind(),
+        ErrorKind::NoSpace,
+        "strict alignment needs xalloc, which never imports"
+    );
+    assert!(heap.stats().imports >= 1);
+    classes.free(big, 100_000, 8).unwrap();
+    classes.reap().unwrap();
+    assert_eq!((heap.size().total, va.size().alloc), (0, 0));
+}
