@@ -364,7 +364,7 @@ impl<'s, R: RawMutex> Arena<'s, R> {
         if policy != Policy::NextFit
             && let Some(cache) = self.qcache.and_then(|qc| qc.cache_for(fit.size))
         {
-            match cache.alloc(self) {
+            match cache.alloc(&QcacheSlabs(self)) {
                 Ok(addr) => return Ok(addr),
                 // No slab could be had: the arena itself may still hold a
                 // segment of this size.
@@ -404,7 +404,7 @@ impl<'s, R: RawMutex> Arena<'s, R> {
     pub fn reap(&self) -> Result<()> {
         let mut result = Ok(());
         for cache in self.qcache.iter().flat_map(|qc| qc.caches.iter()) {
-            if let Err(e) = cache.purge(self) {
+            if let Err(e) = cache.purge(&QcacheSlabs(self)) {
                 result = Err(e);
             }
         }
@@ -460,6 +460,16 @@ impl<'s, R: RawMutex> Arena<'s, R> {
                 size: tag.size(),
                 kind,
             });
+            cursor = tag.seg_next();
+        }
+    }
+
+    /// Calls `visit` with the kind of every tag (for `destroy`).
+    fn walk_tags(&self, mut visit: impl FnMut(Kind)) {
+        let inner = self.inner.lock();
+        let mut cursor = inner.seg_head;
+        while let Some(tag) = cursor {
+            visit(tag.kind());
             cursor = tag.seg_next();
         }
     }
@@ -526,6 +536,15 @@ impl<'s, R: RawMutex> Arena<'s, R> {
                 "a child arena imports from this arena",
             ));
         }
+        // Refuse before reaping, so a refused destroy changes nothing: only
+        // quantum-cache slabs may be left once the caches are reaped.
+        let mut others = 0usize;
+        self.walk_tags(|kind| {
+            others += usize::from(matches!(kind, Kind::Alloc(by) if by != AllocBy::QCache))
+        });
+        if others > 0 {
+            return Err(Error::new(ErrorKind::InUse, "arena has live allocations"));
+        }
         self.reap()?;
         let mut inner = self.inner.lock();
         if inner.hash.count > 0 {
@@ -584,7 +603,7 @@ impl<'s, R: RawMutex> Arena<'s, R> {
         let mut inner = self.lock_reserved()?;
         let result = match inner.find(fit, policy) {
             Some((seg, addr)) => Ok(inner.carve(seg, addr, fit.size, by, policy)),
-            None if fit.plain && by != AllocBy::Xalloc => {
+            None if by != AllocBy::Xalloc && fit.import_size(self.quantum).is_some() => {
                 self.import_and_carve(&mut inner, fit, policy, by)
             }
             None => Err(Error::new(
@@ -631,7 +650,12 @@ impl<'s, R: RawMutex> Arena<'s, R> {
                 "import failed (injected fault)",
             ));
         }
-        let size = fit.size.max(self.import_min);
+        // An aligned request (a slab, a child's aligned import) imports
+        // enough to hold an aligned placement anywhere in the span.
+        let size = fit
+            .import_size(self.quantum)
+            .ok_or(Error::new(ErrorKind::Overflow, "import size passes 2^64"))?
+            .max(self.import_min);
         let base = match source.import(size, self.quantum) {
             Ok(base) => base,
             Err(_) => {
@@ -720,7 +744,7 @@ impl<'s, R: RawMutex> Arena<'s, R> {
                 )
                 .at(addr));
             }
-            Kind::Alloc(AllocBy::Cache) => {
+            Kind::Alloc(AllocBy::Cache | AllocBy::QCache) => {
                 return Err(Error::new(ErrorKind::BadFree, "a slab of an object cache").at(addr));
             }
             _ => {
@@ -784,6 +808,22 @@ where
 
     fn detach(&self) {
         self.children.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The slabs of an arena's own quantum caches, marked apart from other
+/// caches' slabs so `destroy` can tell what a reap will give back.
+struct QcacheSlabs<'a, 's, R: RawMutex>(&'a Arena<'s, R>);
+
+impl<R: RawMutex> Backing for QcacheSlabs<'_, '_, R> {
+    fn slab_alloc(&self, size: u64, _align: u64) -> Result<u64> {
+        let fit = Fit::plain(size, self.0.quantum)?;
+        self.0.allocate(&fit, Policy::InstantFit, AllocBy::QCache)
+    }
+
+    fn slab_free(&self, base: u64, size: u64, _align: u64) {
+        // The slab came from this arena whole, so the free cannot be refused.
+        let _ = self.0.release_segment(base, size, AllocBy::QCache);
     }
 }
 

@@ -282,8 +282,10 @@ impl<'a> CacheCore<'a> {
 
     /// The slab size quantum caches use: `max(2^highbit(3 * qcache_max), 64)`
     /// integers, at least one quantum.
-    pub(crate) fn qcache_slab_size(qcache_max: u64, quantum: u64) -> u64 {
-        (1u64 << highbit1(3 * qcache_max)).max(64).max(quantum)
+    pub(crate) fn qcache_slab_size(qcache_max: u64, quantum: u64) -> Option<u64> {
+        let bits = highbit1(qcache_max.checked_mul(3)?);
+        let slab = 1u64.checked_shl(bits).filter(|&s| s != 0 && bits < 64)?;
+        Some(slab.max(64).max(quantum))
     }
 
     /// Object size.
@@ -531,6 +533,34 @@ impl<'a> CacheCore<'a> {
 
     /// Frees one object.
     pub(crate) fn free(&self, obj: u64) -> core::result::Result<(), FreeError> {
+        self.take_back(obj)?;
+        if !self.mag_free(obj) {
+            self.slab_free(obj, true).map_err(FreeError::Refused)?;
+        }
+        Ok(())
+    }
+
+    /// Undoes a batch of allocations that failed partway (a reserve that
+    /// could not be filled): the objects go straight back to their slabs,
+    /// and the slabs created since `mark` go back to the arena, so the
+    /// arena is as it was.
+    pub(crate) fn unwind(&self, objs: &[u64], mark: u64, backing: &dyn Backing) {
+        for &obj in objs {
+            if self.take_back(obj).is_ok() {
+                let _ = self.slab_free(obj, true);
+            }
+        }
+        self.slabs.lock().reap_since(mark, backing);
+    }
+
+    /// How many slabs the cache has created so far (a mark for `unwind`).
+    pub(crate) fn slab_mark(&self) -> u64 {
+        self.slabs.lock().counts.created
+    }
+
+    /// Checks a freed object (when the cache verifies) and takes it back
+    /// from its user: poisoned, with its destructor run, in debug mode.
+    fn take_back(&self, obj: u64) -> core::result::Result<(), FreeError> {
         if self.verify || self.poison {
             let mut slabs = self.slabs.lock();
             match slabs.unmark_user(obj) {
@@ -550,9 +580,6 @@ impl<'a> CacheCore<'a> {
                 self.destruct(obj);
                 self.poison_object(obj);
             }
-        }
-        if !self.mag_free(obj) {
-            self.slab_free(obj, true).map_err(FreeError::Refused)?;
         }
         Ok(())
     }
@@ -777,7 +804,7 @@ impl<'a> CacheCore<'a> {
 /// case; see the crate documentation for the magazine design.
 pub struct ObjectCache<'a, R: RawMutex = crate::arena::DefaultLock> {
     arena: &'a Arena<'a, R>,
-    core: CacheCore<'a>,
+    pub(crate) core: CacheCore<'a>,
 }
 
 impl<'a, R: RawMutex> ObjectCache<'a, R> {

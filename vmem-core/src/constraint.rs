@@ -166,6 +166,17 @@ impl Fit {
         Ok(fit)
     }
 
+    /// The span size an import needs so that it surely holds a placement,
+    /// for requests constrained by alignment alone (others never import).
+    pub(crate) fn import_size(&self, quantum: u64) -> Option<u64> {
+        let alignment_only =
+            self.phase == 0 && self.nocross == 0 && self.min == 0 && self.max == u64::MAX;
+        if !alignment_only {
+            return None;
+        }
+        self.size.checked_add(self.align - quantum.min(self.align))
+    }
+
     /// The lowest placement inside the free range `[start, end)`, if any.
     #[inline]
     pub(crate) fn place_in(&self, start: u64, end: u64) -> Option<u64> {

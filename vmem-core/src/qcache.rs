@@ -56,7 +56,10 @@ impl<'a> QuantumCaches<'a> {
                 "qcache_max is above 16 quanta",
             ));
         }
-        let slab_size = CacheCore::qcache_slab_size(max, quantum);
+        let slab_size = CacheCore::qcache_slab_size(max, quantum).ok_or(Error::new(
+            ErrorKind::Overflow,
+            "quantum-cache slabs would pass 2^64",
+        ))?;
         let mut caches = ArrayVec::new();
         for n in 1..=max / quantum {
             let config = CacheConfig::new("qcache", n * quantum, meta, cpu)

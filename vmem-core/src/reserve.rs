@@ -63,6 +63,7 @@ impl<'a, R: RawMutex> Reserve<'a, R> {
             len: 0,
             cap: count,
         };
+        let mark = cache.core.slab_mark();
         for i in 0..count {
             match cache.alloc() {
                 Ok(obj) => {
@@ -70,9 +71,11 @@ impl<'a, R: RawMutex> Reserve<'a, R> {
                     store.len += 1;
                 }
                 Err(e) => {
-                    for j in 0..store.len {
-                        let _ = cache.free(store.slots()[j]);
-                    }
+                    // Give back what was taken so the arena is as it was.
+                    let len = store.len;
+                    cache
+                        .core
+                        .unwind(&store.slots()[..len], mark, cache.arena());
                     // SAFETY: the pages came from `meta` and are not used any more.
                     unsafe { meta.free_pages(base.cast(), pages) };
                     return Err(e);

@@ -45,6 +45,8 @@ enum ListId {
 /// One slab's record.
 pub(crate) struct SlabRec {
     base: u64,
+    /// Which slab the layer created this one as (1 for the first).
+    seq: u64,
     /// Bit set: the object is free in the slab.
     free: [u64; WORDS],
     /// Bit set: a user holds the object (kept when the cache verifies).
@@ -330,6 +332,7 @@ impl SlabLayer {
         unsafe {
             p.as_ptr().write(SlabRec {
                 base,
+                seq: self.counts.created + 1,
                 free,
                 user: [0; WORDS],
                 nfree: self.objs,
@@ -458,6 +461,23 @@ impl SlabLayer {
         }
         slab.user[word] &= !(1 << bit);
         Ok(())
+    }
+
+    /// Returns the empty slabs created after the `mark`-th one to `backing`.
+    pub(crate) fn reap_since(&mut self, mark: u64, backing: &dyn Backing) {
+        let mut cursor = self.lists[2].head;
+        while let Some(p) = cursor {
+            // SAFETY: a record of this layer.
+            let (next, seq, base) = unsafe { (rec(p).next, rec(p).seq, rec(p).base) };
+            if seq > mark {
+                self.unlink(p);
+                self.hash_remove(p);
+                backing.slab_free(base, self.slab_size, self.align);
+                self.records.give(p);
+                self.counts.destroyed += 1;
+            }
+            cursor = next;
+        }
     }
 
     /// Returns every empty slab to `backing`; how many went.

@@ -22,8 +22,10 @@ pub(crate) enum AllocBy {
     Xalloc,
     /// A child arena's import through [`crate::Source`].
     Import,
-    /// A slab of an object cache (a quantum cache or an [`crate::ObjectCache`]).
+    /// A slab of an [`crate::ObjectCache`].
     Cache,
+    /// A slab of the arena's own quantum caches.
+    QCache,
 }
 
 /// What a tag describes.

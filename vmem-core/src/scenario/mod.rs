@@ -19,7 +19,7 @@ use alloc::vec::Vec;
 use crate::arena::{Arena, ArenaConfig, SegmentKind};
 use crate::cache::{CacheConfig, ObjectCache};
 use crate::constraint::round_up;
-use crate::cpu::FixedCpu;
+use crate::cpu::{FixedCpu, MAX_CPUS};
 use crate::error::{Error, ErrorKind, Result};
 use crate::heap_meta::HeapMeta;
 use crate::qcache::QuantumCaches;
@@ -36,7 +36,7 @@ pub fn run(script: &str) -> String {
 }
 
 /// What a handle names.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum HandleKind {
     Alloc,
     Xalloc,
@@ -75,6 +75,9 @@ pub struct Interpreter {
     objects: Vec<Option<(String, Object)>>,
     names: BTreeMap<String, usize>,
     handles: BTreeMap<String, Handle>,
+    /// The handle naming each live allocation, to forget it when the
+    /// allocation is freed by address.
+    named: BTreeMap<(usize, u64, HandleKind), String>,
     cpu: Box<FixedCpu>,
 }
 
@@ -99,6 +102,7 @@ impl Interpreter {
             objects: Vec::new(),
             names: BTreeMap::new(),
             handles: BTreeMap::new(),
+            named: BTreeMap::new(),
             cpu: Box::new(FixedCpu::new(0)),
         }
     }
@@ -210,13 +214,16 @@ impl Interpreter {
         if let Some(h) = line.handle {
             out.string("handle", h);
             self.handles.insert(h.to_string(), handle);
+            self.named
+                .insert((handle.owner, handle.addr, handle.kind), h.to_string());
         }
     }
 
     /// Forgets the handle (if any) naming the allocation just freed.
     fn forget(&mut self, owner: usize, addr: u64, kind: HandleKind) {
-        self.handles
-            .retain(|_, h| !(h.owner == owner && h.addr == addr && h.kind == kind));
+        if let Some(name) = self.named.remove(&(owner, addr, kind)) {
+            self.handles.remove(&name);
+        }
     }
 
     fn handle(&self, name: &str) -> Result<Handle> {
@@ -435,16 +442,18 @@ impl Interpreter {
             Command::CacheFree { name, handle } => {
                 let (owner, cache) = self.cache(name)?;
                 let h = self.handle(handle)?;
-                if h.kind != HandleKind::Cache {
+                if h.kind != HandleKind::Cache || h.owner != owner {
                     return Err(err(
                         ErrorKind::BadFree,
-                        "the handle is not a cache allocation",
+                        "the handle is not an allocation of this cache",
                     ));
                 }
                 cache.free(h.addr)?;
                 self.forget(owner, h.addr, HandleKind::Cache);
             }
-            Command::Cpu { index } => self.cpu.set(index),
+            // Caches use the index modulo MAX_CPUS, so this is the same CPU on
+            // every platform, whatever the width of usize.
+            Command::Cpu { index } => self.cpu.set((index % MAX_CPUS as u64) as usize),
             Command::Reap => {
                 for (_, object) in self.objects.iter().flatten() {
                     match object {

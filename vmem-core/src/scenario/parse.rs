@@ -87,7 +87,7 @@ pub(super) enum Command<'a> {
         handle: &'a str,
     },
     Cpu {
-        index: usize,
+        index: u64,
     },
     Reap,
     Reserve {
@@ -116,6 +116,9 @@ impl Command<'_> {
         )
     }
 }
+
+/// Most objects a scenario's reserve may hold (the same on every platform).
+const MAX_RESERVE: u64 = 1 << 20;
 
 fn parse_error(what: &'static str) -> Error {
     Error::new(ErrorKind::Parse, what)
@@ -183,13 +186,25 @@ pub(super) fn number(s: &str) -> Result<u64> {
 struct Args<'a> {
     positional: Vec<&'a str>,
     options: Vec<(&'a str, &'a str)>,
+    policy: Option<&'a str>,
 }
 
 impl<'a> Args<'a> {
     fn new(line: &Line<'a>, keys: &[&str]) -> Result<Self> {
         let mut positional = Vec::new();
         let mut options: Vec<(&str, &str)> = Vec::new();
+        let mut policy = None;
         for &arg in &line.args {
+            // The first argument is the arena's name, whatever it is.
+            if matches!(line.word, "alloc" | "xalloc")
+                && !positional.is_empty()
+                && matches!(arg, "instant" | "best" | "next")
+            {
+                if policy.replace(arg).is_some() {
+                    return Err(parse_error("policy given twice"));
+                }
+                continue;
+            }
             match arg.split_once('=') {
                 Some((key, value)) => {
                     if !keys.contains(&key) {
@@ -207,6 +222,7 @@ impl<'a> Args<'a> {
         Ok(Args {
             positional,
             options,
+            policy,
         })
     }
 
@@ -245,13 +261,12 @@ impl<'a> Args<'a> {
         number(self.positional.get(i).copied().unwrap_or(""))
     }
 
-    /// The optional policy word at `i`.
-    fn policy(&self, i: usize) -> Result<Policy> {
-        match self.positional.get(i).copied() {
-            None | Some("instant") => Ok(Policy::InstantFit),
-            Some("best") => Ok(Policy::BestFit),
-            Some("next") => Ok(Policy::NextFit),
-            Some(_) => Err(parse_error("policy must be instant, best or next")),
+    /// The policy word, wherever it stood (instant fit when none).
+    fn policy(&self) -> Policy {
+        match self.policy {
+            Some("best") => Policy::BestFit,
+            Some("next") => Policy::NextFit,
+            _ => Policy::InstantFit,
         }
     }
 }
@@ -295,16 +310,16 @@ pub(super) fn command<'a>(line: &Line<'a>) -> Result<Command<'a>> {
         }
         "alloc" => {
             let a = args(&[])?;
-            a.count(2, 1)?;
+            a.count(2, 0)?;
             Command::Alloc {
                 name: a.name(0)?,
                 size: a.number_at(1)?,
-                policy: a.policy(2)?,
+                policy: a.policy(),
             }
         }
         "xalloc" => {
             let a = args(&["align", "phase", "nocross", "min", "max"])?;
-            a.count(2, 1)?;
+            a.count(2, 0)?;
             let constraints = Constraints {
                 align: a.number("align")?.unwrap_or(0),
                 phase: a.number("phase")?.unwrap_or(0),
@@ -316,7 +331,7 @@ pub(super) fn command<'a>(line: &Line<'a>) -> Result<Command<'a>> {
                 name: a.name(0)?,
                 size: a.number_at(1)?,
                 constraints,
-                policy: a.policy(2)?,
+                policy: a.policy(),
             }
         }
         word @ ("free" | "xfree") => {
@@ -407,15 +422,18 @@ pub(super) fn command<'a>(line: &Line<'a>) -> Result<Command<'a>> {
         "cpu" => {
             let a = args(&[])?;
             a.count(1, 0)?;
-            let index =
-                usize::try_from(a.number_at(0)?).map_err(|_| parse_error("CPU index too large"))?;
-            Command::Cpu { index }
+            Command::Cpu {
+                index: a.number_at(0)?,
+            }
         }
         "reserve" => {
             let a = args(&["cache", "count"])?;
             a.count(1, 0)?;
-            let count = usize::try_from(a.required("count")?)
-                .map_err(|_| parse_error("count too large"))?;
+            let count = a.required("count")?;
+            if count > MAX_RESERVE {
+                return Err(parse_error("reserve count too large"));
+            }
+            let count = count as usize;
             Command::Reserve {
                 name: a.name(0)?,
                 cache: name(

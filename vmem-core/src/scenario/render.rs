@@ -78,11 +78,11 @@ pub(super) fn render(interpreter: &Interpreter) -> String {
                     let _ = writeln!(out, "    ... {} more segments", listed - LISTED);
                 }
                 if let Some(qc) = arena.qcaches() {
-                    for (size, s) in qc.stats().filter(|(_, s)| s.allocs > 0 || s.slabs > 0) {
+                    for (size, s) in qc.stats().filter(|(_, s)| s.in_use > 0 || s.slabs > 0) {
                         let _ = writeln!(
                             out,
-                            "  qcache {size:#x}  in use {}  slabs {}  magazine hits {} of {}",
-                            s.in_use, s.slabs, s.magazine_hits, s.allocs
+                            "  qcache {size:#x}  in use {}  slabs {}",
+                            s.in_use, s.slabs
                         );
                     }
                 }
@@ -91,14 +91,12 @@ pub(super) fn render(interpreter: &Interpreter) -> String {
                 let s = cache.stats();
                 let _ = writeln!(
                     out,
-                    "cache {name} on {}  object {:#x}  in use {}  slabs {} ({} objects each)  magazine hits {} of {}",
+                    "cache {name} on {}  object {:#x}  in use {}  slabs {} ({} objects each)",
                     name_of(*over),
                     cache.object_size(),
                     s.in_use,
                     s.slabs,
                     s.objects_per_slab,
-                    s.magazine_hits,
-                    s.allocs
                 );
                 let mut held: Vec<(&str, u64)> = interpreter
                     .handles
