@@ -1,0 +1,139 @@
+//! An x86_64 PVH unikernel whose memory is vmem arenas and caches: it
+//! boots under QEMU (KVM or TCG), builds `phys`, the direct map, the
+//! virtual arenas and the heap, prints a report, runs the in-kernel tests
+//! when the command line says `test`, and exits with a verdict through
+//! isa-debug-exit. See `boot` for the entry, `phys`, `paging` and `kmem`
+//! for the memory subsystem.
+
+#![no_std]
+#![no_main]
+
+extern crate alloc;
+
+mod boot;
+mod console;
+mod cpu;
+mod devices;
+mod kmem;
+mod paging;
+mod phys;
+mod report;
+mod tests;
+mod time;
+mod trace;
+
+use core::sync::atomic::Ordering;
+
+use boot::BootInfo;
+use console::{Verdict, exit};
+use kmem::Stack;
+
+unsafe extern "C" {
+    static __kernel_start: u8;
+    static __kernel_end: u8;
+}
+
+static BOOT: spin::Once<BootInfo> = spin::Once::new();
+static MAIN_STACK: spin::Once<Stack> = spin::Once::new();
+
+/// Pages of the main kernel stack (the heap's size classes, some 55 KiB,
+/// are built on it by value) and of the double-fault stack.
+const MAIN_STACK_PAGES: u64 = 64;
+const DOUBLE_FAULT_STACK_PAGES: u64 = 4;
+
+fn fail(what: &str) -> ! {
+    println!("boot failed: {what}");
+    println!("verdict: FAIL");
+    exit(Verdict::Fail)
+}
+
+/// Entered from the 32-bit stub on the boot stack, with the boot tables
+/// live, with the physical address of `hvm_start_info`.
+#[unsafe(no_mangle)]
+extern "C" fn kmain(start_info: u32) -> ! {
+    console::init();
+    cpu::init();
+    cpu::enable_write_back();
+    // SAFETY: the loader passed this address in ebx, and the boot tables
+    // identity map the low 4 GiB.
+    let boot = match unsafe { BootInfo::copy_from(u64::from(start_info)) } {
+        Ok(boot) => BOOT.call_once(|| boot),
+        Err(e) => fail(e),
+    };
+    let image_start = &raw const __kernel_start as u64;
+    let image_end = &raw const __kernel_end as u64;
+    let [a, b, c] = boot.loader_ranges;
+    let excluded = [(image_start, image_end - image_start), a, b, c];
+    if let Err(e) = phys::init(boot.memmap(), &excluded) {
+        fail(e.what());
+    }
+    if let Err(e) = paging::build(boot.memmap(), image_start, image_end) {
+        fail(e);
+    }
+    if let Err(e) = kmem::init() {
+        fail(e.what());
+    }
+    let Ok(df) = Stack::new("double fault", DOUBLE_FAULT_STACK_PAGES) else {
+        fail("no double-fault stack")
+    };
+    cpu::set_double_fault_stack(df.top);
+    let Ok(stack) = Stack::new("kmain", MAIN_STACK_PAGES) else {
+        fail("no kernel stack")
+    };
+    let stack = MAIN_STACK.call_once(|| stack);
+    // SAFETY: the new stack is mapped and unused; `kmain_on_stack` never
+    // returns, so nothing on the boot stack is needed again.
+    unsafe {
+        core::arch::asm!(
+            "mov rsp, {top}",
+            "xor ebp, ebp",
+            "call {next}",
+            "ud2",
+            top = in(reg) stack.top,
+            next = sym kmain_on_stack,
+            options(noreturn)
+        )
+    }
+}
+
+/// The rest of the boot, on a kernel stack with a guard page below it.
+extern "C" fn kmain_on_stack() -> ! {
+    let boot = BOOT.get().expect("set by kmain");
+    trace::init(boot.has_word("trace"));
+    let clock = time::Clock::calibrate();
+    let devices = devices::probe();
+    if boot.has_word("fault") {
+        let guard = MAIN_STACK.get().expect("set by kmain").guard;
+        println!("fault: reading the guard page below the kernel stack at {guard:#x}");
+        // SAFETY: deliberately not safe: the page is unmapped, and the
+        // page-fault handler ends the run with its report.
+        let value = unsafe { core::ptr::read_volatile(guard as *const u64) };
+        println!("fault: the read returned {value:#x}: the guard page is mapped");
+        exit(Verdict::Fail);
+    }
+    report::print(boot, &clock, &devices);
+    let verdict = if boot.has_word("test") {
+        tests::run(&devices)
+    } else {
+        Verdict::Pass
+    };
+    let entry = boot::ENTRY_TSC.load(Ordering::Relaxed);
+    println!(
+        "verdict: {} ({} ms after entry)",
+        if verdict == Verdict::Pass {
+            "PASS"
+        } else {
+            "FAIL"
+        },
+        clock.ns(cpu::rdtsc() - entry) / 1_000_000
+    );
+    exit(verdict)
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    console::print_unlocked(format_args!(
+        "\n!!! kernel panic: {info}\nverdict: FAIL (panic)\n"
+    ));
+    exit(Verdict::Fail)
+}

@@ -1,0 +1,317 @@
+//! The boot report: how the kernel booted, the memory map, a workload timed
+//! with the TSC, and every arena and cache.
+
+use alloc::alloc::{alloc, dealloc};
+use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
+use core::alloc::Layout;
+use core::fmt;
+use core::hint::black_box;
+use core::sync::atomic::Ordering;
+
+use vmem_core::{Arena, Policy, SegmentKind};
+
+use crate::boot::{BootInfo, ENTRY_TSC};
+use crate::cpu::{self, rdtsc};
+use crate::devices::Devices;
+use crate::kmem::{self, HEAP, PAGES_MAPPED, PAGES_UNMAPPED};
+use crate::paging::{PAGE, TABLE_FRAMES};
+use crate::phys::phys;
+use crate::time::Clock;
+use crate::{println, trace};
+
+/// A byte count, printed in the largest binary unit that keeps it whole
+/// enough to read.
+pub struct Bytes(pub u64);
+
+impl fmt::Display for Bytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        let text = if b >= 1 << 30 {
+            alloc::format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64)
+        } else if b >= 1 << 20 {
+            alloc::format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64)
+        } else if b >= 1 << 10 {
+            alloc::format!("{:.1} KiB", b as f64 / 1024.0)
+        } else {
+            alloc::format!("{b} B")
+        };
+        f.pad(&text)
+    }
+}
+
+/// The workload's figures.
+pub struct Workload {
+    heap_pair_ns: f64,
+    phys_pair_ns: f64,
+    map_pages_per_s: u64,
+    unmap_pages_per_s: u64,
+    mapped: u64,
+    collection_items: usize,
+}
+
+const PAIRS: u64 = 100_000;
+
+fn per_pair(clock: &Clock, cycles: u64, pairs: u64) -> f64 {
+    clock.ns(cycles * 1000 / pairs) as f64 / 1000.0
+}
+
+pub fn workload(clock: &Clock) -> Workload {
+    let layout = Layout::from_size_align(64, 8).expect("a valid layout");
+    // SAFETY: each block is freed with the layout it was allocated with.
+    let heap_cycles = unsafe {
+        dealloc(alloc(layout), layout);
+        let start = rdtsc();
+        for _ in 0..PAIRS {
+            let p = black_box(alloc(layout));
+            dealloc(p, layout);
+        }
+        rdtsc() - start
+    };
+    let phys_cycles = {
+        let warm = phys().alloc(PAGE, Policy::InstantFit);
+        if let Ok(frame) = warm {
+            let _ = phys().free(frame, PAGE);
+        }
+        let start = rdtsc();
+        for _ in 0..PAIRS / 10 {
+            if let Ok(frame) = phys().alloc(PAGE, Policy::InstantFit) {
+                let _ = phys().free(black_box(frame), PAGE);
+            }
+        }
+        rdtsc() - start
+    };
+    // A span of kmem_default large enough to import on its own: every page
+    // is backed and mapped on the way in, unmapped and freed on the way out.
+    let bytes = 8u64 << 20;
+    let before = PAGES_MAPPED.load(Ordering::Relaxed);
+    let start = rdtsc();
+    let block = kmem::kmem_default().alloc(bytes, Policy::InstantFit);
+    let map_cycles = rdtsc() - start;
+    let mapped = PAGES_MAPPED.load(Ordering::Relaxed) - before;
+    let unmapped_before = PAGES_UNMAPPED.load(Ordering::Relaxed);
+    let start = rdtsc();
+    if let Ok(va) = block {
+        let _ = kmem::kmem_default().free(va, bytes);
+    }
+    let unmap_cycles = rdtsc() - start;
+    let unmapped = PAGES_UNMAPPED.load(Ordering::Relaxed) - unmapped_before;
+
+    let mut map = BTreeMap::new();
+    let mut lists: Vec<Vec<u64>> = Vec::new();
+    for i in 0..5_000u64 {
+        map.insert(i.wrapping_mul(0x9e37_79b9_7f4a_7c15), i);
+        if i % 500 == 0 {
+            lists.push((0..i).collect());
+        }
+    }
+    let collection_items = map.len() + lists.iter().map(Vec::len).sum::<usize>();
+
+    let rate = |pages: u64, cycles: u64| pages * 1_000_000_000 / clock.ns(cycles).max(1);
+    Workload {
+        heap_pair_ns: per_pair(clock, heap_cycles, PAIRS),
+        phys_pair_ns: per_pair(clock, phys_cycles, PAIRS / 10),
+        map_pages_per_s: rate(mapped, map_cycles),
+        unmap_pages_per_s: rate(unmapped, unmap_cycles),
+        mapped,
+        collection_items,
+    }
+}
+
+pub fn print(boot: &BootInfo, clock: &Clock, devices: &Devices) {
+    let work = workload(clock);
+    println!();
+    println!("=== vmem unikernel: boot report ===");
+    let accel = match cpu::hypervisor() {
+        Some((sig, _)) if sig.starts_with(b"KVMKVMKVM") => "KVM (CPUID 0x40000000 says KVMKVMKVM)",
+        Some((sig, _)) if sig.starts_with(b"TCGTCGTCG") => {
+            "TCG (CPUID 0x40000000 says TCGTCGTCGTCG)"
+        }
+        Some(_) => "a hypervisor that is not KVM: TCG or another",
+        None => "TCG (no hypervisor signature in CPUID)",
+    };
+    let mut brand = [0u8; 48];
+    println!("accelerator   {accel}");
+    println!("machine       {}", devices.machine());
+    println!(
+        "cpu           {} ({} pages in the direct map)",
+        cpu::brand(&mut brand),
+        if cpu::has_1g_pages() {
+            "1 GiB"
+        } else {
+            "2 MiB"
+        }
+    );
+    println!(
+        "memory        {} of RAM in the PVH map",
+        Bytes(boot.ram_bytes())
+    );
+    println!(
+        "command line  \"{}\" (hvm_start_info at {:#x})",
+        boot.cmdline(),
+        boot.start_info
+    );
+    println!(
+        "tsc           {}.{:03} MHz from {}",
+        clock.tsc_hz / 1_000_000,
+        clock.tsc_hz / 1000 % 1000,
+        clock.source
+    );
+    match devices.lapic_regs() {
+        Some((id, version)) => println!(
+            "local APIC    at 0xfee00000 (mapped at {:#x}): id {}, version {:#x}, {} LVT entries",
+            devices.lapic.unwrap_or(0),
+            id >> 24,
+            version & 0xff,
+            ((version >> 16) & 0xff) + 1
+        ),
+        None => println!("local APIC    not mapped"),
+    }
+    match devices.ioapic_regs() {
+        Some((id, version)) => println!(
+            "IOAPIC        at 0xfec00000 (mapped at {:#x}): id {}, version {:#x}, {} pins",
+            devices.ioapic.unwrap_or(0),
+            (id >> 24) & 0xf,
+            version & 0xff,
+            ((version >> 16) & 0xff) + 1
+        ),
+        None => println!("IOAPIC        not mapped"),
+    }
+    let task_ids: Vec<u64> = (0..4)
+        .filter_map(|_| kmem::ids().alloc(1, Policy::NextFit).ok())
+        .collect();
+    println!("task ids      {task_ids:?} from 'ids' by next fit");
+
+    println!();
+    println!("memory map (PVH):");
+    for r in boot.memmap() {
+        println!(
+            "  {:#014x}..{:#014x}  {:>10}  {}",
+            r.base,
+            r.end(),
+            Bytes(r.size),
+            r.kind_name()
+        );
+    }
+
+    println!();
+    println!("workload:");
+    println!(
+        "  heap alloc+free pair (64 B)   {:>8.1} ns  ({PAIRS} pairs through the global allocator)",
+        work.heap_pair_ns
+    );
+    println!(
+        "  phys alloc+free pair (4 KiB)  {:>8.1} ns  ({} pairs)",
+        work.phys_pair_ns,
+        PAIRS / 10
+    );
+    println!(
+        "  pages mapped                  {:>8} /s  ({} pages backed with frames and mapped by one import)",
+        work.map_pages_per_s, work.mapped
+    );
+    println!(
+        "  pages unmapped and freed      {:>8} /s",
+        work.unmap_pages_per_s
+    );
+    println!(
+        "  BTreeMap and Vec items        {:>8}",
+        work.collection_items
+    );
+
+    println!();
+    println!("arenas:");
+    println!(
+        "  {:<13} {:>7} {:>5} {:>11} {:>11} {:>11} {:>11} {:>7} {:>8}",
+        "name", "quantum", "spans", "total", "allocated", "free", "imported", "imports", "releases"
+    );
+    for arena in kmem::arenas() {
+        arena_row(arena);
+    }
+    println!(
+        "  page-table frames from phys: {}",
+        TABLE_FRAMES.load(Ordering::Relaxed)
+    );
+
+    println!();
+    println!("caches (those used):");
+    println!(
+        "  {:<20} {:>6} {:>8} {:>6} {:>9} {:>10}",
+        "name", "size", "in use", "slabs", "allocs", "mag hits"
+    );
+    if let Some(classes) = HEAP.classes() {
+        for cache in classes.caches() {
+            let s = cache.stats();
+            if s.allocs > 0 {
+                cache_row(cache.name(), cache.object_size(), &s);
+            }
+        }
+    }
+    for (size, s) in kmem::kmem_va_qcaches().stats() {
+        if s.allocs > 0 {
+            let name = alloc::format!("kmem_va qcache {}K", size / 1024);
+            cache_row(&name, size, &s);
+        }
+    }
+    println!();
+    println!(
+        "tracing events from vmem-core: {} (boot with `trace` to print them)",
+        trace::EVENTS.load(Ordering::Relaxed)
+    );
+    let entry = ENTRY_TSC.load(Ordering::Relaxed);
+    println!(
+        "time from entry to report: {} us",
+        clock.ns(rdtsc() - entry) / 1000
+    );
+}
+
+fn arena_row(arena: &Arena<'static>) {
+    let size = arena.size();
+    let stats = arena.stats();
+    let mut imported = 0;
+    arena.walk(|seg| {
+        if seg.kind == (SegmentKind::Span { imported: true }) {
+            imported += seg.size;
+        }
+    });
+    if arena.quantum() >= PAGE {
+        println!(
+            "  {:<13} {:>7} {:>5} {:>11} {:>11} {:>11} {:>11} {:>7} {:>8}",
+            arena.name(),
+            arena.quantum(),
+            stats.spans,
+            Bytes(size.total),
+            Bytes(size.alloc),
+            Bytes(size.free),
+            Bytes(imported),
+            stats.imports,
+            stats.releases
+        );
+    } else {
+        println!(
+            "  {:<13} {:>7} {:>5} {:>11} {:>11} {:>11} {:>11} {:>7} {:>8}",
+            arena.name(),
+            arena.quantum(),
+            stats.spans,
+            size.total,
+            size.alloc,
+            size.free,
+            imported,
+            stats.imports,
+            stats.releases
+        );
+    }
+}
+
+fn cache_row(name: &str, size: u64, s: &vmem_core::CacheStats) {
+    let hits = (s.magazine_hits * 1000).checked_div(s.allocs).unwrap_or(0);
+    println!(
+        "  {:<20} {:>6} {:>8} {:>6} {:>9} {:>7}.{}%",
+        name,
+        size,
+        s.in_use,
+        s.slabs,
+        s.allocs,
+        hits / 10,
+        hits % 10
+    );
+}
