@@ -12,13 +12,12 @@
 //! - `ids`: task IDs, quantum 1, handed out by next fit;
 //! - kernel stacks from `kernel_va`, each with an unmapped guard page below.
 
-use core::alloc::{GlobalAlloc, Layout};
 use core::fmt;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use vmem_core::{
     Arena, ArenaConfig, CPU0, Error, ErrorKind, GlobalHeap, Policy, QCACHE_MAX_QUANTA,
-    QuantumCaches, SIZE_CLASSES, SizeClasses, Source,
+    QuantumCaches, SizeClasses, Source,
 };
 use x86_64::structures::paging::PageTableFlags as Flags;
 
@@ -162,55 +161,10 @@ fn heap_classes() -> Option<SizeClasses<'static>> {
     unsafe { SizeClasses::new(arena, &PHYS_META, &CPU0, false) }.ok()
 }
 
-/// The size classes over `kmem_default`.
-pub static HEAP: GlobalHeap = GlobalHeap::new(heap_classes);
-
-/// Largest size the classes serve from their caches.
-const CLASS_MAX: usize = SIZE_CLASSES[SIZE_CLASSES.len() - 1] as usize;
-
-/// The kernel heap: `HEAP`, except that blocks larger than every class go
-/// to `kmem_default` by `alloc`, which imports. `SizeClasses` sends them to
-/// `xalloc`, which never imports, so over an importing arena they would
-/// fail whenever no earlier import left room.
-pub struct KernelHeap;
-
+/// The kernel heap: the size classes over `kmem_default`, whose blocks
+/// above the largest class come from `kmem_default` itself (importing).
 #[global_allocator]
-static KERNEL_HEAP: KernelHeap = KernelHeap;
-
-impl KernelHeap {
-    fn large(layout: Layout) -> bool {
-        layout.size() > CLASS_MAX && layout.align() as u64 <= PAGE
-    }
-}
-
-// SAFETY: large blocks are whole allocations of `kmem_default`, whose
-// integers are addresses of mapped, writable pages (aligned to a page,
-// which covers the layout's alignment); the rest is `GlobalHeap`'s, and
-// each block goes back to where the same layout sent it.
-unsafe impl GlobalAlloc for KernelHeap {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if Self::large(layout) {
-            return match KMEM_DEFAULT
-                .get()
-                .map(|a| a.alloc(layout.size() as u64, Policy::InstantFit))
-            {
-                Some(Ok(addr)) => addr as *mut u8,
-                _ => core::ptr::null_mut(),
-            };
-        }
-        // SAFETY: the caller's contract, passed on.
-        unsafe { HEAP.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        if Self::large(layout) {
-            let _ = kmem_default().free(ptr as u64, layout.size() as u64);
-            return;
-        }
-        // SAFETY: the caller's contract, passed on.
-        unsafe { HEAP.dealloc(ptr, layout) }
-    }
-}
+pub static HEAP: GlobalHeap = GlobalHeap::new(heap_classes);
 
 /// The quantum caches in front of `kmem_va`.
 pub fn kmem_va_qcaches() -> &'static QuantumCaches<'static> {
