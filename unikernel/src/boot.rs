@@ -110,7 +110,7 @@ pvh_start32:
     or $0x100, %eax             /* long mode enable */
     wrmsr
     mov %cr0, %eax
-    and $0xfffffff3, %eax       /* EM and TS off */
+    and $0x9ffffff3, %eax       /* caches on (CD, NW off); EM and TS off */
     or $0x80000023, %eax        /* paging, NE, MP, protection */
     mov %eax, %cr0
 
