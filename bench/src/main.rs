@@ -1,0 +1,884 @@
+//! `vmem-bench`: vmem-core against its peers, printed as figures.
+//!
+//! `vmem-bench [--quick|--full] [--page FILE] [--svg FILE]`: runs the
+//! workloads of issue 7 with progress on stderr, prints the tables on
+//! stdout, and (with `--page`/`--svg`) writes the docs' performance page and
+//! the churn plot. `ci/bench` is the usual way to run it.
+
+mod heaps;
+mod peers;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::fmt::Write as _;
+use std::hint::black_box;
+use std::sync::atomic::{AtomicIsize, Ordering};
+use std::time::{Duration, Instant};
+
+use peers::{FreeListPeer, OffsetPeer, RangeAllocPeer, RangePeer, VmAlloc, VmemCore, VmemCrate};
+
+/// Counts the global allocator's live bytes, for metadata per segment.
+struct Counting;
+
+static LIVE_BYTES: AtomicIsize = AtomicIsize::new(0);
+
+// SAFETY: forwards to `System`, only counting.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        LIVE_BYTES.fetch_add(l.size() as isize, Ordering::Relaxed);
+        // SAFETY: the caller's layout, passed on.
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        LIVE_BYTES.fetch_sub(l.size() as isize, Ordering::Relaxed);
+        // SAFETY: as above.
+        unsafe { System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
+        LIVE_BYTES.fetch_add(new as isize - l.size() as isize, Ordering::Relaxed);
+        // SAFETY: as above.
+        unsafe { System.realloc(p, l, new) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn live_bytes() -> isize {
+    LIVE_BYTES.load(Ordering::Relaxed)
+}
+
+/// SplitMix64, as in vmem-core's benches.
+struct Rng(u64);
+
+impl Rng {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+    /// 1 to 64 quanta.
+    fn size(&mut self) -> u64 {
+        1 + self.below(64)
+    }
+}
+
+/// How much each measurement may take.
+#[derive(Clone, Copy)]
+pub struct Budget {
+    /// Timed pairs at most.
+    pub ops: u64,
+    /// Timed wall-clock at most.
+    pub time: Duration,
+    /// Untimed warm-up pairs at most (also capped by `time`).
+    pub warm: u64,
+}
+
+/// One peer's churn result at one live count.
+#[derive(Clone)]
+struct Churn {
+    peer: &'static str,
+    live: usize,
+    ns_per_pair: f64,
+    pairs: u64,
+    capped: bool,
+    /// Allocations that failed during the churn (the slot stays empty).
+    fails: u64,
+    largest: u64,
+    free_total: u64,
+    meta_fill: f64,
+    meta_churn: f64,
+}
+
+fn span_for(live: usize) -> u64 {
+    live as u64 * 64 * 2 + 1024
+}
+
+/// Runs `pairs` in batches until `ops` or `time` runs out; (pairs, elapsed).
+fn timed(mut pair: impl FnMut(), ops: u64, time: Duration) -> (u64, Duration) {
+    let start = Instant::now();
+    let mut done = 0;
+    while done < ops {
+        let batch = 256.min(ops - done);
+        for _ in 0..batch {
+            pair();
+        }
+        done += batch;
+        if start.elapsed() >= time {
+            break;
+        }
+    }
+    (done, start.elapsed())
+}
+
+/// The largest single allocation that succeeds, by binary search (freed at once).
+fn largest<P: RangePeer>(p: &mut P, span: u64) -> u64 {
+    let (mut lo, mut hi) = (0u64, span);
+    while lo < hi {
+        let mid = lo + (hi - lo).div_ceil(2);
+        match p.alloc(mid, 1) {
+            Some(h) => {
+                p.free(h);
+                lo = mid;
+            }
+            None => hi = mid - 1,
+        }
+    }
+    lo
+}
+
+fn churn<P: RangePeer>(live: usize, b: Budget) -> Churn {
+    let span = span_for(live);
+    let mut rng = Rng(0x5EED_0000 ^ live as u64);
+    let mut segs: Vec<Option<P::H>> = Vec::with_capacity(live);
+    let before = live_bytes();
+    let mut p = P::new(span, live);
+    for _ in 0..live {
+        let q = rng.size();
+        segs.push(Some(p.alloc(q, 1).expect("fill")));
+    }
+    let meta_fill = (live_bytes() - before) as f64 / live as f64;
+    let mut fails = 0u64;
+    let mut pair = || {
+        let slot = rng.below(live as u64) as usize;
+        if let Some(h) = segs[slot] {
+            p.free(h);
+        }
+        let q = rng.size();
+        segs[slot] = black_box(p.alloc(q, 1));
+        fails += u64::from(segs[slot].is_none());
+    };
+    timed(&mut pair, b.warm, b.time);
+    let (pairs, el) = timed(&mut pair, b.ops, b.time);
+    let meta_churn = (live_bytes() - before) as f64 / live as f64;
+    let used: u64 = segs.iter().flatten().map(|&h| P::len(h)).sum();
+    let largest = largest(&mut p, span);
+    Churn {
+        peer: P::NAME,
+        live,
+        ns_per_pair: el.as_nanos() as f64 / pairs as f64,
+        pairs,
+        capped: pairs < b.ops,
+        fails,
+        largest,
+        free_total: span - used,
+        meta_fill,
+        meta_churn,
+    }
+}
+
+/// Aligned pairs over a fragmented arena: (ns per pair, mean waste in bytes).
+struct Aligned {
+    peer: &'static str,
+    align: u64,
+    ns: f64,
+    pairs: u64,
+    /// Aligned requests refused (the arena has room for them).
+    fails: u64,
+    waste: f64,
+}
+
+fn aligned<P: RangePeer>(align_bytes: u64, b: Budget) -> Option<Aligned> {
+    let live = 10_000;
+    let span = span_for(live) * 4;
+    let align = align_bytes / peers::QUANTUM;
+    let mut rng = Rng(0xA11C);
+    let mut p = P::new(span, live);
+    let mut segs: Vec<P::H> = (0..live)
+        .map(|_| p.alloc(rng.size(), 1).expect("fill"))
+        .collect();
+    for _ in 0..live {
+        let slot = rng.below(live as u64) as usize;
+        p.free(segs[slot]);
+        segs[slot] = p.alloc(rng.size(), 1).expect("churn");
+    }
+    let mut waste = 0u64;
+    let mut n = 0u64;
+    let mut fails = 0u64;
+    let mut pair = || {
+        let q = 1 + rng.below(16);
+        let Some(h) = p.alloc(q, align) else {
+            fails += 1;
+            return;
+        };
+        assert_eq!(P::start(h) % align, 0, "{} misaligned", P::NAME);
+        waste += P::len(h) - q;
+        n += 1;
+        p.free(black_box(h));
+    };
+    let (pairs, el) = timed(&mut pair, b.ops, b.time);
+    Some(Aligned {
+        peer: P::NAME,
+        align: align_bytes,
+        ns: el.as_nanos() as f64 / pairs as f64,
+        pairs,
+        fails,
+        waste: (waste * peers::QUANTUM) as f64 / n.max(1) as f64,
+    })
+}
+
+/// Next-fit IDs at `live` live IDs out of 2^20: (peer, ns per pair, pairs).
+fn ids(live: usize, b: Budget) -> Vec<(&'static str, f64, u64)> {
+    let range = 1u64 << 20;
+    let mut out = Vec::new();
+    // vmem-core: an arena of quantum 1, next fit.
+    {
+        let arena: vmem_core::Arena<'static> = vmem_core::Arena::create(
+            vmem_core::ArenaConfig::new("ids", 1)
+                .span(1, range)
+                .meta(&vmem_core::HeapMeta),
+        )
+        .expect("id arena");
+        let pol = vmem_core::Policy::NextFit;
+        let mut rng = Rng(1);
+        let mut live_ids: Vec<u64> = (0..live)
+            .map(|_| arena.alloc(1, pol).expect("id"))
+            .collect();
+        let (pairs, el) = timed(
+            || {
+                let slot = rng.below(live as u64) as usize;
+                arena.free(live_ids[slot], 1).expect("free id");
+                live_ids[slot] = black_box(arena.alloc(1, pol).expect("id"));
+            },
+            b.ops,
+            b.time,
+        );
+        out.push((
+            "vmem-core (next fit)",
+            el.as_nanos() as f64 / pairs as f64,
+            pairs,
+        ));
+    }
+    {
+        let mut ida = vm_allocator::IdAllocator::new(1, range as u32).expect("IdAllocator");
+        let mut rng = Rng(1);
+        let mut live_ids: Vec<u32> = (0..live).map(|_| ida.allocate_id().expect("id")).collect();
+        let (pairs, el) = timed(
+            || {
+                let slot = rng.below(live as u64) as usize;
+                ida.free_id(live_ids[slot]).expect("free id");
+                live_ids[slot] = black_box(ida.allocate_id().expect("id"));
+            },
+            b.ops,
+            b.time,
+        );
+        out.push((
+            "vm-allocator IdAllocator (lowest freed)",
+            el.as_nanos() as f64 / pairs as f64,
+            pairs,
+        ));
+    }
+    {
+        let mut p = VmemCrate::new(range, live);
+        // Quantum 4096 in bytes; one ID is one quantum here.
+        p.1 = vmem_peer::AllocPolicy::NextFit;
+        let mut rng = Rng(1);
+        let mut live_ids: Vec<_> = (0..live).map(|_| p.alloc(1, 1).expect("id")).collect();
+        let (pairs, el) = timed(
+            || {
+                let slot = rng.below(live as u64) as usize;
+                p.free(live_ids[slot]);
+                live_ids[slot] = black_box(p.alloc(1, 1).expect("id"));
+            },
+            b.ops,
+            b.time,
+        );
+        out.push((
+            "vmem 1.0 (next fit)",
+            el.as_nanos() as f64 / pairs as f64,
+            pairs,
+        ));
+    }
+    out
+}
+
+fn progress(msg: &str) {
+    eprintln!("[vmem-bench] {msg}");
+}
+
+fn fmt_ns(ns: f64) -> String {
+    if ns >= 1e6 {
+        format!("{:.2} ms", ns / 1e6)
+    } else if ns >= 1e3 {
+        format!("{:.2} µs", ns / 1e3)
+    } else {
+        format!("{ns:.1} ns")
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let full = args.iter().any(|a| a == "--full");
+    let arg = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1).cloned())
+    };
+    let page = arg("--page");
+    // `--only churn,ids,aligned,heaps`: a subset, for working on the binary.
+    let only = arg("--only");
+    let run = |w: &str| only.as_deref().is_none_or(|o| o.split(',').any(|x| x == w));
+    let svg = arg("--svg");
+    let budget = if full {
+        Budget {
+            ops: 2_000_000,
+            time: Duration::from_secs(5),
+            warm: 1_000_000,
+        }
+    } else {
+        Budget {
+            ops: 200_000,
+            time: Duration::from_millis(1000),
+            warm: 100_000,
+        }
+    };
+    let lives: &[usize] = if full {
+        &[1_000, 10_000, 100_000, 1_000_000]
+    } else {
+        &[1_000, 10_000, 100_000]
+    };
+    let mode = if full { "full" } else { "quick" };
+    progress(&format!(
+        "mode {mode}: each measurement capped at {} pairs or {:?} (warm-up at most {} pairs, same time cap)",
+        budget.ops, budget.time, budget.warm
+    ));
+
+    // (1) churn, (2) fragmentation, (6) metadata.
+    let mut churns: Vec<Churn> = Vec::new();
+    for &live in lives.iter().filter(|_| run("churn")) {
+        type Run = fn(usize, Budget) -> Churn;
+        let runs: [Run; 6] = [
+            churn::<VmemCore>,
+            churn::<VmemCrate>,
+            churn::<VmAlloc>,
+            churn::<FreeListPeer>,
+            churn::<RangeAllocPeer>,
+            churn::<OffsetPeer>,
+        ];
+        for run in runs {
+            let c = run(live, budget);
+            progress(&format!(
+                "churn {:>16} live {:>9}: {:>10}/pair over {} pairs{}{}",
+                c.peer,
+                live,
+                fmt_ns(c.ns_per_pair),
+                c.pairs,
+                if c.capped { " (time cap)" } else { "" },
+                if c.fails > 0 {
+                    format!(", {} failed allocations", c.fails)
+                } else {
+                    String::new()
+                }
+            ));
+            churns.push(c);
+        }
+    }
+
+    // (4) IDs.
+    let id_live = 10_000;
+    let id_rows = if run("ids") {
+        ids(id_live, budget)
+    } else {
+        Vec::new()
+    };
+    for (n, ns, pairs) in &id_rows {
+        progress(&format!("ids {n}: {}/pair over {pairs} pairs", fmt_ns(*ns)));
+    }
+
+    // (3) aligned.
+    let mut al: Vec<Aligned> = Vec::new();
+    for align in [64 << 10, 2 << 20].into_iter().filter(|_| run("aligned")) {
+        type Run = fn(u64, Budget) -> Option<Aligned>;
+        let runs: [Run; 6] = [
+            aligned::<VmemCore>,
+            aligned::<VmemCrate>,
+            aligned::<VmAlloc>,
+            aligned::<FreeListPeer>,
+            aligned::<RangeAllocPeer>,
+            aligned::<OffsetPeer>,
+        ];
+        for run in runs {
+            if let Some(a) = run(align, budget) {
+                progress(&format!(
+                    "aligned {:>16} {:>4} KiB: {:>10}/pair, waste {:.0} B/alloc, {} refused",
+                    a.peer,
+                    align >> 10,
+                    fmt_ns(a.ns),
+                    a.waste,
+                    a.fails
+                ));
+                al.push(a);
+            }
+        }
+    }
+
+    // (5) heaps.
+    let heap_rows = if run("heaps") {
+        heaps::hot_pairs(budget)
+    } else {
+        Vec::new()
+    };
+    for (n, ns, pairs) in &heap_rows {
+        progress(&format!(
+            "hot pair {n}: {}/pair over {pairs} pairs",
+            fmt_ns(*ns)
+        ));
+    }
+
+    let md = render(
+        mode, budget, lives, &churns, id_live, &id_rows, &al, &heap_rows,
+    );
+    println!("{md}");
+    if let Some(path) = page {
+        std::fs::write(&path, &md).expect("write page");
+        progress(&format!("wrote {path}"));
+    }
+    if let Some(path) = svg.filter(|_| !churns.is_empty()) {
+        plot(&path, &churns).expect("plot");
+        progress(&format!("wrote {path}"));
+    }
+}
+
+fn ratio(ns: f64, base: f64) -> String {
+    format!("{:.2}x", ns / base)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn render(
+    mode: &str,
+    b: Budget,
+    lives: &[usize],
+    churns: &[Churn],
+    id_live: usize,
+    ids: &[(&'static str, f64, u64)],
+    al: &[Aligned],
+    heaps: &[(&'static str, f64, u64)],
+) -> String {
+    let mut s = targets(lives, churns, ids, al, heaps);
+    let _ = writeln!(s, "## Settings\n");
+    let _ = writeln!(
+        s,
+        "Mode **{mode}**. Every measurement is capped at {} pairs or {:.1} s of wall-clock time, \
+         whichever comes first, after an untimed warm-up of at most {} pairs (same time cap); \
+         where the time cap cut a run short the pair count says so. Times are wall-clock per \
+         pair (one free and one allocation) on one thread, from `std::time::Instant` around \
+         batches of 256 pairs. Every peer sees the same seeded sizes. The binary's global \
+         allocator counts live bytes (one relaxed atomic per call) for the metadata table.\n",
+        b.ops,
+        b.time.as_secs_f64(),
+        b.warm
+    );
+    let _ = writeln!(s, "## 1. Steady churn\n");
+    let _ = writeln!(
+        s,
+        "Fill a span of `live × 128 + 1024` quanta (quantum 4096) with `live` ranges of 1..64 \
+         quanta, then free a random live range and allocate a new one of 1..64 quanta. \
+         vmem-core and the `vmem` crate use instant fit, vm-allocator first match, the others \
+         their only policy. Ratio: peer time / vmem-core time (above 1: vmem-core faster). \
+         An allocation that fails (with plenty of free space: the span is about a quarter \
+         full) leaves its slot empty and is counted; the pair still counts.\n"
+    );
+    let _ = writeln!(
+        s,
+        "| peer | live | time/pair | ratio | pairs timed | failed allocs |\n|---|---:|---:|---:|---:|---:|"
+    );
+    for &live in lives {
+        let base = churns
+            .iter()
+            .find(|c| c.live == live && c.peer == "vmem-core")
+            .map(|c| c.ns_per_pair)
+            .unwrap_or(f64::NAN);
+        for c in churns.iter().filter(|c| c.live == live) {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {}{} | {} |",
+                c.peer,
+                c.live,
+                fmt_ns(c.ns_per_pair),
+                ratio(c.ns_per_pair, base),
+                c.pairs,
+                if c.capped { " (time cap)" } else { "" },
+                c.fails
+            );
+        }
+    }
+    let _ = writeln!(
+        s,
+        "\n![time per pair against live ranges](perf-churn.svg)\n"
+    );
+    let _ = writeln!(s, "## 2. Fragmentation after the churn\n");
+    let _ = writeln!(
+        s,
+        "After the timed churn: the largest single allocation that still succeeds (binary \
+         search, each probe freed at once), and the free total (span minus live quanta). \
+         Ratio: peer largest / vmem-core largest (above 1: the peer keeps a larger allocation \
+         possible). Peers that churned fewer pairs (time cap) are less fragmented.\n"
+    );
+    let _ = writeln!(
+        s,
+        "| peer | live | largest (quanta) | ratio | free total (quanta) |\n|---|---:|---:|---:|---:|"
+    );
+    for &live in lives {
+        let base = churns
+            .iter()
+            .find(|c| c.live == live && c.peer == "vmem-core")
+            .map(|c| c.largest as f64)
+            .unwrap_or(f64::NAN);
+        for c in churns.iter().filter(|c| c.live == live) {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {:.2} | {} |",
+                c.peer,
+                c.live,
+                c.largest,
+                c.largest as f64 / base,
+                c.free_total
+            );
+        }
+    }
+    let _ = writeln!(s, "\n## 3. Aligned requests\n");
+    let _ = writeln!(
+        s,
+        "10,000 live ranges churned 10,000 times in a span four times the churn workload's, then \
+         pairs of an aligned allocation of 1..16 quanta and its free. Waste: quanta reserved \
+         beyond the request, in bytes per allocation (offset-allocator takes no alignment, so it \
+         is asked for `size + align - 1 quantum` and the start rounded up). Refused: aligned \
+         requests that failed although the span has room (a refused request costs a pair's \
+         time but frees nothing; such a peer does not count as faster).\n"
+    );
+    let _ = writeln!(
+        s,
+        "| peer | align | time/pair | ratio | waste/alloc | pairs | refused |\n|---|---:|---:|---:|---:|---:|---:|"
+    );
+    for align in [64u64 << 10, 2 << 20] {
+        let base = al
+            .iter()
+            .find(|a| a.align == align && a.peer == "vmem-core")
+            .map(|a| a.ns)
+            .unwrap_or(f64::NAN);
+        for a in al.iter().filter(|a| a.align == align) {
+            let _ = writeln!(
+                s,
+                "| {} | {} KiB | {} | {} | {:.0} B | {} | {} |",
+                a.peer,
+                align >> 10,
+                fmt_ns(a.ns),
+                ratio(a.ns, base),
+                a.waste,
+                a.pairs,
+                a.fails
+            );
+        }
+    }
+    let _ = writeln!(s, "\n## 4. IDs\n");
+    let _ = writeln!(
+        s,
+        "{id_live} live IDs out of 2^20; free a random live ID and allocate one. vmem-core: an \
+         arena of quantum 1 with next fit; vm-allocator's `IdAllocator` hands out the lowest \
+         freed ID (a `BTreeSet`), not next fit, so it reuses IDs at once; the `vmem` crate with \
+         next fit (quantum 4096, one quantum per ID). free-list, range-alloc and \
+         offset-allocator have no next-fit policy and are left out.\n"
+    );
+    let _ = writeln!(
+        s,
+        "| allocator | time/pair | ratio | pairs |\n|---|---:|---:|---:|"
+    );
+    let base = ids.first().map(|r| r.1).unwrap_or(f64::NAN);
+    for (n, ns, pairs) in ids {
+        let _ = writeln!(
+            s,
+            "| {n} | {} | {} | {pairs} |",
+            fmt_ns(*ns),
+            ratio(*ns, base)
+        );
+    }
+    let _ = writeln!(s, "\n## 5. Hot small-object pairs on heaps\n");
+    let _ = writeln!(
+        s,
+        "Allocate a 64-byte object (align 8) and free it again, one thread. vmem-core: an \
+         `ObjectCache` in memory mode over a 64 MiB arena, magazines warmed; peers through their \
+         direct APIs over their own 64 MiB buffers, as in `vmem-core/benches/cache.rs`. The \
+         range allocators above do not manage memory and are left out; the two-thread \
+         workload is not in this binary (see `cargo bench -p vmem-core --bench cache`).\n"
+    );
+    let _ = writeln!(
+        s,
+        "| allocator | time/pair | ratio | pairs |\n|---|---:|---:|---:|"
+    );
+    let base = heaps.first().map(|r| r.1).unwrap_or(f64::NAN);
+    for (n, ns, pairs) in heaps {
+        let _ = writeln!(
+            s,
+            "| {n} | {} | {} | {pairs} |",
+            fmt_ns(*ns),
+            ratio(*ns, base)
+        );
+    }
+    let _ = writeln!(s, "\n## 6. Metadata bytes per live segment\n");
+    let _ = writeln!(
+        s,
+        "Net bytes the allocator holds from the global allocator, divided by the live ranges, \
+         right after the fill and again after the churn (more free segments). vmem-core's \
+         boundary tags come from `HeapMeta` (pages cut from 64-page chunks, plus the allocation \
+         hash), so its figure includes unused tags of its last chunk. offset-allocator sizes its \
+         node array for `2 × live` allocations up front.\n"
+    );
+    let _ = writeln!(
+        s,
+        "| peer | live | bytes/live after fill | after churn |\n|---|---:|---:|---:|"
+    );
+    for c in churns {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {:.1} | {:.1} |",
+            c.peer, c.live, c.meta_fill, c.meta_churn
+        );
+    }
+    s
+}
+
+/// Why the misses, as far as this run shows; the reasons marked "likely"
+/// were not isolated by a separate measurement.
+const NOTES: &str = "
+### Why the misses
+
+- **offset-allocator on churn and aligned requests.** It is faster per pair, and it \
+buys that with less: 32-bit offsets, a maximum number of allocations fixed when it is \
+created, no lock, no check of what is freed, and no alignment at all (an aligned request \
+must over-allocate, which is the waste in table 3). A vmem-core pair takes the arena's \
+lock, looks the segment up in the allocation hash to check the freed address and size, \
+and maintains boundary tags, which is likely most of the gap.
+- **Per-pair cost growing from 1k to 100k live.** Likely cache misses: at 100k live \
+the tags and the allocation hash no longer fit in the caches of this machine; \
+offset-allocator's cost grows too. Not isolated here.
+- **Largest allocation after churn.** Instant fit takes the head of the smallest \
+power-of-two freelist whose members all fit, so it splits larger free segments than a \
+first fit by address does, and the free space ends up in more, smaller pieces (the peers keep 11 \
+to 16% more for the largest allocation here). Peers that hit the time cap churned fewer \
+pairs and are less fragmented, but range-alloc, free-list and offset-allocator ran every \
+pair at 1k live and still keep more.
+- **2 MiB-aligned requests** cost vmem-core about 15 times its 64 KiB figure; the \
+cause was not investigated in this run.
+- **IDs.** vm-allocator's `IdAllocator` hands back the lowest freed ID from a \
+`BTreeSet` at once, which is cheaper than vmem-core's next fit and does not do what next \
+fit is for (not reusing an ID soon after it is freed).
+- **Hot small-object pairs.** glibc's per-thread cache and linked_list_allocator's \
+head-of-list reuse answer the same object again in a few nanoseconds less than the \
+magazine layer.
+- **The `vmem` crate 1.0.** Its instant fit refuses requests that a best fit on the same \
+arena satisfies (checked in a standalone run: at 1k live, after 25,505 pairs, a request \
+of 54 quanta failed with `Empty` while best fit succeeded and three quarters of the span \
+was free). Its churn rows count those failures and its fragmentation rows are not \
+comparable; its 2 MiB-aligned requests are refused the same way.
+- **Metadata.** free-list and range-alloc keep only the free ranges (the caller keeps \
+the allocated ones), so their figure is near zero. vmem-core's tags come in 64-page \
+chunks, which dominates at 1k live.
+";
+
+/// The targets of issue 7, each met or missed, from this run.
+fn targets(
+    lives: &[usize],
+    churns: &[Churn],
+    ids: &[(&'static str, f64, u64)],
+    al: &[Aligned],
+    heaps: &[(&'static str, f64, u64)],
+) -> String {
+    let mut s = String::from("## Targets from issue 7\n\n");
+    let mut line = |ok: bool, text: String| {
+        let _ = writeln!(s, "- **{}**: {text}", if ok { "met" } else { "MISSED" });
+    };
+    let core = |live: usize| {
+        churns
+            .iter()
+            .find(|c| c.live == live && c.peer == "vmem-core")
+    };
+    for &live in lives {
+        let Some(base) = core(live) else { continue };
+        let faster: Vec<String> = churns
+            .iter()
+            .filter(|c| {
+                c.live == live && c.peer != "vmem-core" && c.ns_per_pair <= base.ns_per_pair
+            })
+            .map(|c| format!("{} ({})", c.peer, fmt_ns(c.ns_per_pair)))
+            .collect();
+        line(
+            faster.is_empty(),
+            format!(
+                "vmem-core fastest on churn at {live} live ({}){}",
+                fmt_ns(base.ns_per_pair),
+                if faster.is_empty() {
+                    String::new()
+                } else {
+                    format!("; faster: {}", faster.join(", "))
+                }
+            ),
+        );
+    }
+    if let Some(base) = core(100_000) {
+        for (peer, want) in [("vm-allocator", 100.0), ("vmem 1.0", 50.0)] {
+            if let Some(c) = churns.iter().find(|c| c.live == 100_000 && c.peer == peer) {
+                let r = c.ns_per_pair / base.ns_per_pair;
+                line(
+                    r >= want,
+                    format!(
+                        "at 100k live, vmem-core {r:.1}x faster than {peer} on churn (target {want}x)"
+                    ),
+                );
+            }
+        }
+    }
+    let first = lives.first().and_then(|&l| core(l));
+    let last = lives.last().and_then(|&l| core(l));
+    if let (Some(a), Some(b)) = (first, last) {
+        let r = b.ns_per_pair / a.ns_per_pair;
+        line(
+            r <= 2.5,
+            format!(
+                "per-pair cost from {} to {} live within 2.5x: {r:.2}x{}",
+                a.live,
+                b.live,
+                if b.live < 1_000_000 {
+                    " (1M live only in `--full`)"
+                } else {
+                    ""
+                }
+            ),
+        );
+    }
+    for &live in lives {
+        let Some(base) = core(live) else { continue };
+        let more: Vec<String> = churns
+            .iter()
+            .filter(|c| c.live == live && c.largest > base.largest)
+            .map(|c| {
+                format!(
+                    "{} ({} quanta{})",
+                    c.peer,
+                    c.largest,
+                    if c.capped {
+                        ", fewer pairs churned"
+                    } else {
+                        ""
+                    }
+                )
+            })
+            .collect();
+        line(
+            more.is_empty(),
+            format!(
+                "no peer keeps a larger allocation possible after churn at {live} live (vmem-core: {} quanta){}",
+                base.largest,
+                if more.is_empty() {
+                    String::new()
+                } else {
+                    format!("; larger: {}", more.join(", "))
+                }
+            ),
+        );
+    }
+    for align in [64u64 << 10, 2 << 20] {
+        let rows: Vec<&Aligned> = al.iter().filter(|a| a.align == align).collect();
+        if let Some(base) = rows.iter().find(|a| a.peer == "vmem-core") {
+            let faster: Vec<String> = rows
+                .iter()
+                .filter(|a| a.peer != "vmem-core" && a.ns <= base.ns && a.fails == 0)
+                .map(|a| format!("{} ({})", a.peer, fmt_ns(a.ns)))
+                .collect();
+            line(
+                faster.is_empty(),
+                format!(
+                    "vmem-core fastest on {} KiB-aligned requests ({}){}",
+                    align >> 10,
+                    fmt_ns(base.ns),
+                    if faster.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; faster: {}", faster.join(", "))
+                    }
+                ),
+            );
+        }
+    }
+    for (what, rows) in [("IDs", ids), ("hot small-object pairs", heaps)] {
+        let best_core = rows
+            .iter()
+            .filter(|r| r.0.starts_with("vmem-core"))
+            .map(|r| r.1)
+            .fold(f64::INFINITY, f64::min);
+        let faster: Vec<String> = rows
+            .iter()
+            .filter(|r| !r.0.starts_with("vmem-core") && r.1 <= best_core)
+            .map(|r| format!("{} ({})", r.0, fmt_ns(r.1)))
+            .collect();
+        line(
+            faster.is_empty(),
+            format!(
+                "vmem-core fastest on {what} ({}){}",
+                fmt_ns(best_core),
+                if faster.is_empty() {
+                    String::new()
+                } else {
+                    format!("; faster: {}", faster.join(", "))
+                }
+            ),
+        );
+    }
+    s.push_str(NOTES);
+    s.push_str("\nNot measured by this binary: two threads freeing each other's objects (workload 5's second half; `cargo bench -p vmem-core --bench cache` has it).\n\n");
+    s
+}
+
+fn plot(path: &str, churns: &[Churn]) -> Result<(), Box<dyn std::error::Error>> {
+    use plotters::prelude::*;
+    let root = SVGBackend::new(path, (800, 500)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let max_live = churns.iter().map(|c| c.live).max().unwrap_or(1000) as f64;
+    let ymin = churns
+        .iter()
+        .map(|c| c.ns_per_pair)
+        .fold(f64::INFINITY, f64::min)
+        / 2.0;
+    let ymax = churns.iter().map(|c| c.ns_per_pair).fold(0.0, f64::max) * 2.0;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("churn: time per free+alloc pair", ("sans-serif", 20))
+        .margin(10)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(
+            (500f64..max_live * 2.0).log_scale(),
+            (ymin..ymax).log_scale(),
+        )?;
+    chart
+        .configure_mesh()
+        .x_desc("live ranges")
+        .y_desc("ns per pair")
+        .draw()?;
+    let mut names: Vec<&str> = churns.iter().map(|c| c.peer).collect();
+    names.dedup();
+    names.sort_unstable();
+    names.dedup();
+    for (i, name) in names.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        let pts: Vec<(f64, f64)> = churns
+            .iter()
+            .filter(|c| c.peer == *name)
+            .map(|c| (c.live as f64, c.ns_per_pair))
+            .collect();
+        chart
+            .draw_series(LineSeries::new(pts, color.stroke_width(2)))?
+            .label(*name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperLeft)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
