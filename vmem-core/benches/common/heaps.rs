@@ -1,0 +1,267 @@
+//! The allocators the heap benchmarks compare, driven one way: vmem-core's
+//! caches and size classes, talc, linked_list_allocator,
+//! buddy_system_allocator, rlsf and the system allocator, each over its own
+//! 64 MiB host buffer. Included by `vmem-core/benches/cache.rs` and by the
+//! `vmem-bench` binary (`bench/`), so both measure the same code.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::ptr::NonNull;
+
+use talc::DefaultBinning;
+use talc::base::Talc;
+use talc::source::Manual;
+use vmem_core::{Arena, ArenaConfig, CacheConfig, CpuId, HeapMeta, ObjectCache, SizeClasses};
+
+/// Object size, in bytes.
+const OBJ: usize = 64;
+/// Object alignment, in bytes.
+const ALIGN: usize = 8;
+/// Bytes of host memory each allocator manages.
+const HEAP: usize = 64 << 20;
+/// The vmem arenas' quantum.
+const QUANTUM: u64 = 4096;
+
+fn layout() -> Layout {
+    Layout::from_size_align(OBJ, ALIGN).expect("64-byte layout")
+}
+
+/// A leaked, page-aligned host buffer of [`HEAP`] bytes.
+fn buffer() -> NonNull<u8> {
+    let layout = Layout::from_size_align(HEAP, 4096).expect("buffer layout");
+    // SAFETY: the layout has a non-zero size; the buffer is never freed.
+    NonNull::new(unsafe { std::alloc::alloc(layout) }).expect("64 MiB host buffer")
+}
+
+/// A memory-mode arena whose one span is a fresh [`buffer`].
+fn memory_arena(name: &str) -> &'static Arena<'static> {
+    let base = buffer().as_ptr() as u64;
+    let arena = Arena::create(
+        ArenaConfig::new(name, QUANTUM)
+            .span(base, HEAP as u64)
+            .meta(&HeapMeta),
+    )
+    .unwrap_or_else(|e| panic!("Arena::create({name}) failed: {e:?}"));
+    Box::leak(Box::new(arena))
+}
+
+/// A memory-mode cache of 64-byte objects over a fresh arena; `magazine`
+/// overrides the default magazine size (0 turns magazines off).
+pub(crate) fn vmem_cache(
+    name: &str,
+    magazine: Option<u32>,
+    cpu: &'static dyn CpuId,
+) -> ObjectCache<'static> {
+    let arena = memory_arena(name);
+    // SAFETY: the arena hands out addresses inside its leaked buffer, which
+    // nothing else uses.
+    let config = unsafe { CacheConfig::new(name, OBJ as u64, &HeapMeta, cpu).memory() };
+    let config = match magazine {
+        Some(rounds) => config.magazine(rounds),
+        None => config,
+    };
+    ObjectCache::new(config, arena).unwrap_or_else(|e| panic!("cache {name}: {e:?}"))
+}
+
+/// Size classes over a fresh memory-mode arena.
+pub(crate) fn vmem_kmalloc(cpu: &'static dyn CpuId) -> Kmalloc {
+    let arena = memory_arena("kmalloc");
+    // SAFETY: as in `vmem_cache`.
+    let classes = unsafe { SizeClasses::new(arena, &HeapMeta, cpu, false) }.expect("size classes");
+    Kmalloc(classes)
+}
+
+/// An allocator of 64-byte objects that threads can share.
+pub(crate) trait Shared: Sync {
+    /// A new object's address.
+    fn alloc(&self) -> usize;
+    /// Frees an object.
+    ///
+    /// # Safety
+    /// `p` came from `self.alloc()` and was not freed since.
+    unsafe fn free(&self, p: usize);
+}
+
+/// An allocator of 64-byte objects with a `&mut self` API.
+pub(crate) trait Local: Send {
+    /// A new object's address.
+    fn alloc(&mut self) -> usize;
+    /// Frees an object.
+    ///
+    /// # Safety
+    /// `p` came from `self.alloc()` and was not freed since.
+    unsafe fn free(&mut self, p: usize);
+}
+
+impl Shared for ObjectCache<'_> {
+    #[inline]
+    fn alloc(&self) -> usize {
+        match ObjectCache::alloc(self) {
+            Ok(addr) => addr as usize,
+            Err(e) => panic!("cache alloc failed: {e:?}"),
+        }
+    }
+
+    #[inline]
+    unsafe fn free(&self, p: usize) {
+        if let Err(e) = ObjectCache::free(self, p as u64) {
+            panic!("cache free({p:#x}) failed: {e:?}");
+        }
+    }
+}
+
+/// vmem's size classes.
+pub(crate) struct Kmalloc(pub(crate) SizeClasses<'static>);
+
+impl Shared for Kmalloc {
+    #[inline]
+    fn alloc(&self) -> usize {
+        match self.0.alloc(OBJ as u64, ALIGN as u64) {
+            Ok(addr) => addr as usize,
+            Err(e) => panic!("kmalloc failed: {e:?}"),
+        }
+    }
+
+    #[inline]
+    unsafe fn free(&self, p: usize) {
+        if let Err(e) = self.0.free(p as u64, OBJ as u64, ALIGN as u64) {
+            panic!("kfree({p:#x}) failed: {e:?}");
+        }
+    }
+}
+
+/// The system allocator.
+pub(crate) struct SystemAlloc;
+
+impl Shared for SystemAlloc {
+    #[inline]
+    fn alloc(&self) -> usize {
+        // SAFETY: the layout has a non-zero size.
+        let p = unsafe { System.alloc(layout()) };
+        assert!(!p.is_null(), "system allocator out of memory");
+        p as usize
+    }
+
+    #[inline]
+    unsafe fn free(&self, p: usize) {
+        // SAFETY: the caller passes back what `alloc` returned, same layout.
+        unsafe { System.dealloc(p as *mut u8, layout()) }
+    }
+}
+
+/// talc 5 over its own buffer, acquiring nothing more (`Manual`).
+pub(crate) struct TalcHeap(Talc<Manual, DefaultBinning>);
+
+impl TalcHeap {
+    pub(crate) fn new() -> Self {
+        let mut talc = Talc::new(Manual);
+        // SAFETY: the leaked buffer is talc's alone from now on.
+        unsafe { talc.claim(buffer().as_ptr(), HEAP) }.expect("talc claim");
+        TalcHeap(talc)
+    }
+}
+
+impl Local for TalcHeap {
+    #[inline]
+    fn alloc(&mut self) -> usize {
+        // SAFETY: the layout has a non-zero size.
+        match unsafe { self.0.allocate(layout()) } {
+            Some(p) => p.as_ptr() as usize,
+            None => panic!("talc out of memory"),
+        }
+    }
+
+    #[inline]
+    unsafe fn free(&mut self, p: usize) {
+        // SAFETY: the caller passes back what `alloc` returned, same layout.
+        unsafe { self.0.deallocate(p as *mut u8, layout()) }
+    }
+}
+
+/// linked_list_allocator over its own buffer.
+pub(crate) struct LinkedListHeap(linked_list_allocator::Heap);
+
+impl LinkedListHeap {
+    pub(crate) fn new() -> Self {
+        let mut heap = linked_list_allocator::Heap::empty();
+        // SAFETY: the leaked buffer is the heap's alone from now on.
+        unsafe { heap.init(buffer().as_ptr(), HEAP) };
+        LinkedListHeap(heap)
+    }
+}
+
+impl Local for LinkedListHeap {
+    #[inline]
+    fn alloc(&mut self) -> usize {
+        match self.0.allocate_first_fit(layout()) {
+            Ok(p) => p.as_ptr() as usize,
+            Err(()) => panic!("linked_list_allocator out of memory"),
+        }
+    }
+
+    #[inline]
+    unsafe fn free(&mut self, p: usize) {
+        let p = NonNull::new(p as *mut u8).expect("non-null object");
+        // SAFETY: the caller passes back what `alloc` returned, same layout.
+        unsafe { self.0.deallocate(p, layout()) }
+    }
+}
+
+/// buddy_system_allocator over its own buffer (orders up to 2^31 bytes).
+pub(crate) struct BuddyHeap(buddy_system_allocator::Heap<32>);
+
+impl BuddyHeap {
+    pub(crate) fn new() -> Self {
+        let mut heap = buddy_system_allocator::Heap::<32>::new();
+        // SAFETY: the leaked buffer is the heap's alone from now on.
+        unsafe { heap.init(buffer().as_ptr() as usize, HEAP) };
+        BuddyHeap(heap)
+    }
+}
+
+impl Local for BuddyHeap {
+    #[inline]
+    fn alloc(&mut self) -> usize {
+        match self.0.alloc(layout()) {
+            Ok(p) => p.as_ptr() as usize,
+            Err(()) => panic!("buddy_system_allocator out of memory"),
+        }
+    }
+
+    #[inline]
+    unsafe fn free(&mut self, p: usize) {
+        let p = NonNull::new(p as *mut u8).expect("non-null object");
+        // SAFETY: the caller passes back what `alloc` returned, same layout.
+        unsafe { self.0.dealloc(p, layout()) }
+    }
+}
+
+/// rlsf's TLSF over its own buffer: 24 first-level classes of 16 second-level
+/// ones, so blocks up to 512 MiB.
+pub(crate) struct TlsfHeap(rlsf::Tlsf<'static, u32, u32, 24, 16>);
+
+impl TlsfHeap {
+    pub(crate) fn new() -> Self {
+        let mut tlsf = rlsf::Tlsf::new();
+        let block = NonNull::slice_from_raw_parts(buffer(), HEAP);
+        // SAFETY: the leaked buffer is the TLSF's alone and outlives it.
+        unsafe { tlsf.insert_free_block_ptr(block) }.expect("rlsf pool");
+        TlsfHeap(tlsf)
+    }
+}
+
+impl Local for TlsfHeap {
+    #[inline]
+    fn alloc(&mut self) -> usize {
+        match self.0.allocate(layout()) {
+            Some(p) => p.as_ptr() as usize,
+            None => panic!("rlsf out of memory"),
+        }
+    }
+
+    #[inline]
+    unsafe fn free(&mut self, p: usize) {
+        let p = NonNull::new(p as *mut u8).expect("non-null object");
+        // SAFETY: the caller passes back what `alloc` returned, same alignment.
+        unsafe { self.0.deallocate(p, ALIGN) }
+    }
+}
