@@ -69,6 +69,32 @@ impl RangePeer for VmemCore {
     }
 }
 
+/// vmem-core with best fit: the same arena, searching for the smallest
+/// free segment that holds the request.
+pub struct VmemCoreBest(VmemCore);
+
+impl RangePeer for VmemCoreBest {
+    type H = (u64, u64, bool);
+    const NAME: &'static str = "vmem-core best fit";
+    fn new(span: u64, live: usize) -> Self {
+        let mut core = VmemCore::new(span, live);
+        core.1 = Policy::BestFit;
+        VmemCoreBest(core)
+    }
+    fn alloc(&mut self, q: u64, align: u64) -> Option<Self::H> {
+        self.0.alloc(q, align)
+    }
+    fn free(&mut self, h: Self::H) {
+        self.0.free(h);
+    }
+    fn len(h: Self::H) -> u64 {
+        VmemCore::len(h)
+    }
+    fn start(h: Self::H) -> u64 {
+        VmemCore::start(h)
+    }
+}
+
 /// Boundary tags for the `vmem` crate, from the global allocator.
 pub struct BoxTags;
 

@@ -72,6 +72,10 @@ pub(crate) struct Fit {
     max: u64,
     /// Whether nothing but the size matters (the instant-fit fast path).
     pub(crate) plain: bool,
+    /// A size such that every free segment at least this large surely holds
+    /// a placement (`size + align - quantum` when only align and phase
+    /// constrain the request), or 0 when only a search can tell.
+    pub(crate) sure: u64,
 }
 
 /// `value` rounded up to a multiple of `quantum` (a power of two), or an
@@ -101,6 +105,7 @@ impl Fit {
             min: 0,
             max: u64::MAX,
             plain: true,
+            sure: round_up(size, quantum)?,
         })
     }
 
@@ -156,6 +161,13 @@ impl Fit {
             min: c.min,
             max: if c.max == 0 { u64::MAX } else { c.max },
             plain: align == quantum && c.phase == 0 && c.nocross == 0 && c.min == 0 && c.max == 0,
+            // The phase is below align and both are multiples of the quantum,
+            // so a placement lies within `align - quantum` of any start.
+            sure: if c.nocross == 0 && c.min == 0 && c.max == 0 {
+                size.checked_add(align - quantum).unwrap_or(0)
+            } else {
+                0
+            },
         };
         if fit.place(fit.min, fit.max).is_none() {
             return Err(Error::new(

@@ -62,9 +62,9 @@ impl FreeLists {
         seg.set_list_next(None);
     }
 
-    /// The head of the first non-empty list whose every member holds `size`.
+    /// The first non-empty list whose every member holds `size`.
     #[inline]
-    pub(crate) fn first_sure_fit(&self, size: u64) -> Link {
+    pub(crate) fn first_sure_fit(&self, size: u64) -> Option<usize> {
         let list = if size.is_power_of_two() {
             highbit(size)
         } else {
@@ -77,7 +77,7 @@ impl FreeLists {
         if candidates == 0 {
             return None;
         }
-        self.heads[candidates.trailing_zeros() as usize]
+        Some(candidates.trailing_zeros() as usize)
     }
 
     /// The non-empty lists from the one that might hold `size` upwards, as

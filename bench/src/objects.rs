@@ -1,0 +1,148 @@
+//! Workload 5 on heaps: hot small-object pairs, and two threads freeing
+//! each other's objects, over the allocators of
+//! `vmem-core/benches/cache.rs`, from the same files.
+
+use std::hint::black_box;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use vmem_core::CPU0;
+
+#[path = "../../vmem-core/benches/common/cross.rs"]
+mod cross;
+#[path = "../../vmem-core/benches/common/heaps.rs"]
+mod heaps;
+
+use crate::{Budget, progress};
+pub use cross::BATCH;
+use cross::*;
+use heaps::*;
+
+fn pairs_of(mut pair: impl FnMut(), b: Budget) -> (f64, u64) {
+    crate::timed(&mut pair, b.warm, b.time);
+    let (n, el) = crate::timed(&mut pair, b.ops, b.time);
+    (el.as_nanos() as f64 / n as f64, n)
+}
+
+fn shared<S: Shared>(name: &'static str, s: &S, b: Budget) -> (&'static str, f64, u64) {
+    let (ns, n) = pairs_of(
+        || {
+            let p = s.alloc();
+            // SAFETY: `p` was just allocated.
+            unsafe { s.free(black_box(p)) }
+        },
+        b,
+    );
+    (name, ns, n)
+}
+
+fn local<L: Local>(name: &'static str, mut l: L, b: Budget) -> (&'static str, f64, u64) {
+    let (ns, n) = pairs_of(
+        || {
+            let p = l.alloc();
+            // SAFETY: `p` was just allocated.
+            unsafe { l.free(black_box(p)) }
+        },
+        b,
+    );
+    (name, ns, n)
+}
+
+/// (allocator, ns per pair, pairs) for each heap.
+pub fn hot_pairs(b: Budget) -> Vec<(&'static str, f64, u64)> {
+    vec![
+        shared(
+            "vmem-core ObjectCache (magazine)",
+            &vmem_cache("hot_magazine", None, &CPU0),
+            b,
+        ),
+        shared(
+            "vmem-core ObjectCache (slab only)",
+            &vmem_cache("hot_slab", Some(0), &CPU0),
+            b,
+        ),
+        shared("vmem-core SizeClasses", &vmem_kmalloc(&CPU0), b),
+        local("talc 5", TalcHeap::new(), b),
+        local("linked_list_allocator 0.10", LinkedListHeap::new(), b),
+        local("buddy_system_allocator 0.13", BuddyHeap::new(), b),
+        local("rlsf 0.2", TlsfHeap::new(), b),
+        shared("system (glibc malloc)", &SystemAlloc, b),
+    ]
+}
+
+/// One allocator's two-thread result: ns per pair on one thread and on two
+/// (both threads' pairs together), in the same batches.
+pub struct Cross {
+    /// The allocator's name in the table.
+    pub name: &'static str,
+    /// Time per pair, all pairs on one thread.
+    pub one: f64,
+    /// Time per pair, the pairs split over two threads that free each
+    /// other's objects.
+    pub two: f64,
+    /// Pairs timed in each of the two runs.
+    pub pairs: u64,
+}
+
+/// Times `pairs` pairs on one thread and on two, three times each, keeping
+/// the fastest of each (a two-core host is easily disturbed).
+fn cross<S: Shared>(name: &'static str, alloc: &S, pairs: u64) -> Cross {
+    let best = |f: &dyn Fn() -> Duration| (0..3).map(|_| f()).min().unwrap_or_default();
+    run_one_thread(alloc, pairs.min(1 << 16));
+    let one = best(&|| run_one_thread(alloc, pairs));
+    let two = best(&|| run_two_threads(alloc, pairs));
+    let per = |d: Duration| d.as_nanos() as f64 / pairs as f64;
+    let c = Cross {
+        name,
+        one: per(one),
+        two: per(two),
+        pairs,
+    };
+    progress(&format!(
+        "two threads {name}: {:.1} ns/pair on one thread, {:.1} ns/pair on two ({:.2}x)",
+        c.one,
+        c.two,
+        c.one / c.two
+    ));
+    c
+}
+
+/// Workload 5's second half for every heap: vmem-core's caches see each
+/// thread as its own CPU; the `&mut self` peers sit behind a `Mutex`.
+pub fn two_threads(pairs: u64) -> Vec<Cross> {
+    let magazine = vmem_cache("mt_magazine", None, &THREAD_CPU);
+    let kmalloc = vmem_kmalloc(&THREAD_CPU);
+    let rows = vec![
+        cross("vmem-core ObjectCache (magazine)", &magazine, pairs),
+        cross("vmem-core SizeClasses", &kmalloc, pairs),
+        cross(
+            "talc 5 (Mutex)",
+            &Locked(Mutex::new(TalcHeap::new())),
+            pairs,
+        ),
+        cross(
+            "linked_list_allocator 0.10 (Mutex)",
+            &Locked(Mutex::new(LinkedListHeap::new())),
+            pairs,
+        ),
+        cross(
+            "buddy_system_allocator 0.13 (Mutex)",
+            &Locked(Mutex::new(BuddyHeap::new())),
+            pairs,
+        ),
+        cross(
+            "rlsf 0.2 (Mutex)",
+            &Locked(Mutex::new(TlsfHeap::new())),
+            pairs,
+        ),
+        cross("system (glibc malloc)", &SystemAlloc, pairs),
+    ];
+    magazine
+        .check()
+        .expect("magazine cache consistent after the run");
+    kmalloc
+        .0
+        .check()
+        .expect("size classes consistent after the run");
+    rows
+}
