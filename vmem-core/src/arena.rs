@@ -295,21 +295,15 @@ impl<'s, R: RawMutex> Arena<'s, R> {
             ));
         }
         let import_min = round_up(config.import_min.max(config.quantum), config.quantum)?;
-        if let Some(qc) = config.qcache {
-            if qc.quantum() != config.quantum {
-                return Err(Error::new(
-                    ErrorKind::BadConstraint,
-                    "quantum caches made for another quantum",
-                ));
-            }
-            if !qc.claim() {
-                return Err(Error::new(
-                    ErrorKind::InUse,
-                    "quantum caches already serve another arena",
-                ));
-            }
+        if let Some(qc) = config.qcache
+            && qc.quantum() != config.quantum
+        {
+            return Err(Error::new(
+                ErrorKind::BadConstraint,
+                "quantum caches made for another quantum",
+            ));
         }
-        let arena = Arena {
+        let mut arena = Arena {
             name: config.name,
             quantum: config.quantum,
             import_min,
@@ -317,11 +311,22 @@ impl<'s, R: RawMutex> Arena<'s, R> {
             static_tags: config.static_tags,
             children: AtomicUsize::new(0),
             source: config.source,
-            qcache: config.qcache,
+            qcache: None,
             inner: Mutex::new(Inner::new()),
         };
         if let Some((base, size)) = config.span {
             arena.add_span(base, size)?;
+        }
+        // Claimed last, so a create refused for its span leaves the caches
+        // free for another arena.
+        if let Some(qc) = config.qcache {
+            if !qc.claim() {
+                return Err(Error::new(
+                    ErrorKind::InUse,
+                    "quantum caches already serve another arena",
+                ));
+            }
+            arena.qcache = Some(qc);
         }
         if let Some(source) = config.source {
             source.attach();
@@ -341,9 +346,10 @@ impl<'s, R: RawMutex> Arena<'s, R> {
     }
 
     /// Adds `[base, base + size)` as a span. Both must be multiples of the
-    /// quantum (`Misaligned`), the range must not pass 2^64 (`Overflow`) nor
-    /// overlap a span the arena has (`Overlap`), and `size` must not be zero
-    /// (`ZeroSize`).
+    /// quantum (`Misaligned`), `base + size` must fit in a `u64`
+    /// (`Overflow`: the last quantum below 2^64 can never be in a span), the
+    /// range must not overlap a span the arena has (`Overlap`), and `size`
+    /// must not be zero (`ZeroSize`).
     pub fn add_span(&self, base: u64, size: u64) -> Result<()> {
         if size == 0 {
             return Err(Error::new(ErrorKind::ZeroSize, "span of size zero"));

@@ -307,10 +307,12 @@ impl<'a> CacheCore<'a> {
     }
 
     /// Takes an object from the CPU's magazines, trading with the depot.
+    /// A poisoned object found written after its free stays in its
+    /// magazine, and the allocation is refused (`Corrupt`).
     #[inline]
-    fn mag_alloc(&self) -> Option<u64> {
+    fn mag_alloc(&self) -> Result<Option<u64>> {
         if !self.magazines {
-            return None;
+            return Ok(None);
         }
         let mut guard = self.slot().0.lock();
         let c = &mut *guard;
@@ -319,8 +321,15 @@ impl<'a> CacheCore<'a> {
                 // SAFETY: the CPU slot owns its magazines, and its lock is held.
                 && let Some(obj) = unsafe { mag(m) }.pop()
             {
+                if self.poison
+                    && let Err(e) = self.check_poison(obj)
+                {
+                    // SAFETY: as above; the pop just made room for it.
+                    unsafe { mag(m) }.push(obj);
+                    return Err(e);
+                }
                 c.alloc_hits += 1;
-                return Some(obj);
+                return Ok(Some(obj));
             }
             // SAFETY: as above.
             if c.prev.is_some_and(|p| unsafe { mag(p) }.rounds() > 0) {
@@ -339,7 +348,7 @@ impl<'a> CacheCore<'a> {
             c.loaded = Some(full);
         }
         c.alloc_misses += 1;
-        None
+        Ok(None)
     }
 
     /// Puts an object in the CPU's magazines, trading with the depot; false
@@ -402,8 +411,9 @@ impl<'a> CacheCore<'a> {
         obj ^ state ^ (self as *const Self as usize as u64)
     }
 
-    /// Checks that a free object still holds its poison; marks it allocated.
-    fn unpoison(&self, obj: u64) -> Result<()> {
+    /// Checks that a free object still holds its poison and free tag,
+    /// changing nothing.
+    fn check_poison(&self, obj: u64) -> Result<()> {
         let body = self.size.next_multiple_of(8);
         // SAFETY: memory mode: the chunk is memory this cache owns.
         unsafe {
@@ -421,7 +431,6 @@ impl<'a> CacheCore<'a> {
                     .at(obj + 8 * i));
                 }
             }
-            Self::word(obj + body + 8).write_unaligned(self.tag(obj, TAG_ALLOCATED));
         }
         Ok(())
     }
@@ -483,6 +492,12 @@ impl<'a> CacheCore<'a> {
             for i in 0..u64::from(slabs.objs) {
                 self.poison_object(base + i * self.chunk);
             }
+        } else if self.poison
+            && let Err(e) = self.check_poison(obj)
+        {
+            // Refused: the object goes back to its slab, as it was.
+            slabs.free(obj)?;
+            return Err(e);
         }
         drop(slabs);
         self.counters.lock().slab_allocs += 1;
@@ -507,19 +522,21 @@ impl<'a> CacheCore<'a> {
 
     /// Allocates one object.
     pub(crate) fn alloc(&self, backing: &dyn Backing) -> Result<u64> {
-        let obj = match self.mag_alloc() {
+        let obj = match self.mag_alloc()? {
             Some(obj) => obj,
             None => self.slab_alloc(backing)?,
         };
         if self.verify || self.poison {
             self.slabs.lock().mark_user(obj)?;
             if self.poison {
-                self.unpoison(obj)?;
-            }
-            if self.poison {
-                self.construct(obj);
                 let body = self.size.next_multiple_of(8);
-                // SAFETY: memory mode: the pad and red zone are ours.
+                // SAFETY: memory mode: the tag, pad and red zone are ours, and
+                // the poison was checked when the object was taken.
+                unsafe {
+                    Self::word(obj + body + 8).write_unaligned(self.tag(obj, TAG_ALLOCATED));
+                }
+                self.construct(obj);
+                // SAFETY: as above.
                 unsafe {
                     for b in self.size..body {
                         (obj as usize as *mut u8).add(b as usize).write(PAD);
@@ -688,7 +705,9 @@ impl<'a> CacheCore<'a> {
         let counters = self.counters.lock();
         s.allocs = s.magazine_hits + counters.slab_allocs;
         s.frees = s.free_magazine_hits + counters.slab_frees;
-        s.in_use = s.allocs - s.frees;
+        // More frees than allocations only when a cache without debug
+        // checks was handed a double or foreign free it could not see.
+        s.in_use = s.allocs.saturating_sub(s.frees);
         s.alloc_fails = counters.alloc_fails;
         s.reaps = counters.reaps;
         s
@@ -785,6 +804,15 @@ impl<'a> CacheCore<'a> {
         let meta = self.meta;
         self.slabs.get_mut().dispose(meta);
         self.depot.get_mut().pool.dispose(meta);
+    }
+
+    /// Checks, when the cache verifies frees, that a user holds `obj`
+    /// (`BadFree` otherwise); changes nothing.
+    pub(crate) fn check_held(&self, obj: u64) -> Result<()> {
+        if self.verify || self.poison {
+            self.slabs.lock().check_user(obj)?;
+        }
+        Ok(())
     }
 
     /// Whether frees are verified.

@@ -115,10 +115,15 @@ impl<'a, R: RawMutex> SizeClasses<'a, R> {
     }
 
     /// Frees what [`SizeClasses::alloc`] returned for the same size and
-    /// alignment.
+    /// alignment (an alignment `alloc` refuses is refused here too).
     pub fn free(&self, addr: u64, size: u64, align: u64) -> Result<()> {
         if size == 0 {
             return Err(Error::new(ErrorKind::ZeroSize, "free of size zero").at(addr));
+        }
+        if !align.is_power_of_two() {
+            return Err(
+                Error::new(ErrorKind::BadConstraint, "align is not a power of two").at(addr),
+            );
         }
         match self.class(size, align) {
             Some(cache) => cache.free(addr),

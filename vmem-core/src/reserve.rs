@@ -103,8 +103,10 @@ impl<'a, R: RawMutex> Reserve<'a, R> {
 
     /// Frees an object from [`Reserve::alloc`]: back into the reserve while
     /// it is short, else to the cache. An object already in the reserve is
-    /// `BadFree`.
+    /// `BadFree`; so, when the cache has debug checks, is one no user holds
+    /// (not the cache's, or already freed to it).
     pub fn free(&self, obj: u64) -> Result<()> {
+        self.cache.core.check_held(obj)?;
         let mut store = self.store.lock();
         let len = store.len;
         if store.slots()[..len].contains(&obj) {

@@ -447,19 +447,26 @@ impl SlabLayer {
         Ok(())
     }
 
-    /// Checks that a user holds `addr` and takes the mark off (verifying
-    /// caches only): a double free or a foreign address is `BadFree`.
-    pub(crate) fn unmark_user(&mut self, addr: u64) -> Result<()> {
+    /// Checks that a user holds `addr` (verifying caches only): a double
+    /// free or a foreign address is `BadFree`.
+    pub(crate) fn check_user(&mut self, addr: u64) -> Result<(NonNull<SlabRec>, usize)> {
         let (p, index) = self.locate(addr)?;
-        // SAFETY: a record of this layer, the only reference.
-        let slab = unsafe { rec(p) };
-        let (word, bit) = (index / 64, index % 64);
-        if slab.user[word] & (1 << bit) == 0 {
+        // SAFETY: a record of this layer.
+        let user = unsafe { rec(p).user[index / 64] };
+        if user & (1 << (index % 64)) == 0 {
             return Err(
                 Error::new(ErrorKind::BadFree, "object is not allocated (double free?)").at(addr),
             );
         }
-        slab.user[word] &= !(1 << bit);
+        Ok((p, index))
+    }
+
+    /// Checks that a user holds `addr` and takes the mark off (verifying
+    /// caches only): a double free or a foreign address is `BadFree`.
+    pub(crate) fn unmark_user(&mut self, addr: u64) -> Result<()> {
+        let (p, index) = self.check_user(addr)?;
+        // SAFETY: a record of this layer, the only reference.
+        unsafe { rec(p).user[index / 64] &= !(1 << (index % 64)) };
         Ok(())
     }
 

@@ -195,11 +195,21 @@ fn memory_mode_poisons_and_guards_red_zones() {
     unsafe { std::ptr::write_bytes(x as *mut u8, 0x11, 20) };
     cache.free(x).unwrap();
     assert_eq!(cache.free(x).unwrap_err().kind(), ErrorKind::BadFree);
-    // Write after free: found when the object is handed out again.
+    // Write after free: found when the object is handed out again. The
+    // refused allocation leaves the object where it was, so it is found
+    // again until the poison is repaired.
     // SAFETY: still inside the buffer.
+    let poison = unsafe { (x as *const u8).add(3).read() };
+    // SAFETY: as above.
     unsafe { (x as *mut u8).add(3).write(0x42) };
     let e = cache.alloc().unwrap_err();
     assert_eq!((e.kind(), e.addr()), (ErrorKind::Corrupt, Some(x)));
+    assert_eq!(cache.stats().in_use, 0);
+    assert_eq!(cache.alloc().unwrap_err().addr(), Some(x));
+    cache.check().unwrap();
+    // SAFETY: as above.
+    unsafe { (x as *mut u8).add(3).write(poison) };
+    assert_eq!(cache.alloc().unwrap(), x);
     // An overrun into the red zone: found when the object is freed.
     let y = cache.alloc().unwrap();
     // SAFETY: byte 20 is the pad after the object, inside the buffer.
