@@ -17,6 +17,7 @@ mod devices;
 mod kmem;
 mod paging;
 mod phys;
+mod pressure;
 mod report;
 mod tests;
 mod time;
@@ -111,11 +112,20 @@ extern "C" fn kmain_on_stack() -> ! {
         println!("fault: the read returned {value:#x}: the guard page is mapped");
         exit(Verdict::Fail);
     }
-    report::print(boot, &clock, &devices);
-    let verdict = if boot.has_word("test") {
-        tests::run(&devices)
+    let verdict = if boot.has_word("pressure") {
+        println!(
+            "pressure: {} of RAM in the PVH map, {}",
+            report::Bytes(boot.ram_bytes()),
+            devices.machine()
+        );
+        pressure::run(&clock)
     } else {
-        Verdict::Pass
+        report::print(boot, &clock, &devices);
+        if boot.has_word("test") {
+            tests::run(&devices)
+        } else {
+            Verdict::Pass
+        }
     };
     let entry = boot::ENTRY_TSC.load(Ordering::Relaxed);
     println!(
