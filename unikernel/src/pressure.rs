@@ -10,9 +10,10 @@
 //!   frames left the heap must answer null and `kmem_default` must refuse.
 //! - the heap: `Vec<u8>` blocks through the global allocator
 //!   (`try_reserve_exact`), largest first down to 8 bytes, until it
-//!   refuses; the heap grows by mapping frames, so this empties `phys`
-//!   page by page. Every page is written and read back before the free,
-//!   which catches two blocks sharing a frame.
+//!   refuses; the heap grows by mapping frames a page at a time, so this
+//!   empties what `phys` has beyond a ballast (see the note on time). Every
+//!   page is written and read back before the free, which catches two
+//!   blocks sharing a frame.
 //! - `kernel_va`, then `kmem_va` (which imports from `kernel_va`; sizes of
 //!   16 pages or less go through its quantum caches, and `xalloc` takes
 //!   what the caches' slabs cannot), then `device` and `ids`: ranges with
@@ -20,7 +21,7 @@
 //!
 //! After each round the heap's caches and `kmem_va`'s quantum caches are
 //! reaped and the kernel's memory is compared with a snapshot taken before
-//! the first: every arena's segment list and figures, every cache's
+//! the first: every other arena's segment list and figures, every cache's
 //! objects and slabs, the pages backing the heap. What the kernel keeps
 //! for reuse by design cannot go back: boundary tags, hash tables, slab
 //! records and magazines (meta pages from `phys`) and page-table frames.
