@@ -221,6 +221,20 @@ impl Stack {
     }
 }
 
+/// The kernel stack that overflowed into its guard page, if a fault at
+/// `addr` (cr2) with the stack pointer at `rsp` looks like that: the stack
+/// pointer is in the guard page or just above it, and the fault address or
+/// the stack pointer is in the guard page. (A stray read of a guard page
+/// from higher up the stack, as the `fault` word makes, is not one.)
+pub fn overflowed(addr: u64, rsp: u64) -> Option<Stack> {
+    let stacks = STACKS.try_lock()?;
+    stacks.iter().flatten().copied().find(|s| {
+        let guard = s.guard..s.guard + PAGE;
+        (s.guard..=s.guard + 2 * PAGE).contains(&rsp)
+            && (guard.contains(&addr) || guard.contains(&rsp))
+    })
+}
+
 /// Who owns an address, for the page-fault report.
 pub struct Owner(u64);
 

@@ -1,9 +1,11 @@
 //! An x86_64 PVH unikernel whose memory is vmem arenas and caches: it
 //! boots under QEMU (KVM or TCG), builds `phys`, the direct map, the
 //! virtual arenas and the heap, prints a report, runs the in-kernel tests
-//! when the command line says `test`, and exits with a verdict through
-//! isa-debug-exit. See `boot` for the entry, `phys`, `paging` and `kmem`
-//! for the memory subsystem.
+//! when the command line says `test` (or exhausts every arena with
+//! `pressure`, or faults on purpose with `fault` and `overflow`), and exits
+//! with a verdict through isa-debug-exit. See `boot` for the entry, `phys`,
+//! `paging` and `kmem` for the memory subsystem, `cpu` for the exception
+//! reports.
 
 #![no_std]
 #![no_main]
@@ -17,6 +19,7 @@ mod devices;
 mod kmem;
 mod paging;
 mod phys;
+mod pressure;
 mod report;
 mod tests;
 mod time;
@@ -100,6 +103,7 @@ extern "C" fn kmain(start_info: u32) -> ! {
 extern "C" fn kmain_on_stack() -> ! {
     let boot = BOOT.get().expect("set by kmain");
     trace::init(boot.has_word("trace"));
+    cpu::FAULT_IN_REPORT.store(boot.has_word("fault-in-report"), Ordering::Relaxed);
     let clock = time::Clock::calibrate();
     let devices = devices::probe();
     if boot.has_word("fault") {
@@ -111,11 +115,33 @@ extern "C" fn kmain_on_stack() -> ! {
         println!("fault: the read returned {value:#x}: the guard page is mapped");
         exit(Verdict::Fail);
     }
-    report::print(boot, &clock, &devices);
-    let verdict = if boot.has_word("test") {
-        tests::run(&devices)
+    if boot.has_word("overflow") {
+        let stack = MAIN_STACK.get().expect("set by kmain");
+        println!(
+            "overflow: recursing on kernel stack '{}' ({:#x}..{:#x}) toward its guard page at {:#x}",
+            stack.name,
+            stack.guard + paging::PAGE,
+            stack.top,
+            stack.guard
+        );
+        let depth = recurse(0);
+        println!("overflow: the recursion came back ({depth}): no guard page stopped it");
+        exit(Verdict::Fail);
+    }
+    let verdict = if boot.has_word("pressure") {
+        println!(
+            "pressure: {} of RAM in the PVH map, {}",
+            report::Bytes(boot.ram_bytes()),
+            devices.machine()
+        );
+        pressure::run(&clock)
     } else {
-        Verdict::Pass
+        report::print(boot, &clock, &devices);
+        if boot.has_word("test") {
+            tests::run(&devices)
+        } else {
+            Verdict::Pass
+        }
     };
     let entry = boot::ENTRY_TSC.load(Ordering::Relaxed);
     println!(
@@ -128,6 +154,20 @@ extern "C" fn kmain_on_stack() -> ! {
         clock.ns(cpu::rdtsc() - entry) / 1_000_000
     );
     exit(verdict)
+}
+
+/// Calls itself until the stack runs out, each frame writing a buffer it
+/// reads after the call, so neither the frames nor the recursion can be
+/// optimised away.
+#[inline(never)]
+fn recurse(depth: u64) -> u64 {
+    let mut frame = [0u8; 512];
+    frame[depth as usize % frame.len()] = depth as u8;
+    let frame = core::hint::black_box(&mut frame);
+    if core::hint::black_box(depth) == u64::MAX {
+        return 0;
+    }
+    recurse(depth + 1) + u64::from(frame[depth as usize % frame.len()])
 }
 
 #[panic_handler]

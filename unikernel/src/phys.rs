@@ -8,7 +8,7 @@
 //! through the direct map.
 
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use vmem_core::{Arena, ArenaConfig, MetaSource, Policy};
 
@@ -33,30 +33,87 @@ pub fn try_phys() -> Option<&'static Arena<'static>> {
 /// Meta pages from `phys`, through the direct map.
 ///
 /// `phys` takes its own metadata from here too. Its refill asks for a page
-/// with no lock held; that allocation may itself need tags, and then the
-/// nested request is refused (the arena falls back to the static tag pool
-/// for that one refill) instead of recursing without end.
+/// with no lock held, and carving that page out of `phys` may itself need
+/// tags. That nested request is served from a few frames set aside for it
+/// (`PHYS_TAG_FRAMES`), topped up after each outer request. Were it
+/// refused, `phys` would fall back to vmem-core's static tag pool and keep
+/// the batch it took for good: the pool (2048 tags, 16 a batch) ran dry
+/// after 128 refills, some 9,000 single-page allocations, and from then on
+/// `phys` could split no free segment with most of memory free (the
+/// `pressure` run found this: the heap stopped at 42 of 125 MiB).
 pub struct PhysMeta;
 
 pub static PHYS_META: PhysMeta = PhysMeta;
 
+/// Frames `PhysMeta` took from `phys` and holds now: handed out as meta
+/// pages, or set aside for `phys`'s own tags.
+pub static META_PAGES: AtomicU64 = AtomicU64::new(0);
+
 /// Set while `PhysMeta` is allocating (one CPU, so one flag suffices).
 static IN_META: AtomicBool = AtomicBool::new(false);
+
+/// Frames set aside for nested requests; one refill of `phys` takes one.
+const PHYS_TAG_FRAMES: usize = 4;
+static SET_ASIDE: spin::Mutex<([u64; PHYS_TAG_FRAMES], usize)> =
+    spin::Mutex::new(([0; PHYS_TAG_FRAMES], 0));
+
+fn take_frames(pages: usize) -> Option<u64> {
+    let frame = phys()
+        .xalloc(pages as u64 * PAGE, &reachable(), Policy::InstantFit)
+        .ok()?;
+    META_PAGES.fetch_add(pages as u64, Ordering::Relaxed);
+    Some(frame)
+}
+
+/// Sets frames aside until there are `PHYS_TAG_FRAMES` (or `phys` has none).
+/// Each `take_frames` may itself use a set-aside frame; `phys` then holds a
+/// page of fresh tags, so the next ones do not.
+fn top_up_set_aside() {
+    for _ in 0..2 * PHYS_TAG_FRAMES {
+        if SET_ASIDE.lock().1 == PHYS_TAG_FRAMES {
+            return;
+        }
+        let Some(frame) = take_frames(1) else { return };
+        let mut set_aside = SET_ASIDE.lock();
+        let (frames, count) = &mut *set_aside;
+        match frames.get_mut(*count) {
+            Some(slot) => {
+                *slot = frame;
+                *count += 1;
+            }
+            None => {
+                drop(set_aside);
+                let _ = phys().xfree(frame, PAGE);
+                META_PAGES.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
 
 impl MetaSource for PhysMeta {
     fn alloc_pages(&self, pages: usize) -> Option<NonNull<u8>> {
         if IN_META.swap(true, Ordering::Acquire) {
-            return None;
+            // `phys` needs tags (or a larger hash) to carve the page being
+            // asked for: only a set-aside frame serves, and only a tag page.
+            if pages != 1 {
+                return None;
+            }
+            let mut set_aside = SET_ASIDE.lock();
+            let (frames, count) = &mut *set_aside;
+            *count = count.checked_sub(1)?;
+            return NonNull::new(phys_to_virt(frames[*count]) as *mut u8);
         }
-        let frame = phys().xalloc(pages as u64 * PAGE, &reachable(), Policy::InstantFit);
+        let frame = take_frames(pages);
+        top_up_set_aside();
         IN_META.store(false, Ordering::Release);
-        NonNull::new(phys_to_virt(frame.ok()?) as *mut u8)
+        NonNull::new(phys_to_virt(frame?) as *mut u8)
     }
 
     unsafe fn free_pages(&self, base: NonNull<u8>, pages: usize) {
         let addr = base.as_ptr() as u64 - DIRECT_BASE;
         // The pages came from `phys` by xalloc, so the free is not refused.
         let _ = phys().xfree(addr, pages as u64 * PAGE);
+        META_PAGES.fetch_sub(pages as u64, Ordering::Relaxed);
     }
 }
 
