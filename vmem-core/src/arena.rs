@@ -16,12 +16,6 @@ use crate::qcache::QuantumCaches;
 use crate::slab::Backing;
 use crate::tag::{AllocBy, Kind, Link, TagPtr, TagStock, take_static_batch};
 
-/// Instant fit looks into the might-fit list before carving a segment at
-/// least this many size classes above the request's.
-const FAR_CLASSES: usize = 3;
-/// How many members of the might-fit list that look may visit.
-const NEAR_SCAN: usize = 8;
-
 /// The lock an arena uses unless its owner picks another: a spin lock.
 pub type DefaultLock = spin::mutex::SpinMutex<()>;
 
@@ -1066,15 +1060,6 @@ impl Inner {
                     && let Some(list) = self.free.first_sure_fit(fit.sure)
                     && let Some(seg) = self.free.head(list)
                 {
-                    // Carving a segment many classes larger than the request
-                    // is what fragments an arena over time: first look a few
-                    // members into the list that might fit.
-                    let near = highbit(fit.size);
-                    if list >= near + FAR_CLASSES
-                        && let Some(found) = self.search_list(near, fit, NEAR_SCAN)
-                    {
-                        return Some(found);
-                    }
                     if fit.plain {
                         return Some((seg, seg.start()));
                     }
@@ -1087,19 +1072,6 @@ impl Inner {
             Policy::BestFit => self.search_best(fit),
             Policy::NextFit => self.search_next(fit),
         }
-    }
-
-    /// The first placement among the first `limit` members of list `list`.
-    fn search_list(&self, list: usize, fit: &Fit, limit: usize) -> Option<(TagPtr, u64)> {
-        let mut cursor = self.free.head(list);
-        for _ in 0..limit {
-            let seg = cursor?;
-            if let Some(addr) = fit.place_in(seg.start(), seg.end()) {
-                return Some((seg, addr));
-            }
-            cursor = seg.list_next();
-        }
-        None
     }
 
     /// The first placement on the lists that might hold `fit`, lowest list

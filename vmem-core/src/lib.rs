@@ -43,9 +43,13 @@
 //!
 //! **Constrained allocation** ([`Arena::xalloc`], [`Constraints`]) adds
 //! alignment, phase, a boundary not to cross, and a `[min, max)` window; an
-//! exact address is a window around one address. Constrained requests search
-//! every list that might hold them and never import: a source cannot promise
-//! to meet constraints of the child's address space.
+//! exact address is a window around one address. Under instant fit a
+//! request constrained by alignment and phase alone takes the head of the
+//! first list whose members all hold `size + align - quantum` (any of them
+//! has an aligned placement), so it stays O(1); other constrained requests
+//! search every list that might hold them. Constrained requests never
+//! import: a source cannot promise to meet constraints of the child's
+//! address space.
 //!
 //! ## Tags need no heap
 //!
