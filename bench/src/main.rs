@@ -262,15 +262,33 @@ fn aligned<P: RangePeer>(align_bytes: u64, b: Budget) -> Option<Aligned> {
 fn ids(live: usize, b: Budget) -> Vec<(&'static str, f64, u64)> {
     let range = 1u64 << 20;
     let mut out = Vec::new();
-    // vmem-core: an arena of quantum 1, next fit.
-    {
-        let arena: vmem_core::Arena<'static> = vmem_core::Arena::create(
-            vmem_core::ArenaConfig::new("ids", 1)
-                .span(1, range)
-                .meta(&vmem_core::HeapMeta),
-        )
-        .expect("id arena");
-        let pol = vmem_core::Policy::NextFit;
+    // vmem-core: an arena of quantum 1, next fit (late reuse), then instant
+    // fit (a freed ID may come back at once, as with IdAllocator).
+    // Last, instant fit through a quantum cache of one-ID objects: a freed
+    // ID waits in this CPU's magazine and is the next one handed out.
+    for (name, pol, qcache) in [
+        ("vmem-core (next fit)", vmem_core::Policy::NextFit, false),
+        (
+            "vmem-core (instant fit)",
+            vmem_core::Policy::InstantFit,
+            false,
+        ),
+        (
+            "vmem-core (quantum cache)",
+            vmem_core::Policy::InstantFit,
+            true,
+        ),
+    ] {
+        let mut config = vmem_core::ArenaConfig::new("ids", 1)
+            .span(1, range)
+            .meta(&vmem_core::HeapMeta);
+        if qcache {
+            let caches =
+                vmem_core::QuantumCaches::new(1, 1, &vmem_core::HeapMeta, &vmem_core::CPU0)
+                    .expect("quantum caches");
+            config = config.qcache(Box::leak(Box::new(caches)));
+        }
+        let arena: vmem_core::Arena<'static> = vmem_core::Arena::create(config).expect("id arena");
         let mut rng = Rng(1);
         let mut live_ids: Vec<u64> = (0..live)
             .map(|_| arena.alloc(1, pol).expect("id"))
@@ -284,11 +302,8 @@ fn ids(live: usize, b: Budget) -> Vec<(&'static str, f64, u64)> {
             b.ops,
             b.time,
         );
-        out.push((
-            "vmem-core (next fit)",
-            el.as_nanos() as f64 / pairs as f64,
-            pairs,
-        ));
+        arena.check().expect("id arena consistent");
+        out.push((name, el.as_nanos() as f64 / pairs as f64, pairs));
     }
     {
         let mut ida = vm_allocator::IdAllocator::new(1, range as u32).expect("IdAllocator");
@@ -740,8 +755,10 @@ fn render(r: &Results<'_>) -> String {
     let _ = writeln!(
         s,
         "{id_live} live IDs out of 2^20; free a random live ID and allocate one. vmem-core: an \
-         arena of quantum 1 with next fit; vm-allocator's `IdAllocator` hands out the lowest \
-         freed ID (a `BTreeSet`), not next fit, so it reuses IDs at once; the `vmem` crate with \
+         arena of quantum 1 with next fit (a freed ID comes back as late as possible), with \
+         instant fit (a freed ID may come back at once), and with a quantum cache of one-ID \
+         objects in front (a freed ID waits in the CPU's magazine and comes back next); vm-allocator's `IdAllocator` hands \
+         out the lowest freed ID (a `BTreeSet`), not next fit, so it reuses IDs at once; the `vmem` crate with \
          next fit (quantum 4096, one quantum per ID). free-list, range-alloc and \
          offset-allocator have no next-fit policy and are left out.\n"
     );
