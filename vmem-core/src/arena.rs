@@ -9,6 +9,7 @@ use lock_api::{Mutex, MutexGuard, RawMutex};
 use crate::cache::FreeError;
 use crate::constraint::{Constraints, Fit, round_up};
 use crate::error::{Error, ErrorKind, Result};
+use crate::fault::{ArenaFaults, FaultPlan, FaultSchedule, FaultSite};
 use crate::freelist::{FreeLists, highbit};
 use crate::hash::{AllocHash, Table};
 use crate::meta::MetaSource;
@@ -250,8 +251,8 @@ struct Inner {
     bytes_total: u64,
     spans: u64,
     free_segments: u64,
-    /// Imports still to fail (fault injection).
-    fail_imports: u64,
+    /// Injected faults: which imports and tag refills fail.
+    faults: ArenaFaults,
     allocs: u64,
     frees: u64,
     alloc_fails: u64,
@@ -513,9 +514,22 @@ impl<'s, R: RawMutex> Arena<'s, R> {
     }
 
     /// Makes the next `count` imports fail as a source out of memory would
-    /// (fault injection; the failures are `ImportFailed`).
+    /// (fault injection; the failures are `ImportFailed`): shorthand for
+    /// `inject_faults(FaultSite::Import, FaultPlan::Next(count))`.
     pub fn fail_imports(&self, count: u64) {
-        self.inner.lock().fail_imports = count;
+        self.inject_faults(FaultSite::Import, FaultPlan::Next(count));
+    }
+
+    /// Fails this arena's calls at `site` by `plan` from now on, replacing
+    /// any earlier plan there and counting calls afresh (see [`FaultSite`]
+    /// for what fails and how it is reported).
+    pub fn inject_faults(&self, site: FaultSite, plan: FaultPlan) {
+        *self.inner.lock().faults.at(site) = FaultSchedule::new(plan);
+    }
+
+    /// The plan at `site` and its progress: calls seen, faults injected.
+    pub fn fault_schedule(&self, site: FaultSite) -> FaultSchedule {
+        *self.inner.lock().faults.at(site)
     }
 
     /// Checks every invariant of the arena; `Corrupt` names the first
@@ -590,7 +604,11 @@ impl<'s, R: RawMutex> Arena<'s, R> {
 
     /// Adds one meta page or static batch of tags; false if none came.
     fn refill_tags(&self) -> bool {
-        if let Some(page) = self.meta.and_then(|meta| meta.alloc_pages(1)) {
+        // An injected fault stands for a dry meta source.
+        let meta = self
+            .meta
+            .filter(|_| !self.inner.lock().faults.at(FaultSite::TagRefill).strike());
+        if let Some(page) = meta.and_then(|meta| meta.alloc_pages(1)) {
             // SAFETY: the meta source handed over this page for the arena to own.
             unsafe { self.inner.lock().tags.add_page(page) };
             return true;
@@ -643,8 +661,7 @@ impl<'s, R: RawMutex> Arena<'s, R> {
                 "no free segment is large enough",
             ));
         };
-        if inner.fail_imports > 0 {
-            inner.fail_imports -= 1;
+        if inner.faults.at(FaultSite::Import).strike() {
             inner.import_fails += 1;
             event!(
                 arena = self.name(),
@@ -882,7 +899,7 @@ impl Inner {
             bytes_total: 0,
             spans: 0,
             free_segments: 0,
-            fail_imports: 0,
+            faults: ArenaFaults::new(),
             allocs: 0,
             frees: 0,
             alloc_fails: 0,

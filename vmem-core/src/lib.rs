@@ -99,7 +99,9 @@
 //! Every call returns a [`Result`]; the [`ErrorKind`]s are the scenario
 //! language's. A failed call changes nothing (statistics counters aside),
 //! and [`Arena::check`] verifies every invariant after any sequence of
-//! calls.
+//! calls. Fault injection ([`FaultPlan`], [`Arena::inject_faults`],
+//! [`FaultyMeta`]) fails chosen imports and metadata requests on a
+//! deterministic schedule, so tests reach every failure path.
 //!
 //! ## Locking
 //!
@@ -139,6 +141,7 @@ mod cache;
 mod constraint;
 mod cpu;
 mod error;
+mod fault;
 mod freelist;
 mod hash;
 #[cfg(feature = "alloc")]
@@ -161,6 +164,7 @@ pub use cache::{CacheConfig, CacheStats, DEFAULT_MAGAZINE, ObjectCache, ObjectHo
 pub use constraint::Constraints;
 pub use cpu::{CPU0, CpuId, FixedCpu, MAX_CPUS};
 pub use error::{Error, ErrorKind, Result};
+pub use fault::{FaultPlan, FaultSchedule, FaultSite, FaultyMeta};
 #[cfg(feature = "alloc")]
 pub use heap_meta::{CHUNK_PAGES, HeapMeta};
 pub use kmalloc::{GlobalHeap, SIZE_CLASSES, SizeClasses};
