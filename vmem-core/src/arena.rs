@@ -1,7 +1,7 @@
 //! The arena: spans and segments under one lock, the allocation policies,
 //! import from a source and release back to it, and the checker.
 
-use core::sync::atomic::{AtomicUsize, Ordering};
+use crate::sync::atomic::{AtomicUsize, Ordering};
 
 use arrayvec::ArrayString;
 use lock_api::{Mutex, MutexGuard, RawMutex};

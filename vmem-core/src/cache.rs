@@ -17,6 +17,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::magazine::{CpuMags, CpuSlot, Depot, MAG_ROUNDS, MagLink, Magazine, mag};
 use crate::meta::MetaSource;
 use crate::slab::{Backing, MAX_OBJS, SlabLayer};
+use crate::sync::{Mutex, MutexGuard};
 
 /// A constructor or destructor: called with the object's address.
 pub type ObjectHook<'a> = &'a (dyn Fn(u64) + Sync);
@@ -201,9 +202,9 @@ pub(crate) struct CacheCore<'a> {
     /// zero never touches its CPU slots' magazines or the depot).
     magazines: bool,
     cpus: [CpuSlot; MAX_CPUS],
-    depot: spin::Mutex<Depot>,
-    slabs: spin::Mutex<SlabLayer>,
-    counters: spin::Mutex<Counters>,
+    depot: Mutex<Depot>,
+    slabs: Mutex<SlabLayer>,
+    counters: Mutex<Counters>,
 }
 
 /// Counters of the slow paths.
@@ -274,9 +275,9 @@ impl<'a> CacheCore<'a> {
             cpu: config.cpu,
             magazines: magazine > 0,
             cpus: [const { CpuSlot::new() }; MAX_CPUS],
-            depot: spin::Mutex::new(Depot::new(magazine)),
-            slabs: spin::Mutex::new(SlabLayer::new(chunk, slab_size, objs, align.max(quantum))),
-            counters: spin::Mutex::new(Counters::default()),
+            depot: Mutex::new(Depot::new(magazine)),
+            slabs: Mutex::new(SlabLayer::new(chunk, slab_size, objs, align.max(quantum))),
+            counters: Mutex::new(Counters::default()),
         })
     }
 
@@ -297,7 +298,7 @@ impl<'a> CacheCore<'a> {
         &self.cpus[self.cpu.current() % MAX_CPUS]
     }
 
-    fn lock_depot(&self) -> spin::MutexGuard<'_, Depot> {
+    fn lock_depot(&self) -> MutexGuard<'_, Depot> {
         let (mut depot, contended) = match self.depot.try_lock() {
             Some(depot) => (depot, false),
             None => (self.depot.lock(), true),
@@ -717,7 +718,7 @@ impl<'a> CacheCore<'a> {
     /// the slabs are exactly those in magazines plus those users hold.
     pub(crate) fn check(&self) -> Result<()> {
         let corrupt = |what, at| Err(Error::new(ErrorKind::Corrupt, what).at(at));
-        let cpus: [spin::MutexGuard<'_, CpuMags>; MAX_CPUS] =
+        let cpus: [MutexGuard<'_, CpuMags>; MAX_CPUS] =
             core::array::from_fn(|i| self.cpus[i].0.lock());
         let depot = self.depot.lock();
         let mut slabs = self.slabs.lock();

@@ -135,6 +135,8 @@
 
 #[cfg(feature = "alloc")]
 extern crate alloc;
+#[cfg(loom)]
+extern crate std;
 
 mod arena;
 mod cache;
@@ -154,6 +156,7 @@ mod reserve;
 #[cfg(feature = "scenario")]
 pub mod scenario;
 mod slab;
+mod sync;
 mod tag;
 
 pub use arena::{
@@ -171,4 +174,6 @@ pub use kmalloc::{GlobalHeap, SIZE_CLASSES, SizeClasses};
 pub use meta::{ArenaMeta, META_PAGE, MetaSource};
 pub use qcache::{QCACHE_MAX_QUANTA, QuantumCaches};
 pub use reserve::Reserve;
+#[cfg(loom)]
+pub use sync::LoomLock;
 pub use tag::{STATIC_TAGS, static_tags_available};

@@ -107,11 +107,11 @@ unsafe impl Send for CpuMags {}
 
 /// A CPU's slot, on its own cache line so CPUs do not share lines.
 #[repr(align(64))]
-pub(crate) struct CpuSlot(pub(crate) spin::Mutex<CpuMags>);
+pub(crate) struct CpuSlot(pub(crate) crate::sync::Mutex<CpuMags>);
 
 impl CpuSlot {
     pub(crate) const fn new() -> Self {
-        CpuSlot(spin::Mutex::new(CpuMags {
+        CpuSlot(crate::sync::Mutex::new(CpuMags {
             loaded: None,
             prev: None,
             alloc_hits: 0,

@@ -7,7 +7,7 @@
 //! the arena's `free` keeps its `BadFree` answers. `xalloc` and `xfree`
 //! bypass them; next-fit allocations too.
 
-use core::sync::atomic::{AtomicBool, Ordering};
+use crate::sync::atomic::{AtomicBool, Ordering};
 
 use arrayvec::ArrayVec;
 

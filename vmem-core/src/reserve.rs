@@ -17,7 +17,7 @@ use crate::meta::{META_PAGE, MetaSource};
 pub struct Reserve<'a, R: RawMutex = crate::arena::DefaultLock> {
     cache: &'a ObjectCache<'a, R>,
     meta: &'a dyn MetaSource,
-    store: spin::Mutex<Store>,
+    store: crate::sync::Mutex<Store>,
 }
 
 /// The reserved objects: a stack in meta pages.
@@ -85,7 +85,7 @@ impl<'a, R: RawMutex> Reserve<'a, R> {
         Ok(Reserve {
             cache,
             meta,
-            store: spin::Mutex::new(store),
+            store: crate::sync::Mutex::new(store),
         })
     }
 
