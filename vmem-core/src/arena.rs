@@ -534,6 +534,11 @@ impl<'s, R: RawMutex> Arena<'s, R> {
 
     /// Checks every invariant of the arena; `Corrupt` names the first
     /// broken one and the address where it broke.
+    ///
+    /// The arena's own invariants are checked under its lock, so this may
+    /// run while other threads use it; the quantum caches' part has the
+    /// limit [`ObjectCache::check`](crate::ObjectCache::check) states (exact
+    /// only while they are quiet).
     pub fn check(&self) -> Result<()> {
         for cache in self.qcache.iter().flat_map(|qc| qc.caches.iter()) {
             cache.check()?;
