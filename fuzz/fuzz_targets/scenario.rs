@@ -4,8 +4,10 @@
 //! For every input: nothing panics; every output line is one well-formed
 //! JSON object whose `"line"` numbers rise; running the script a second
 //! time (line by line this time) gives the same bytes and the same
-//! rendered state; `check` passes afterwards; and dropping the interpreter
-//! gives every static boundary tag back.
+//! rendered state; a line that fails leaves the rendered state (every
+//! arena's segments, caches' objects and slabs, reserves' counts) as it
+//! was; `check` passes afterwards; and dropping the interpreter gives every
+//! static boundary tag back.
 
 #![no_main]
 
@@ -30,7 +32,18 @@ fuzz_target!(|data: &[u8]| {
         let mut interpreter = Interpreter::new();
         let mut out = String::new();
         for (i, line) in script.lines().enumerate() {
+            let before = interpreter.render();
             if let Some(json) = interpreter.run_line(i + 1, line) {
+                // The rendering shows every arena's segments, every cache's
+                // objects in use and slabs, and every reserve's count.
+                if json.contains(",\"ok\":false,") {
+                    let after = interpreter.render();
+                    assert!(
+                        after == before,
+                        "failed line {} changed the state: {line}\n{json}\nbefore:\n{before}\nafter:\n{after}",
+                        i + 1
+                    );
+                }
                 out.push_str(&json);
                 out.push('\n');
             }
