@@ -766,8 +766,13 @@ impl<'a> Run<'a> {
                 } else {
                     assert!(
                         !fits && !imports && k == ErrorKind::NoSpace,
-                        "{}: {e}, but a placement exists (complete)",
-                        what()
+                        "{}: {e}; the model expects {}",
+                        what(),
+                        if fits || imports {
+                            "success: a placement exists (completeness)"
+                        } else {
+                            "NoSpace"
+                        }
                     );
                 }
                 Err(e)
