@@ -478,15 +478,16 @@ fn main() {
     for &live in lives.iter().filter(|_| run("churn")) {
         let frag_pairs = frag_pairs(live, full);
         for (name, churn_run, frag_run) in range_peers.iter().filter(|(n, _, _)| peer(n)) {
-            // A peer whose pairs already took over 50 µs at the previous
-            // live count scans its ranges; ten times more of them would
-            // make even its fill take many minutes, so it sits this one out.
+            // Past 100k live, a peer whose pairs already took over 50 µs at
+            // the previous live count scans its ranges; ten times more of
+            // them would make even its fill take many minutes, so it sits
+            // this one out (the targets at 100k keep every peer).
             let before = churns
                 .iter()
                 .rev()
                 .find(|c| c.peer == *name && c.live < live)
                 .map(|c| (c.live, c.ns_per_pair));
-            if let Some((at, ns)) = before.filter(|&(_, ns)| ns > 50_000.0) {
+            if let Some((at, ns)) = before.filter(|&(_, ns)| live > 100_000 && ns > 50_000.0) {
                 progress(&format!(
                     "churn {name} live {live}: left out ({} per pair at {at} live already)",
                     fmt_ns(ns)

@@ -197,6 +197,32 @@ enum Live {
     Object { cache: usize, addr: u64 },
 }
 
+/// Frees a live allocation the way it was made.
+fn release(
+    l: Live,
+    parent: &Arena,
+    child: &Arena,
+    caches: &[ObjectCache],
+) -> vmem_core::Result<()> {
+    match l {
+        Live::Parent { addr, size, x } => {
+            if x {
+                parent.xfree(addr, size)
+            } else {
+                parent.free(addr, size)
+            }
+        }
+        Live::Child { addr, size, x } => {
+            if x {
+                child.xfree(addr, size)
+            } else {
+                child.free(addr, size)
+            }
+        }
+        Live::Object { cache, addr } => caches[cache].free(addr),
+    }
+}
+
 fn walk(a: &Arena) -> Vec<Segment> {
     let mut v = Vec::new();
     a.walk(|s| v.push(s));
@@ -430,29 +456,12 @@ fn run_case(case: &Case) -> Result<(), TestCaseError> {
                     if live.is_empty() {
                         Ok(None)
                     } else {
-                        let freed = match live.swap_remove(pick % live.len()) {
-                            Live::Parent {
-                                addr,
-                                size,
-                                x: false,
-                            } => parent.free(addr, size),
-                            Live::Parent {
-                                addr,
-                                size,
-                                x: true,
-                            } => parent.xfree(addr, size),
-                            Live::Child {
-                                addr,
-                                size,
-                                x: false,
-                            } => child.free(addr, size),
-                            Live::Child {
-                                addr,
-                                size,
-                                x: true,
-                            } => child.xfree(addr, size),
-                            Live::Object { cache, addr } => caches[cache].free(addr),
-                        };
+                        let freed = release(
+                            live.swap_remove(pick % live.len()),
+                            &parent,
+                            &child,
+                            &caches,
+                        );
                         prop_assert!(freed.is_ok(), "a free failed: {:?}", freed);
                         Ok(None)
                     }
@@ -548,29 +557,7 @@ fn run_case(case: &Case) -> Result<(), TestCaseError> {
             set_plan(target, FaultPlan::Never);
         }
         for l in live.drain(..) {
-            let freed = match l {
-                Live::Parent {
-                    addr,
-                    size,
-                    x: false,
-                } => parent.free(addr, size),
-                Live::Parent {
-                    addr,
-                    size,
-                    x: true,
-                } => parent.xfree(addr, size),
-                Live::Child {
-                    addr,
-                    size,
-                    x: false,
-                } => child.free(addr, size),
-                Live::Child {
-                    addr,
-                    size,
-                    x: true,
-                } => child.xfree(addr, size),
-                Live::Object { cache, addr } => caches[cache].free(addr),
-            };
+            let freed = release(l, &parent, &child, &caches);
             prop_assert!(freed.is_ok(), "{:?}", freed);
         }
         for c in &caches {
