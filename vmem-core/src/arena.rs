@@ -644,7 +644,10 @@ impl<'s, R: RawMutex> Arena<'s, R> {
             Ok(_) => inner.allocs += 1,
             Err(_) => inner.alloc_fails += 1,
         }
-        let grow = inner.hash.wanted_pages();
+        // Growth put off earlier (a meta source that had no page) waits for
+        // a call that succeeds: a failed call changes nothing, not even the
+        // hash's size.
+        let grow = result.as_ref().ok().and_then(|_| inner.hash.wanted_pages());
         drop(inner);
         if let Some(pages) = grow {
             self.grow_hash(pages);
