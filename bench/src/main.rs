@@ -861,9 +861,10 @@ fn render(r: &Results<'_>) -> String {
         s,
         "Net bytes the allocator holds from the global allocator, divided by the live ranges, \
          right after the fill and again after the churn (more free segments). vmem-core's \
-         boundary tags come from `HeapMeta` (pages cut from 64-page chunks, plus the allocation \
-         hash), so its figure includes unused tags of its last chunk. offset-allocator sizes its \
-         node array for `2 × live` allocations up front.\n"
+         boundary tags and allocation hash live in meta pages taken one at a time from the \
+         global allocator (`GlobalMeta`), so its figure includes the spare tags of its last \
+         page and the hash's empty buckets. offset-allocator sizes its node array for \
+         `2 × live` allocations up front.\n"
     );
     let _ = writeln!(
         s,
@@ -1126,8 +1127,8 @@ of 54 quanta failed with `Empty` while best fit succeeded and three quarters of 
 was free). Its churn rows count those failures, its fragmentation rows are not \
 comparable, and its refused aligned requests keep it from counting as faster.\n\
 - **Metadata.** free-list and range-alloc keep only the free ranges (the caller keeps \
-the allocated ones), so their figure is near zero. vmem-core's tags come in 64-page \
-chunks, which dominates at 1k live.\n\n",
+the allocated ones), so their figure is near zero. vmem-core's spare tag \
+pages and hash buckets, kept as the arena grew, count in full.\n\n",
     );
     s
 }

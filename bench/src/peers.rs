@@ -2,7 +2,7 @@
 
 use std::ptr::NonNull;
 
-use vmem_core::{Arena, ArenaConfig, Constraints, HeapMeta, Policy};
+use vmem_core::{Arena, ArenaConfig, Constraints, META_PAGE, MetaSource, Policy};
 
 /// The quantum, in bytes (page size; free-list requires it).
 pub const QUANTUM: u64 = 4096;
@@ -27,6 +27,30 @@ pub trait RangePeer {
     fn start(h: Self::H) -> u64;
 }
 
+/// Meta pages straight from the global allocator and back to it, so the
+/// binary's counting allocator sees exactly what an arena holds (`HeapMeta`
+/// keeps freed chunks in a process-wide pool, which later arenas would reuse
+/// unseen).
+pub struct GlobalMeta;
+
+fn meta_layout(pages: usize) -> Option<std::alloc::Layout> {
+    std::alloc::Layout::from_size_align(pages.checked_mul(META_PAGE)?, META_PAGE).ok()
+}
+
+impl MetaSource for GlobalMeta {
+    fn alloc_pages(&self, pages: usize) -> Option<NonNull<u8>> {
+        let layout = meta_layout(pages).filter(|l| l.size() > 0)?;
+        // SAFETY: the layout has a non-zero size.
+        NonNull::new(unsafe { std::alloc::alloc(layout) })
+    }
+    unsafe fn free_pages(&self, base: NonNull<u8>, pages: usize) {
+        if let Some(layout) = meta_layout(pages) {
+            // SAFETY: `base` came from `alloc_pages(pages)`, with this layout.
+            unsafe { std::alloc::dealloc(base.as_ptr(), layout) }
+        }
+    }
+}
+
 /// vmem-core, instant fit (or next fit for IDs), tags from the heap.
 pub struct VmemCore(pub Arena<'static>, pub Policy);
 
@@ -38,7 +62,7 @@ impl RangePeer for VmemCore {
         let arena = Arena::create(
             ArenaConfig::new("bench", QUANTUM)
                 .span(BASE, span * QUANTUM)
-                .meta(&HeapMeta),
+                .meta(&GlobalMeta),
         )
         .expect("vmem-core arena");
         VmemCore(arena, Policy::InstantFit)
