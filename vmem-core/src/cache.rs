@@ -28,12 +28,24 @@ const POISON: u64 = 0xdead_beef_dead_beef;
 const REDZONE: u64 = 0xfeed_face_feed_face;
 /// Byte pattern between the object's end and its red zone.
 const PAD: u8 = 0xbb;
-/// Buffer-tag states (mixed with the cache's address).
+/// Buffer-tag states (mixed with the object's address and the cache's salt).
 const TAG_ALLOCATED: u64 = 0xa110_ca7e_d0b1_ec75;
 const TAG_FREE: u64 = 0xf4ee_d0b1_ec75_0000;
 
 /// The magazine size caches start with when none is given.
 pub const DEFAULT_MAGAZINE: u32 = 15;
+
+/// Caches made so far: each cache's number goes into its salt, so that two
+/// caches of one configuration still tag their objects apart. A plain
+/// atomic even under `loom`, as the other statics (see `sync`).
+static CACHES_MADE: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+
+/// SplitMix64's finalizer: spreads `z`'s bits over the whole word.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
 
 /// How an object cache is made.
 #[derive(Clone, Copy)]
@@ -191,6 +203,10 @@ pub(crate) struct CacheCore<'a> {
     pub(crate) name: ArrayString<NAME_MAX>,
     size: u64,
     chunk: u64,
+    /// Mixed into every buffer tag: chosen when the cache is made from a
+    /// count of caches and the configuration, never from an address, so a
+    /// cache may move and its tags stay the same on every platform.
+    salt: u64,
     memory: bool,
     verify: bool,
     poison: bool,
@@ -239,8 +255,14 @@ impl<'a> CacheCore<'a> {
         }
         let too_big = Error::new(ErrorKind::Overflow, "object too large for a cache");
         let debug_memory = config.debug && config.memory;
+        // In debug memory mode each object is followed by its red zone and
+        // buffer tag (8 bytes each).
         let body = if debug_memory {
-            config.size.checked_next_multiple_of(8).ok_or(too_big)? + 16
+            config
+                .size
+                .checked_next_multiple_of(8)
+                .and_then(|b| b.checked_add(16))
+                .ok_or(too_big)?
         } else {
             config.size
         };
@@ -262,10 +284,12 @@ impl<'a> CacheCore<'a> {
         }
         let objs = (slab_size / chunk).min(MAX_OBJS as u64) as u32;
         let magazine = config.magazine.min(MAG_ROUNDS as u32);
+        let made = CACHES_MADE.fetch_add(1, core::sync::atomic::Ordering::Relaxed) as u64;
         Ok(CacheCore {
             name: config.name,
             size: config.size,
             chunk,
+            salt: mix(mix(made) ^ config.size ^ config.align.rotate_left(32)),
             memory: config.memory,
             verify: config.debug,
             poison: debug_memory,
@@ -409,7 +433,7 @@ impl<'a> CacheCore<'a> {
     }
 
     fn tag(&self, obj: u64, state: u64) -> u64 {
-        obj ^ state ^ (self as *const Self as usize as u64)
+        obj ^ state ^ self.salt
     }
 
     /// Checks that a free object still holds its poison and free tag,

@@ -147,7 +147,9 @@ impl Fit {
         if c.max != 0 && c.min >= c.max {
             return Err(Error::new(ErrorKind::BadConstraint, "min is not below max"));
         }
-        if c.nocross != 0 && (align > c.nocross || c.phase + size > c.nocross) {
+        // `phase < align <= nocross` once the first test passes, so the
+        // second cannot wrap (`phase + size` could).
+        if c.nocross != 0 && (align > c.nocross || size > c.nocross - c.phase) {
             return Err(Error::new(
                 ErrorKind::Overconstrained,
                 "no placement fits inside one nocross block",
@@ -215,7 +217,7 @@ impl Fit {
         };
         if self.nocross != 0 {
             let block = r & !(self.nocross - 1);
-            if (r - block) + self.size > self.nocross {
+            if self.size > self.nocross - (r - block) {
                 // The next block starts aligned (align divides nocross), so the
                 // phase puts r there, and phase + size <= nocross was checked.
                 r = block.checked_add(self.nocross)?.checked_add(self.phase)?;

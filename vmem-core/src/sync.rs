@@ -6,10 +6,12 @@
 //! and a lock made of them ([`LoomLock`]), so `loom` sees every lock
 //! acquisition and explores the orders in which CPUs can take them.
 //!
-//! Three things stay as they are under `loom`: the static tag pool and
-//! [`crate::HeapMeta`]'s page pool are statics, which `loom` objects cannot
-//! be (each belongs to one run of a model), and [`crate::FixedCpu`] is a
-//! `const` CPU index, not shared state. The two pools never run `loom` code
+//! Four things stay as they are under `loom`: the static tag pool,
+//! [`crate::HeapMeta`]'s page pool and the count of caches made (which
+//! seeds each cache's salt) are statics, which `loom` objects cannot be
+//! (each belongs to one run of a model), and [`crate::FixedCpu`] is a
+//! `const` CPU index, not shared state. The count is one relaxed
+//! `fetch_add` that orders nothing. The two pools never run `loom` code
 //! with their lock held, so to `loom` each of those critical sections is a
 //! single step and their locks are never seen taken.
 
