@@ -802,7 +802,8 @@ impl<'a> CacheCore<'a> {
         if (self.verify || self.poison) && users != in_use {
             return corrupt("objects held by users are miscounted", users);
         }
-        if out != rounds + in_use {
+        // A trusted double free leaves `in_use` wrapped below zero.
+        if rounds.checked_add(in_use) != Some(out) {
             return corrupt(
                 "objects out of the slabs are neither in magazines nor with users",
                 out,

@@ -101,7 +101,8 @@ impl<'a> QuantumCaches<'a> {
         if size == 0 || size > self.max {
             return None;
         }
-        self.caches.get((size / self.quantum - 1) as usize)
+        self.caches
+            .get(usize::try_from((size / self.quantum).checked_sub(1)?).ok()?)
     }
 
     /// Objects users hold across all the caches.
