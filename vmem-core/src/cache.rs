@@ -126,7 +126,9 @@ impl<'a> CacheConfig<'a> {
     /// Debug checks: every free is verified (a double free, or an object of
     /// another cache, is `BadFree`); in memory mode freed objects are
     /// poisoned and checked on reuse, and a red zone after each object is
-    /// checked on free (`Corrupt` with the address).
+    /// checked on free (`Corrupt` with the address). In memory mode each
+    /// object then takes 16 bytes more (its red zone and buffer tag, after
+    /// the object rounded up to 8).
     pub const fn debug(mut self, on: bool) -> Self {
         self.debug = on;
         self
@@ -856,13 +858,20 @@ impl<'a> CacheCore<'a> {
 ///
 /// Allocation and free take only the current CPU's lock in the common
 /// case; see the crate documentation for the magazine design.
+///
+/// A cache may be moved while users hold its objects: its debug checks
+/// depend on a salt chosen when it is made, not on where it lives.
 pub struct ObjectCache<'a, R: RawMutex = crate::arena::DefaultLock> {
     arena: &'a Arena<'a, R>,
     pub(crate) core: CacheCore<'a>,
 }
 
 impl<'a, R: RawMutex> ObjectCache<'a, R> {
-    /// A cache as `config` says, its slabs from `arena`.
+    /// A cache as `config` says, its slabs from `arena`. An object size of
+    /// zero is `ZeroSize`, an alignment that is not a power of two
+    /// `BadConstraint`, and an object whose slot (with its debug red zone
+    /// and buffer tag, rounded up to the alignment) or whose slab (eight
+    /// slots, rounded up to a power of two) would pass 2^64 is `Overflow`.
     pub fn new(config: CacheConfig<'a>, arena: &'a Arena<'a, R>) -> Result<Self> {
         Ok(ObjectCache {
             core: CacheCore::new(&config, arena.quantum(), None)?,

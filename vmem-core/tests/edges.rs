@@ -361,7 +361,7 @@ fn run_arena(quantum: u64, span: Option<(u64, u64)>, ops: &[ArenaOp]) -> Result<
                 }
             }
             ArenaOp::Contains(addr, size) => {
-                observe(&what, &[ZeroSize, Overflow], &state, || {
+                let _inside = observe(&what, &[ZeroSize, Overflow], &state, || {
                     arena.contains(addr, size)
                 })?;
             }

@@ -1412,6 +1412,22 @@ fn xalloc_cases() -> Vec<Case> {
                 probe(&[&a], || a.xalloc(Q, &c, Policy::InstantFit))
             },
         ),
+        case(
+            l,
+            "xalloc/phase-and-size-near-2^64",
+            "size 2^64 - 0x1000 with align 0x2000, phase 0x1000, nocross 2^63 (phase + size passes 2^64)",
+            Overconstrained,
+            || {
+                let a = standard();
+                let c = Constraints {
+                    align: 0x2000,
+                    phase: 0x1000,
+                    nocross: 1 << 63,
+                    ..Constraints::NONE
+                };
+                probe(&[&a], || a.xalloc(u64::MAX - 0xfff, &c, Policy::InstantFit))
+            },
+        ),
     ]
 }
 
@@ -1649,6 +1665,20 @@ fn cache_cases() -> Vec<Case> {
                         &a,
                     )
                 })
+            },
+        ),
+        case(
+            l,
+            "cache/memory-size-near-2^64",
+            "memory mode, debug: objects of 2^64 - 16 integers (the red zone and buffer tag after each take it past 2^64)",
+            Overflow,
+            || {
+                let a = memory_arena();
+                // SAFETY: as for `memory_cache`.
+                let config =
+                    unsafe { CacheConfig::new("c", u64::MAX - 15, &HeapMeta, &CPU0).memory() }
+                        .debug(true);
+                probe(&[&a], || ObjectCache::new(config, &a))
             },
         ),
     ]
@@ -2526,6 +2556,24 @@ fn inputs_accepted_by_design_behave_as_the_page_says() {
     // The highest span there can be ends one quantum below 2^64.
     a.add_span(u64::MAX - 0x1fff, Q).unwrap();
     assert!(a.contains(u64::MAX - 0x1fff, Q).unwrap());
+    // A cache may move while users hold its objects: its debug checks do
+    // not depend on where it lives.
+    let m = memory_arena();
+    let mut caches = vec![memory_cache(&m, 24, 4)];
+    let o = caches[0].alloc().unwrap();
+    let p = caches[0].alloc().unwrap();
+    caches[0].free(p).unwrap();
+    caches.push(memory_cache(&m, 24, 4)); // the Vec grows and moves the first
+    let moved = Box::new(caches.remove(0));
+    moved.free(o).unwrap();
+    let again = moved.alloc().unwrap();
+    moved.free(again).unwrap();
+    moved.check().unwrap();
+    // ...and still finds a real overrun.
+    let q = moved.alloc().unwrap();
+    poke(q + 24, 0);
+    let moved = *moved;
+    assert_eq!(moved.free(q).map_err(|e| e.kind()), Err(ErrorKind::Corrupt));
 }
 
 // ---------------------------------------------------------------------
