@@ -450,15 +450,20 @@ fn kernel_va_full_refuses() -> Outcome {
 }
 
 /// Returns every cache's magazines and empty slabs: the heap's (to
-/// `kmem_default`, which releases wholly free spans) first, then
-/// `kmem_va`'s quantum caches'.
+/// `kmem_default`, which releases wholly free spans) first, then every
+/// arena's (`kmem_va`'s quantum caches among them).
 fn reap() -> Outcome {
     if let Some(classes) = HEAP.classes() {
         classes.reap().map_err(|e| failure!("heap reap: {e}"))?;
     }
-    kmem::kmem_va()
-        .reap()
-        .map_err(|e| failure!("kmem_va reap: {e}"))
+    // Every arena's reap gives back its wholly spare tag pages; `phys`
+    // last, as the others' pages go back into it.
+    for arena in kmem::arenas().iter().rev() {
+        arena
+            .reap()
+            .map_err(|e| failure!("{} reap: {e}", arena.name()))?;
+    }
+    Ok(())
 }
 
 /// The arena figures a snapshot keeps, in `ARENA_FIELDS` order.
@@ -478,7 +483,7 @@ const ARENA_FIELDS: [&str; 11] = [
 /// From this field on, arena figures are metadata kept for reuse.
 const ARENA_KEPT: usize = 7;
 
-const CACHE_FIELDS: [&str; 7] = [
+const CACHE_FIELDS: [&str; 8] = [
     "objects in use",
     "slabs",
     "empty slabs",
@@ -486,6 +491,7 @@ const CACHE_FIELDS: [&str; 7] = [
     "full magazines in the depot",
     "empty magazines in the depot",
     "magazine size",
+    "meta pages",
 ];
 /// From this field on, cache figures are metadata kept for reuse.
 const CACHE_KEPT: usize = 3;
@@ -512,7 +518,7 @@ struct ArenaState {
 #[derive(Clone, Copy)]
 struct Snapshot {
     arenas: [ArenaState; 6],
-    caches: [[u64; 7]; CACHES],
+    caches: [[u64; 8]; CACHES],
     /// Pages `BackedPages` has mapped and not unmapped.
     backed: u64,
     tables: u64,
@@ -555,7 +561,7 @@ fn arena_fields(arena: &Arena<'static>, imported: u64) -> [u64; 11] {
     ]
 }
 
-fn cache_fields(s: &CacheStats) -> [u64; 7] {
+fn cache_fields(s: &CacheStats) -> [u64; 8] {
     [
         s.in_use,
         s.slabs,
@@ -564,6 +570,7 @@ fn cache_fields(s: &CacheStats) -> [u64; 7] {
         s.depot_full,
         s.depot_empty,
         s.magazine_size,
+        s.meta_pages,
     ]
 }
 
@@ -633,7 +640,7 @@ fn snapshot() -> Outcome<Snapshot> {
             segments: next - first,
         };
     }
-    let mut cache_states = [[0; 7]; CACHES];
+    let mut cache_states = [[0; 8]; CACHES];
     caches(|i, s| cache_states[i] = cache_fields(s));
     let (backed, tables, meta) = globals();
     Ok(Snapshot {
@@ -894,22 +901,79 @@ fn check_all() -> Outcome {
     Ok(())
 }
 
-/// Rounds run; the second shows the first left nothing behind that
-/// changes the next.
-const ROUNDS: usize = 2;
+/// Rounds run when the command line does not say (`rounds=N`): the first
+/// sets what is kept for reuse, the others show it does not grow.
+pub const ROUNDS: usize = 3;
 
-fn run_rounds(clock: &Clock) -> Outcome {
+/// Metadata kept for reuse after a round and a reap, beyond the snapshot:
+/// page-table frames and meta pages (of which tag pages, the arenas'
+/// allocated-segment hash tables, and the caches' records, magazines and
+/// slab hash tables; the rest are `phys`'s set-aside frames).
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+struct Kept {
+    tables: i64,
+    meta: i64,
+    tag_pages: i64,
+    hash_pages: i64,
+    cache_pages: i64,
+}
+
+impl Kept {
+    fn frames(&self) -> i64 {
+        self.tables + self.meta
+    }
+}
+
+impl fmt::Display for Kept {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} page-table frames, {} meta pages ({} tag pages, {} hash table pages, {} cache meta pages)",
+            self.tables, self.meta, self.tag_pages, self.hash_pages, self.cache_pages
+        )
+    }
+}
+
+/// Pages of an allocated-segment hash table of `buckets` buckets, as
+/// vmem-core lays it out: 16 bytes a bucket, the first 16 buckets inside
+/// the arena.
+fn hash_pages(buckets: u64) -> i64 {
+    if buckets <= 16 {
+        0
+    } else {
+        (buckets * 16).div_ceil(PAGE) as i64
+    }
+}
+
+/// The kept figures now, against `start`; `tables` and `meta` from `compare`.
+fn kept(start: &Snapshot, tables: u64, meta: i64) -> Kept {
+    let mut k = Kept {
+        tables: tables as i64,
+        meta,
+        ..Kept::default()
+    };
+    for (arena, was) in kmem::arenas().iter().zip(&start.arenas) {
+        let s = arena.stats();
+        k.tag_pages += s.tag_pages as i64 - was.fields[9] as i64;
+        k.hash_pages += hash_pages(s.hash_buckets) - hash_pages(was.fields[10]);
+    }
+    caches(|i, s| k.cache_pages += s.meta_pages as i64 - start.caches[i][7] as i64);
+    k
+}
+
+fn run_rounds(clock: &Clock, rounds: usize) -> Outcome {
     let mut totals = Totals::default();
     reap()?;
     let start = snapshot()?;
     let segments: usize = start.arenas.iter().skip(1).map(|a| a.segments).sum();
     println!(
-        "starting state: phys {} free of {}; {segments} segments in the other 5 arenas, {CACHES} caches (snapshot after a reap)",
+        "starting state: phys {} free of {}; {segments} segments in the other 5 arenas, {CACHES} caches (snapshot after a reap); {rounds} rounds",
         Bytes(phys().size().free),
         Bytes(phys().size().total),
     );
-    let mut kept = (0, 0);
-    for n in 1..=ROUNDS {
+    let mut first = Kept::default();
+    let mut last = Kept::default();
+    for n in 1..=rounds {
         println!("round {n}:");
         let (outcome, ms) = timed(clock, || round(clock, &mut totals));
         outcome?;
@@ -917,12 +981,20 @@ fn run_rounds(clock: &Clock) -> Outcome {
         check_all()?;
         let (tables, meta) =
             compare(&start).map_err(|e| failure!("after round {n} and a reap: {e}"))?;
+        let now = kept(&start, tables, meta);
         println!(
-            "  round {n}: {ms} ms; after a reap all as at the start but what is kept for reuse: {} more page-table frames, {} more meta pages",
-            tables - kept.0,
-            meta - kept.1
+            "  round {n}: {ms} ms; after a reap all as at the start but what is kept for reuse: {now}"
         );
-        kept = (tables, meta);
+        if n == 1 {
+            first = now;
+        } else if now.tables > first.tables || now.meta > first.meta {
+            return Err(failure!(
+                "kept metadata grew after round 1: {} frames kept after round {n}, {} after round 1 ({now})",
+                now.frames(),
+                first.frames()
+            ));
+        }
+        last = now;
     }
     let t = &totals;
     println!(
@@ -937,18 +1009,23 @@ fn run_rounds(clock: &Clock) -> Outcome {
         Bytes(t.device.bytes),
         t.ids.bytes
     );
+    let how = if last.frames() == 0 {
+        "phys recovered exactly, frame for frame: 0 page-table frames and 0 meta pages kept"
+    } else {
+        "phys differs by exactly the frames kept for reuse, which did not grow after round 1"
+    };
     println!(
-        "pressure: recovered to the starting state: {segments} segments in 5 arenas, {CACHES} caches and {} pages backing the heap as before; phys differs by exactly the {} page-table frames and {} meta pages kept for reuse",
-        start.backed, kept.0, kept.1
+        "pressure: recovered to the starting state: {segments} segments in 5 arenas, {CACHES} caches and {} pages backing the heap as before; {how} ({last})",
+        start.backed
     );
     Ok(())
 }
 
 /// The `pressure` boot word.
-pub fn run(clock: &Clock) -> Verdict {
+pub fn run(clock: &Clock, rounds: usize) -> Verdict {
     println!();
     println!("=== pressure: every arena exhausted, then recovered ===");
-    match run_rounds(clock) {
+    match run_rounds(clock, rounds) {
         Ok(()) => Verdict::Pass,
         Err(e) => {
             println!("pressure: FAILED: {e}");

@@ -168,6 +168,10 @@ pub struct CacheStats {
     pub magazine_resizes: u64,
     /// Reaps.
     pub reaps: u64,
+    /// Meta pages the cache holds: slab records, magazines and the slab
+    /// hash table. A reap gives back every record page and magazine page
+    /// none of whose records is in use.
+    pub meta_pages: u64,
 }
 
 /// Why a free failed: `NotOurs` lets a quantum cache hand the free to its
@@ -688,6 +692,7 @@ impl<'a> CacheCore<'a> {
             let depot = self.depot.lock();
             s.magazine_size = u64::from(depot.magsize);
             s.magazines = depot.pool.in_use as u64;
+            s.meta_pages = depot.pool.page_count as u64;
             s.depot_full = depot.full.count as u64;
             s.depot_empty = depot.empty.count as u64;
             s.depot_contention = depot.contention;
@@ -702,6 +707,7 @@ impl<'a> CacheCore<'a> {
             s.slabs_empty = slabs.empty_slabs() as u64;
             s.slabs_created = slabs.counts.created;
             s.slabs_destroyed = slabs.counts.destroyed;
+            s.meta_pages += slabs.meta_pages() as u64;
         }
         let counters = self.counters.lock();
         s.allocs = s.magazine_hits + counters.slab_allocs;

@@ -146,6 +146,11 @@ impl SlabLayer {
         self.lists.iter().map(|l| l.count).sum()
     }
 
+    /// Meta pages the layer holds: record pages and the hash table.
+    pub(crate) fn meta_pages(&self) -> usize {
+        self.records.page_count + self.table.map_or(0, |(_, pages)| pages)
+    }
+
     /// Empty slabs the layer holds now.
     pub(crate) fn empty_slabs(&self) -> usize {
         self.lists[2].count
