@@ -15,7 +15,7 @@ use crate::arena::{Arena, NAME_MAX};
 use crate::cpu::{CpuId, MAX_CPUS};
 use crate::error::{Error, ErrorKind, Result};
 use crate::magazine::{CpuMags, CpuSlot, Depot, MAG_ROUNDS, MagLink, Magazine, mag};
-use crate::meta::MetaSource;
+use crate::meta::{MetaPages, MetaSource};
 use crate::slab::{Backing, MAX_OBJS, SlabLayer};
 use crate::sync::{Mutex, MutexGuard};
 
@@ -170,7 +170,9 @@ pub struct CacheStats {
     pub reaps: u64,
     /// Meta pages the cache holds: slab records, magazines and the slab
     /// hash table. A reap gives back every record page and magazine page
-    /// none of whose records is in use.
+    /// none of whose records is in use, and the table once no slab is left,
+    /// so after a full reap of an unused cache it is 0. Kept for reuse, it
+    /// may stay higher after a failed call that took a page.
     pub meta_pages: u64,
 }
 
@@ -649,9 +651,7 @@ impl<'a> CacheCore<'a> {
                 result = Err(e);
             }
         }
-        self.depot.lock().reset_working_set();
-        self.slabs.lock().reap(backing);
-        self.counters.lock().reaps += 1;
+        self.reap_meta(backing);
         result
     }
 
@@ -672,10 +672,27 @@ impl<'a> CacheCore<'a> {
                 result = Err(e);
             }
         }
-        self.depot.lock().reset_working_set();
-        self.slabs.lock().reap(backing);
-        self.counters.lock().reaps += 1;
+        self.reap_meta(backing);
         result
+    }
+
+    /// Ends a reap: a new working-set interval, empty slabs back to
+    /// `backing`, and meta pages none of whose records or magazines is in
+    /// use back to the meta source once the locks are dropped.
+    fn reap_meta(&self, backing: &dyn Backing) {
+        let mut back = MetaPages::new();
+        {
+            let mut depot = self.depot.lock();
+            depot.reset_working_set();
+            depot.pool.take_empty_pages(&mut back);
+        }
+        {
+            let mut slabs = self.slabs.lock();
+            slabs.reap(backing);
+            slabs.take_empty_pages(&mut back);
+        }
+        back.give_back(self.meta);
+        self.counters.lock().reaps += 1;
     }
 
     /// The cache's counters.
