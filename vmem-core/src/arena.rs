@@ -411,9 +411,12 @@ impl<'s, R: RawMutex> Arena<'s, R> {
     }
 
     /// Returns every quantum cache's magazines and empty slabs to the arena,
-    /// then gives back to the meta source every tag page none of whose tags
-    /// is in use, keeping enough spare tags for one operation. The pages go
-    /// back after the arena's lock is dropped.
+    /// then gives tag pages back to the meta source: the tags in use move
+    /// onto as few pages as hold them and the spare tags one operation
+    /// reserves (span markers stay where they are), and every other page
+    /// goes back once the arena's lock is dropped. Costs O(spare tags +
+    /// tag pages) with the lock held, plus one move per tag in use on a
+    /// page that goes.
     pub fn reap(&self) -> Result<()> {
         let mut result = Ok(());
         for cache in self.qcache.iter().flat_map(|qc| qc.caches.iter()) {
@@ -421,10 +424,17 @@ impl<'s, R: RawMutex> Arena<'s, R> {
                 result = Err(e);
             }
         }
+        // Pages given back to a meta source that allocates from this arena
+        // free tags here in turn: go again until no page leaves.
         if let Some(meta) = self.meta {
-            let mut pages = MetaPages::new();
-            self.inner.lock().empty_tag_pages(TAGS_PER_OP, &mut pages);
-            pages.give_back(meta);
+            loop {
+                let mut pages = MetaPages::new();
+                self.inner.lock().empty_tag_pages(TAGS_PER_OP, &mut pages);
+                if pages.is_empty() {
+                    break;
+                }
+                pages.give_back(meta);
+            }
         }
         result
     }

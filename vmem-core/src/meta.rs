@@ -95,6 +95,11 @@ impl MetaPages {
         MetaPages { head: None }
     }
 
+    /// Whether no run was added.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.head.is_none()
+    }
+
     /// Adds a run of `pages` pages.
     ///
     /// # Safety
@@ -199,7 +204,7 @@ impl<T> RecordPool<T> {
         }
         let mut page = self.pages;
         while let Some(p) = page {
-            if p.as_ptr() as usize % META_PAGE != 0 {
+            if !(p.as_ptr() as usize).is_multiple_of(META_PAGE) {
                 return;
             }
             // SAFETY: a page of this pool; its first word links the next.

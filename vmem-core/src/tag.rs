@@ -325,7 +325,7 @@ impl TagStock {
     pub(crate) fn count_spare_per_page(&self) -> bool {
         let mut page = self.pages;
         while let Some(record) = page {
-            if record.addr() % META_PAGE != 0 {
+            if !record.addr().is_multiple_of(META_PAGE) {
                 return false;
             }
             record.set_start(MARK_NONE);
