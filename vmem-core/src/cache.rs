@@ -897,13 +897,17 @@ impl<'a, R: RawMutex> ObjectCache<'a, R> {
     }
 
     /// Returns every magazine's objects to the slabs and every empty slab
-    /// to the arena.
+    /// to the arena, then gives the meta source every record or magazine
+    /// page none of whose records is in use, and the slab table once no
+    /// slab is left (after the cache's locks are dropped): a reaped cache
+    /// with no object out holds no meta page.
     pub fn reap(&self) -> Result<()> {
         self.core.purge(self.arena)
     }
 
     /// Returns what the depot's working set shows idle since the last call,
-    /// and empty slabs: the periodic reap.
+    /// and empty slabs: the periodic reap. Meta pages left with no record
+    /// in use go back as in [`ObjectCache::reap`].
     pub fn reap_idle(&self) -> Result<()> {
         self.core.reap_idle(self.arena)
     }
