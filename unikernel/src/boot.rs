@@ -271,6 +271,13 @@ impl BootInfo {
         self.cmdline().split_ascii_whitespace().any(|w| w == word)
     }
 
+    /// The value of the first `key=value` word of the command line.
+    pub fn value_of(&self, key: &str) -> Option<&str> {
+        self.cmdline()
+            .split_ascii_whitespace()
+            .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+    }
+
     /// Bytes of RAM in the map.
     pub fn ram_bytes(&self) -> u64 {
         self.memmap()

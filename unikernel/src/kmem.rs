@@ -82,7 +82,8 @@ struct BackedPages;
 static BACKED_PAGES: BackedPages = BackedPages;
 
 impl BackedPages {
-    /// Unmaps `[base, base + size)` page by page and frees the frames.
+    /// Unmaps `[base, base + size)` page by page, frees the frames, and
+    /// frees the page tables that emptied.
     fn unback(base: u64, size: u64) {
         for va in (base..base + size).step_by(PAGE as usize) {
             if let Some(frame) = paging::unmap(va) {
@@ -90,6 +91,9 @@ impl BackedPages {
                 // The frame came from `phys().alloc` in `import`.
                 let _ = phys().free(frame, PAGE);
             }
+        }
+        if size > 0 {
+            paging::free_empty_tables(base, size);
         }
     }
 }

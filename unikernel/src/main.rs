@@ -134,7 +134,14 @@ extern "C" fn kmain_on_stack() -> ! {
             report::Bytes(boot.ram_bytes()),
             devices.machine()
         );
-        pressure::run(&clock)
+        match boot.value_of("rounds").map(str::parse) {
+            None => pressure::run(&clock, pressure::ROUNDS),
+            Some(Ok(rounds)) if rounds >= 2 => pressure::run(&clock, rounds),
+            Some(_) => {
+                println!("pressure: rounds=N needs a whole number of at least 2");
+                Verdict::Fail
+            }
+        }
     } else {
         report::print(boot, &clock, &devices);
         if boot.has_word("test") {

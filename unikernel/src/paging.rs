@@ -5,7 +5,7 @@
 //!
 //! Page-table frames come from `phys` by `xalloc` through `TableFrames`,
 //! never from the heap, so mapping a heap page never recurses into the
-//! heap. While the boot tables are live only the low 4 GiB are reachable
+//! heap; `free_empty_tables` gives a table back when unmapping empties it. While the boot tables are live only the low 4 GiB are reachable
 //! through the direct-map base, so frames are taken below 4 GiB until the
 //! kernel's own tables are loaded.
 
@@ -13,10 +13,10 @@ use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use vmem_core::{Constraints, Policy};
 use x86_64::registers::control::{Cr3, Cr3Flags};
-use x86_64::structures::paging::mapper::{MapToError, Translate};
+use x86_64::structures::paging::mapper::{CleanUp, MapToError, Translate};
 use x86_64::structures::paging::{
-    FrameAllocator, Mapper, OffsetPageTable, Page, PageTable, PageTableFlags as Flags, PhysFrame,
-    Size1GiB, Size2MiB, Size4KiB,
+    FrameAllocator, FrameDeallocator, Mapper, OffsetPageTable, Page, PageTable,
+    PageTableFlags as Flags, PhysFrame, Size1GiB, Size2MiB, Size4KiB,
 };
 use x86_64::{PhysAddr, VirtAddr};
 
@@ -34,8 +34,11 @@ pub const DEVICE_SIZE: u64 = 1 << 30;
 
 pub const PAGE: u64 = 4096;
 
+/// Bytes one last-level page table maps.
+const TABLE_REACH: u64 = 2 << 20;
+
 static BOOT_TABLES: AtomicBool = AtomicBool::new(true);
-/// Page-table frames taken from `phys`.
+/// Page-table frames taken from `phys` and not given back.
 pub static TABLE_FRAMES: AtomicU64 = AtomicU64::new(0);
 
 /// The kernel's address space, once `build` has loaded it.
@@ -63,7 +66,7 @@ pub fn reachable() -> Constraints {
 pub struct TableFrames;
 
 // SAFETY: each frame is a fresh 4 KiB allocation from `phys`, used by
-// nothing else until the page tables give it back (they never do).
+// nothing else until the page tables give it back (`free_empty_tables`).
 unsafe impl FrameAllocator<Size4KiB> for TableFrames {
     fn allocate_frame(&mut self) -> Option<PhysFrame<Size4KiB>> {
         let addr = phys().xalloc(PAGE, &reachable(), Policy::InstantFit).ok()?;
@@ -175,4 +178,61 @@ pub fn translate(virt: u64) -> Option<u64> {
     let map = guard.as_ref()?;
     map.translate_addr(VirtAddr::try_new(virt).ok()?)
         .map(|p| p.as_u64())
+}
+
+/// Table frames one clean-up of a `TABLE_REACH` range can empty: its last-level
+/// table and the two above it. They go back to `phys` after the TLB flush.
+#[derive(Default)]
+struct EmptiedTables {
+    frames: [u64; 3],
+    count: usize,
+}
+
+/// Only remembers the frames: `free_empty_tables` frees them once no paging
+/// structure or cache refers to them.
+impl FrameDeallocator<Size4KiB> for EmptiedTables {
+    unsafe fn deallocate_frame(&mut self, frame: PhysFrame<Size4KiB>) {
+        if let Some(slot) = self.frames.get_mut(self.count) {
+            *slot = frame.start_address().as_u64();
+            self.count += 1;
+        }
+    }
+}
+
+/// Gives back to `phys` the page-table frames (last-level tables and the
+/// two levels above) that `[virt, virt + size)`, now unmapped, left with no
+/// entry in use. A table is freed the moment it empties, so the tables
+/// held are those the mapped pages need, and `TABLE_FRAMES` comes back to
+/// what it was once the same pages are mapped again.
+pub fn free_empty_tables(virt: u64, size: u64) {
+    let end = virt + size;
+    let mut chunk = virt & !(TABLE_REACH - 1);
+    while chunk < end {
+        let first = chunk.max(virt);
+        let last = (chunk + TABLE_REACH).min(end) - PAGE;
+        let range = Page::range_inclusive(
+            Page::<Size4KiB>::containing_address(VirtAddr::new(first)),
+            Page::containing_address(VirtAddr::new(last)),
+        );
+        let mut emptied = EmptiedTables::default();
+        {
+            let mut guard = KERNEL_MAP.lock();
+            let Some(map) = guard.as_mut() else { return };
+            // SAFETY: every table frame below the direct map's huge pages
+            // came from `TableFrames` for this one address space and
+            // is used by no other table.
+            unsafe { map.clean_up_addr_range(range, &mut emptied) };
+            if emptied.count > 0 {
+                // INVLPG drops every paging-structure cache entry too, so no
+                // walk reaches the emptied tables once their frames are reused.
+                x86_64::instructions::tlb::flush(VirtAddr::new(first));
+            }
+        }
+        for &frame in &emptied.frames[..emptied.count] {
+            // The frame came from `phys` by xalloc in `TableFrames`.
+            let _ = phys().xfree(frame, PAGE);
+            TABLE_FRAMES.fetch_sub(1, Ordering::Relaxed);
+        }
+        chunk += TABLE_REACH;
+    }
 }

@@ -12,10 +12,13 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::fault::{ArenaFaults, FaultPlan, FaultSchedule, FaultSite};
 use crate::freelist::{FreeLists, highbit};
 use crate::hash::{AllocHash, Table};
-use crate::meta::MetaSource;
+use crate::meta::{MetaPages, MetaSource};
 use crate::qcache::QuantumCaches;
 use crate::slab::Backing;
-use crate::tag::{AllocBy, Kind, Link, TagPtr, TagStock, take_static_batch};
+use crate::tag::{
+    AllocBy, Kind, Link, TAGS_PER_PAGE, TagPtr, TagStock, next_leaving, page_slot,
+    take_static_batch,
+};
 
 /// The lock an arena uses unless its owner picks another: a spin lock.
 pub type DefaultLock = spin::mutex::SpinMutex<()>;
@@ -407,12 +410,30 @@ impl<'s, R: RawMutex> Arena<'s, R> {
         self.release_segment(addr, size, AllocBy::Alloc)
     }
 
-    /// Returns every quantum cache's magazines and empty slabs to the arena.
+    /// Returns every quantum cache's magazines and empty slabs to the arena,
+    /// then gives tag pages back to the meta source: the tags in use move
+    /// onto as few pages as hold them and the spare tags one operation
+    /// reserves (span markers stay where they are), and every other page
+    /// goes back once the arena's lock is dropped. Costs O(spare tags +
+    /// tag pages) with the lock held, plus one move per tag in use on a
+    /// page that goes.
     pub fn reap(&self) -> Result<()> {
         let mut result = Ok(());
         for cache in self.qcache.iter().flat_map(|qc| qc.caches.iter()) {
             if let Err(e) = cache.purge(&QcacheSlabs(self)) {
                 result = Err(e);
+            }
+        }
+        // Pages given back to a meta source that allocates from this arena
+        // free tags here in turn: go again until no page leaves.
+        if let Some(meta) = self.meta {
+            loop {
+                let mut pages = MetaPages::new();
+                self.inner.lock().empty_tag_pages(TAGS_PER_OP, &mut pages);
+                if pages.is_empty() {
+                    break;
+                }
+                pages.give_back(meta);
             }
         }
         result
@@ -914,6 +935,69 @@ impl Inner {
             imports: 0,
             import_fails: 0,
             releases: 0,
+        }
+    }
+
+    /// Empties every tag page it can into `out`, keeping at least `keep`
+    /// spare tags: tags in use move off the pages with the fewest in use
+    /// into spare tags of the others. Span markers stay where they are.
+    /// Allocates nothing.
+    fn empty_tag_pages(&mut self, keep: usize, out: &mut MetaPages) {
+        if !self.tags.count_spare_per_page() {
+            return;
+        }
+        let mut span = self.span_head;
+        while let Some(marker) = span {
+            self.tags.pin(marker);
+            span = marker.list_next();
+        }
+        let Some(emptying) = self.tags.plan_emptying(keep) else {
+            return;
+        };
+        let mut page = emptying.first();
+        while let Some(record) = page {
+            page = next_leaving(record);
+            for i in 1..=TAGS_PER_PAGE {
+                let tag = page_slot(record, i);
+                // Spare tags of a leaving page were marked with size 0.
+                if tag.size() != 0 {
+                    let copy = self.new_tag(0, 0, Kind::Free);
+                    self.move_tag(tag, copy);
+                }
+            }
+        }
+        self.tags.finish_emptying(emptying, out);
+    }
+
+    /// Puts `new` in the place of the linked segment `old` everywhere the
+    /// arena links it: the segment list, the rotor, and its freelist or
+    /// the hash.
+    fn move_tag(&mut self, old: TagPtr, new: TagPtr) {
+        new.set_start(old.start());
+        new.set_size(old.size());
+        new.set_kind(old.kind());
+        let (prev, next) = (old.seg_prev(), old.seg_next());
+        new.set_seg_prev(prev);
+        new.set_seg_next(next);
+        match prev {
+            Some(prev) => prev.set_seg_next(Some(new)),
+            None => self.seg_head = Some(new),
+        }
+        match next {
+            Some(next) => next.set_seg_prev(Some(new)),
+            None => self.seg_tail = Some(new),
+        }
+        if self.rotor == Some(old) {
+            self.rotor = Some(new);
+        }
+        match old.kind() {
+            Kind::Free => self.free.replace(old, new),
+            Kind::Alloc(_) => {
+                self.hash.remove(old);
+                self.hash.insert(new);
+            }
+            // Span markers are pinned, never moved.
+            Kind::Span { .. } => {}
         }
     }
 

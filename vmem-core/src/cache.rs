@@ -15,7 +15,7 @@ use crate::arena::{Arena, NAME_MAX};
 use crate::cpu::{CpuId, MAX_CPUS};
 use crate::error::{Error, ErrorKind, Result};
 use crate::magazine::{CpuMags, CpuSlot, Depot, MAG_ROUNDS, MagLink, Magazine, mag};
-use crate::meta::MetaSource;
+use crate::meta::{MetaPages, MetaSource};
 use crate::slab::{Backing, MAX_OBJS, SlabLayer};
 use crate::sync::{Mutex, MutexGuard};
 
@@ -182,6 +182,12 @@ pub struct CacheStats {
     pub magazine_resizes: u64,
     /// Reaps.
     pub reaps: u64,
+    /// Meta pages the cache holds: slab records, magazines and the slab
+    /// hash table. A reap gives back every record page and magazine page
+    /// none of whose records is in use, and the table once no slab is left,
+    /// so after a full reap of an unused cache it is 0. Kept for reuse, it
+    /// may stay higher after a failed call that took a page.
+    pub meta_pages: u64,
 }
 
 /// Why a free failed: `NotOurs` lets a quantum cache hand the free to its
@@ -671,9 +677,7 @@ impl<'a> CacheCore<'a> {
                 result = Err(e);
             }
         }
-        self.depot.lock().reset_working_set();
-        self.slabs.lock().reap(backing);
-        self.counters.lock().reaps += 1;
+        self.reap_meta(backing);
         result
     }
 
@@ -694,10 +698,27 @@ impl<'a> CacheCore<'a> {
                 result = Err(e);
             }
         }
-        self.depot.lock().reset_working_set();
-        self.slabs.lock().reap(backing);
-        self.counters.lock().reaps += 1;
+        self.reap_meta(backing);
         result
+    }
+
+    /// Ends a reap: a new working-set interval, empty slabs back to
+    /// `backing`, and meta pages none of whose records or magazines is in
+    /// use back to the meta source once the locks are dropped.
+    fn reap_meta(&self, backing: &dyn Backing) {
+        let mut back = MetaPages::new();
+        {
+            let mut depot = self.depot.lock();
+            depot.reset_working_set();
+            depot.pool.take_empty_pages(&mut back);
+        }
+        {
+            let mut slabs = self.slabs.lock();
+            slabs.reap(backing);
+            slabs.take_empty_pages(&mut back);
+        }
+        back.give_back(self.meta);
+        self.counters.lock().reaps += 1;
     }
 
     /// The cache's counters.
@@ -714,6 +735,7 @@ impl<'a> CacheCore<'a> {
             let depot = self.depot.lock();
             s.magazine_size = u64::from(depot.magsize);
             s.magazines = depot.pool.in_use as u64;
+            s.meta_pages = depot.pool.page_count as u64;
             s.depot_full = depot.full.count as u64;
             s.depot_empty = depot.empty.count as u64;
             s.depot_contention = depot.contention;
@@ -728,6 +750,7 @@ impl<'a> CacheCore<'a> {
             s.slabs_empty = slabs.empty_slabs() as u64;
             s.slabs_created = slabs.counts.created;
             s.slabs_destroyed = slabs.counts.destroyed;
+            s.meta_pages += slabs.meta_pages() as u64;
         }
         let counters = self.counters.lock();
         s.allocs = s.magazine_hits + counters.slab_allocs;
@@ -908,13 +931,17 @@ impl<'a, R: RawMutex> ObjectCache<'a, R> {
     }
 
     /// Returns every magazine's objects to the slabs and every empty slab
-    /// to the arena.
+    /// to the arena, then gives the meta source every record or magazine
+    /// page none of whose records is in use, and the slab table once no
+    /// slab is left (after the cache's locks are dropped): a reaped cache
+    /// with no object out holds no meta page.
     pub fn reap(&self) -> Result<()> {
         self.core.purge(self.arena)
     }
 
     /// Returns what the depot's working set shows idle since the last call,
-    /// and empty slabs: the periodic reap.
+    /// and empty slabs: the periodic reap. Meta pages left with no record
+    /// in use go back as in [`ObjectCache::reap`].
     pub fn reap_idle(&self) -> Result<()> {
         self.core.reap_idle(self.arena)
     }

@@ -62,6 +62,22 @@ impl FreeLists {
         seg.set_list_next(None);
     }
 
+    /// Puts `new`, a copy of the free segment `old`, in `old`'s place on
+    /// its list (so the list's order stays).
+    pub(crate) fn replace(&mut self, old: TagPtr, new: TagPtr) {
+        let prev = old.list_prev();
+        let next = old.list_next();
+        new.set_list_prev(prev);
+        new.set_list_next(next);
+        match prev {
+            Some(prev) => prev.set_list_next(Some(new)),
+            None => self.heads[highbit(old.size())] = Some(new),
+        }
+        if let Some(next) = next {
+            next.set_list_prev(Some(new));
+        }
+    }
+
     /// The first non-empty list whose every member holds `size`.
     #[inline]
     pub(crate) fn first_sure_fit(&self, size: u64) -> Option<usize> {

@@ -14,7 +14,7 @@ use core::mem::size_of;
 use core::ptr::NonNull;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::meta::{META_PAGE, MetaSource, RecordPool};
+use crate::meta::{META_PAGE, MetaPages, MetaSource, RecordPool};
 
 /// Most objects one slab holds.
 pub(crate) const MAX_OBJS: usize = 512;
@@ -144,6 +144,11 @@ impl SlabLayer {
     /// Slabs the layer holds now.
     pub(crate) fn slabs(&self) -> usize {
         self.lists.iter().map(|l| l.count).sum()
+    }
+
+    /// Meta pages the layer holds: record pages and the hash table.
+    pub(crate) fn meta_pages(&self) -> usize {
+        self.records.page_count + self.table.map_or(0, |(_, pages)| pages)
     }
 
     /// Empty slabs the layer holds now.
@@ -501,6 +506,22 @@ impl SlabLayer {
             reaped += 1;
         }
         reaped
+    }
+
+    /// Moves into `out` every record page none of whose records is in use
+    /// and, when the layer has no slab left, the hash table, for the caller
+    /// to give back once the slab lock is dropped.
+    pub(crate) fn take_empty_pages(&mut self, out: &mut MetaPages) {
+        self.records.take_empty_pages(out);
+        if self.slabs() == 0
+            && let Some((table, pages)) = self.table.take()
+        {
+            // SAFETY: the table came from the meta source in one call of
+            // `pages` pages, and with no slab every bucket is empty.
+            unsafe { out.push(table.cast(), pages) };
+            self.inline = [None; INLINE_BUCKETS];
+            self.bits = INLINE_BUCKETS.trailing_zeros();
+        }
     }
 
     /// Returns every slab to `backing`, whatever its objects' state (the

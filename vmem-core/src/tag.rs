@@ -11,7 +11,7 @@ use core::cell::UnsafeCell;
 use core::mem::{MaybeUninit, size_of};
 use core::ptr::NonNull;
 
-use crate::meta::{META_PAGE, MetaSource};
+use crate::meta::{META_PAGE, MetaPages, MetaSource};
 
 /// Who allocated a segment, so that it is freed by the matching call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -273,7 +273,8 @@ impl TagStock {
     /// Carves a fresh meta page into tags.
     ///
     /// # Safety
-    /// `page` is a [`META_PAGE`]-byte, suitably aligned block the arena now owns.
+    /// `page` is a [`META_PAGE`]-byte block aligned to [`META_PAGE`] (as a
+    /// [`MetaSource`] hands out) that the arena now owns.
     pub(crate) unsafe fn add_page(&mut self, page: NonNull<u8>) {
         let first = page.cast::<Tag>();
         let record = TagPtr(first);
@@ -316,6 +317,141 @@ impl TagStock {
         *self = TagStock::new();
     }
 
+    /// Counts each meta page's spare tags into its record (`size`) and
+    /// clears its mark (`start`), the first step of emptying pages at a
+    /// reap. A tag finds its page by masking its address: pages are
+    /// [`META_PAGE`]-aligned, as a [`MetaSource`] promises; should one not
+    /// be, this returns false and no page may be emptied.
+    pub(crate) fn count_spare_per_page(&self) -> bool {
+        let mut page = self.pages;
+        while let Some(record) = page {
+            if !record.addr().is_multiple_of(META_PAGE) {
+                return false;
+            }
+            record.set_start(MARK_NONE);
+            record.set_size(0);
+            page = record.list_next();
+        }
+        let mut cursor = self.spare;
+        while let Some(tag) = cursor {
+            if let Some(record) = page_record(tag) {
+                record.set_size(record.size() + 1);
+            }
+            cursor = tag.list_next();
+        }
+        true
+    }
+
+    /// Keeps the page holding `tag` (a span marker, which is never moved)
+    /// when pages are emptied; after [`TagStock::count_spare_per_page`].
+    pub(crate) fn pin(&self, tag: TagPtr) {
+        if let Some(record) = page_record(tag) {
+            record.set_start(MARK_PINNED);
+        }
+    }
+
+    /// Picks the meta pages to empty, after [`TagStock::count_spare_per_page`]
+    /// and [`TagStock::pin`]: the pages kept are the pinned ones and then
+    /// those with the most tags in use, just enough to hold every tag in
+    /// use on a page plus `keep` spare ones. The others leave the stock
+    /// with their spare tags; the caller moves their linked tags (those of
+    /// non-zero size) into spare tags of the kept pages, then calls
+    /// [`TagStock::finish_emptying`]. None when no page would leave.
+    /// Allocates nothing; O(spare tags + pages).
+    pub(crate) fn plan_emptying(&mut self, keep: usize) -> Option<Emptying> {
+        const C: usize = TAGS_PER_PAGE;
+        let mut unpinned_by_use = [0usize; C + 1];
+        let (mut in_use, mut pinned) = (0usize, 0usize);
+        let mut page = self.pages;
+        while let Some(record) = page {
+            let used = C.checked_sub(record.size() as usize)?;
+            in_use += used;
+            if record.start() == MARK_PINNED {
+                pinned += 1;
+            } else {
+                unpinned_by_use[used] += 1;
+            }
+            page = record.list_next();
+        }
+        // Pages whose capacity holds what is in use plus `keep`.
+        let wanted = (in_use + keep).div_ceil(C);
+        let mut more = wanted.saturating_sub(pinned);
+        let mut threshold = C + 1; // unpinned pages with this use or more stay
+        let mut at_threshold = 0; // how many of those with exactly `threshold`
+        for used in (0..=C).rev() {
+            if more == 0 {
+                break;
+            }
+            threshold = used;
+            at_threshold = unpinned_by_use[used].min(more);
+            more -= at_threshold;
+        }
+        let mut emptying = Emptying {
+            head: None,
+            count: 0,
+        };
+        let (mut prev, mut page): (Link, Link) = (None, self.pages);
+        while let Some(record) = page {
+            page = record.list_next();
+            let used = C - record.size() as usize;
+            let stays = record.start() == MARK_PINNED
+                || used > threshold
+                || (used == threshold && at_threshold > 0 && {
+                    at_threshold -= 1;
+                    true
+                });
+            if stays {
+                prev = Some(record);
+                continue;
+            }
+            match prev {
+                Some(prev) => prev.set_list_next(page),
+                None => self.pages = page,
+            }
+            record.set_start(MARK_LEAVING);
+            record.set_list_next(emptying.head);
+            emptying.head = Some(record);
+            emptying.count += 1;
+        }
+        if emptying.count == 0 {
+            return None;
+        }
+        // The leaving pages' spare tags leave the chain, marked by size 0.
+        let (mut head, mut tail): (Link, Link) = (None, None);
+        let mut cursor = self.spare;
+        while let Some(tag) = cursor {
+            cursor = tag.list_next();
+            if page_record(tag).is_some_and(|record| record.start() == MARK_LEAVING) {
+                tag.set_size(0);
+                self.spare_count -= 1;
+                continue;
+            }
+            tag.set_list_next(None);
+            match tail {
+                Some(tail) => tail.set_list_next(Some(tag)),
+                None => head = Some(tag),
+            }
+            tail = Some(tag);
+        }
+        self.spare = head;
+        Some(emptying)
+    }
+
+    /// Ends [`TagStock::plan_emptying`]: every tag of the leaving pages has
+    /// been moved or was spare, so the pages go into `out`.
+    pub(crate) fn finish_emptying(&mut self, emptying: Emptying, out: &mut MetaPages) {
+        self.owned -= emptying.count * TAGS_PER_PAGE;
+        self.page_count -= emptying.count;
+        let mut leaving = emptying.head;
+        while let Some(record) = leaving {
+            leaving = record.list_next();
+            // SAFETY: the record is the first slot of a page the arena got
+            // from its meta source in one call of one page, and none of the
+            // page's tags is linked or spare any more.
+            unsafe { out.push(record.0.cast::<u8>(), 1) };
+        }
+    }
+
     /// Walks the spare chain and counts it (for the checker), stopping at
     /// `limit` links so a corrupt cycle cannot hang it.
     pub(crate) fn count_spare(&self, limit: usize) -> usize {
@@ -330,6 +466,47 @@ impl TagStock {
         }
         count
     }
+}
+
+/// Page record marks while pages are emptied (in the record's `start`).
+const MARK_NONE: u64 = 0;
+const MARK_PINNED: u64 = 1;
+const MARK_LEAVING: u64 = 2;
+
+/// Meta pages leaving an arena's stock at a reap, chained through their
+/// records' `list_next` (see [`TagStock::plan_emptying`]).
+pub(crate) struct Emptying {
+    head: Link,
+    count: usize,
+}
+
+impl Emptying {
+    /// The first leaving page's record.
+    pub(crate) fn first(&self) -> Link {
+        self.head
+    }
+}
+
+/// The next leaving page's record after `record`.
+pub(crate) fn next_leaving(record: TagPtr) -> Link {
+    record.list_next()
+}
+
+/// Slot `i` (1 to [`TAGS_PER_PAGE`]) of the page whose record is `record`.
+pub(crate) fn page_slot(record: TagPtr, i: usize) -> TagPtr {
+    debug_assert!((1..=TAGS_PER_PAGE).contains(&i));
+    // SAFETY: slot i lies inside the record's page, which holds the record
+    // and TAGS_PER_PAGE tags after it; NonNull since the page's is.
+    TagPtr(unsafe { NonNull::new_unchecked(record.0.as_ptr().add(i)) })
+}
+
+/// The record of the meta page a tag lies in; none for a static tag.
+fn page_record(tag: TagPtr) -> Option<TagPtr> {
+    if is_static(tag) {
+        return None;
+    }
+    let base = tag.addr() & !(META_PAGE - 1);
+    NonNull::new(base as *mut Tag).map(TagPtr)
 }
 
 /// Whether the meta page layout holds: a page keeps a record and tags.
