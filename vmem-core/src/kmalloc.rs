@@ -4,6 +4,7 @@
 //! makes them a `GlobalAlloc`.
 
 use core::alloc::{GlobalAlloc, Layout};
+use core::sync::atomic::{AtomicBool, Ordering};
 
 use arrayvec::ArrayVec;
 use lock_api::RawMutex;
@@ -154,10 +155,17 @@ impl<'a, R: RawMutex> SizeClasses<'a, R> {
 }
 
 /// The size classes as a `GlobalAlloc`: a kernel's `#[global_allocator]`,
-/// or a host program's. The classes are made on first use by `init`, which
-/// must not allocate through this allocator.
+/// or a host program's. The classes are made on first use by `init`.
+///
+/// An allocation made while `init` runs gets null: by `init` itself, by a
+/// meta source of its arenas and caches that allocates from the global
+/// allocator (`HeapMeta` then serves them from its static reserve), or by
+/// another thread. Such a call cannot wait for `init`, since it may be what
+/// `init` waits for.
 pub struct GlobalHeap<R: RawMutex + 'static = DefaultLock> {
     classes: spin::Once<Option<SizeClasses<'static, R>>>,
+    /// Whether a call has begun making the classes.
+    started: AtomicBool,
     init: fn() -> Option<SizeClasses<'static, R>>,
 }
 
@@ -166,12 +174,20 @@ impl<R: RawMutex + 'static> GlobalHeap<R> {
     pub const fn new(init: fn() -> Option<SizeClasses<'static, R>>) -> Self {
         GlobalHeap {
             classes: spin::Once::new(),
+            started: AtomicBool::new(false),
             init,
         }
     }
 
-    /// The classes, made now if they were not yet.
+    /// The classes, made now if they were not yet; `None` if `init` gave
+    /// none, or while it runs.
     pub fn classes(&self) -> Option<&SizeClasses<'static, R>> {
+        if let Some(classes) = self.classes.get() {
+            return classes.as_ref();
+        }
+        if self.started.swap(true, Ordering::AcqRel) {
+            return self.classes.get().and_then(Option::as_ref);
+        }
         self.classes.call_once(self.init).as_ref()
     }
 }

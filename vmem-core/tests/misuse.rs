@@ -18,8 +18,8 @@ use std::path::Path;
 
 use vmem_core::scenario::Interpreter;
 use vmem_core::{
-    Arena, ArenaConfig, CPU0, CacheConfig, Constraints, ErrorKind, HeapMeta, ObjectCache, Policy,
-    QuantumCaches, Reserve, SizeClasses, Source,
+    Arena, ArenaConfig, ArenaMeta, CPU0, CacheConfig, Constraints, ErrorKind, HeapMeta,
+    ObjectCache, Policy, QuantumCaches, Reserve, SizeClasses, Source,
 };
 
 // ---------------------------------------------------------------------
@@ -688,6 +688,21 @@ fn arena_cases() -> Vec<Case> {
                 )
                 .unwrap();
                 probe(&[&c], || c.alloc(Q, Policy::InstantFit))
+            },
+        ),
+        case(
+            l,
+            "arena/meta-arena-at-zero",
+            "tags from an `ArenaMeta` over an arena whose only page is at address 0 \
+             (no static tags)",
+            NoSpace,
+            || {
+                let zero = create(ArenaConfig::new("zero", Q).span(0, Q).meta(&HeapMeta)).unwrap();
+                // SAFETY: `ArenaMeta` never hands out the page at 0, the only
+                // one `zero` has.
+                let meta = unsafe { ArenaMeta::new(&zero) };
+                let a = create(ArenaConfig::new("a", Q).meta(&meta).static_tags(false)).unwrap();
+                probe(&[&zero, &a], || a.add_span(0x10_0000, 0x10_0000))
             },
         ),
         case(l, "arena/free-zero", "`free(addr, 0)`", ZeroSize, || {
