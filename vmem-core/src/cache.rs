@@ -837,12 +837,12 @@ pub struct ObjectCache<'a, R: RawMutex = crate::arena::DefaultLock> {
 }
 
 impl<'a, R: RawMutex> ObjectCache<'a, R> {
-    /// A cache as `config` says, its slabs from `arena`.
+    /// A cache as `config` says, its slabs from `arena`. Until the cache is
+    /// dropped, [`Arena::destroy`] refuses the arena with `InUse`.
     pub fn new(config: CacheConfig<'a>, arena: &'a Arena<'a, R>) -> Result<Self> {
-        Ok(ObjectCache {
-            core: CacheCore::new(&config, arena.quantum(), None)?,
-            arena,
-        })
+        let core = CacheCore::new(&config, arena.quantum(), None)?;
+        arena.cache_built();
+        Ok(ObjectCache { core, arena })
     }
 
     /// The cache's name.
@@ -917,6 +917,7 @@ impl<R: RawMutex> Drop for ObjectCache<'_, R> {
     fn drop(&mut self) {
         let arena = self.arena;
         self.core.dispose(arena);
+        arena.cache_gone();
     }
 }
 
