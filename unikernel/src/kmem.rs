@@ -16,7 +16,7 @@ use core::fmt;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use vmem_core::{
-    Arena, ArenaConfig, CPU0, Error, ErrorKind, GlobalHeap, Policy, QCACHE_MAX_QUANTA,
+    Arena, ArenaConfig, CPU0, Error, ErrorKind, GlobalHeap, Importer, Policy, QCACHE_MAX_QUANTA,
     QuantumCaches, SizeClasses, Source,
 };
 use x86_64::structures::paging::PageTableFlags as Flags;
@@ -99,7 +99,7 @@ impl BackedPages {
 }
 
 impl Source for BackedPages {
-    fn import(&self, size: u64, _align: u64) -> vmem_core::Result<u64> {
+    fn import(&self, _importer: Importer, size: u64, _align: u64) -> vmem_core::Result<u64> {
         let base = kmem_va().alloc(size, Policy::InstantFit)?;
         for va in (base..base + size).step_by(PAGE as usize) {
             let mapped = phys().alloc(PAGE, Policy::InstantFit).and_then(|frame| {
@@ -118,7 +118,9 @@ impl Source for BackedPages {
         Ok(base)
     }
 
-    fn release(&self, base: u64, size: u64) -> vmem_core::Result<()> {
+    // `BACKED_PAGES` is private to this module and kmem_default its only
+    // importer, so the importer needs no check.
+    fn release(&self, _importer: Importer, base: u64, size: u64) -> vmem_core::Result<()> {
         Self::unback(base, size);
         kmem_va().free(base, size)
     }

@@ -1,6 +1,8 @@
 //! The arena: spans and segments under one lock, the allocation policies,
 //! import from a source and release back to it, and the checker.
 
+use core::num::NonZeroU32;
+
 use crate::sync::atomic::{AtomicUsize, Ordering};
 
 use arrayvec::ArrayString;
@@ -37,16 +39,27 @@ const REFILL_ROUNDS: usize = 8;
 /// Where an arena gets spans when it runs out: another arena, or anything
 /// that hands out ranges of integers.
 ///
-/// The arena calls its source with its own lock held, so a source must never
-/// call back into the arena that imports from it (a tree of arenas locks
-/// child before parent, never the reverse).
+/// An arena calls its source's `import` and `release` with none of its own
+/// locks held (as illumos's `vmem_xalloc` drops its arena's lock around the
+/// import function), so the source may take locks of its own and call other
+/// arenas, and whatever the source calls (a parent arena's meta source) may
+/// allocate from the importing arena or from arenas under it. A source must
+/// not import from the arena that imports from it: that arena, finding
+/// nothing free, would import again, without end.
+///
+/// Every call names its [`Importer`], so that a source with several
+/// importers can tell them apart; an arena used as a source takes a span
+/// back only from the importer it handed it to.
 pub trait Source: Sync {
-    /// Hands out a range of `size` integers aligned to `align`, returning its
-    /// start.
-    fn import(&self, size: u64, align: u64) -> Result<u64>;
+    /// Hands out a range of `size` integers aligned to `align` to
+    /// `importer`, returning its start.
+    fn import(&self, importer: Importer, size: u64, align: u64) -> Result<u64>;
 
-    /// Takes back a range [`Source::import`] handed out, whole.
-    fn release(&self, base: u64, size: u64) -> Result<()>;
+    /// Takes back a range [`Source::import`] handed out to `importer`,
+    /// whole. An arena refuses anything else with `BadFree` and changes
+    /// nothing: a range it handed out otherwise, one it handed to another
+    /// importer, or part of a range.
+    fn release(&self, importer: Importer, base: u64, size: u64) -> Result<()>;
 
     /// Called when an arena starts importing from this source.
     fn attach(&self) {}
@@ -54,6 +67,43 @@ pub trait Source: Sync {
     /// Called when an arena that imported from this source is destroyed or
     /// dropped.
     fn detach(&self) {}
+}
+
+/// Who imports from a [`Source`]: an opaque identity passed with every
+/// [`Source::import`] and [`Source::release`].
+///
+/// An arena mints its own when it is created and shows it to its source
+/// alone, so no other caller can release the spans it imported. Identities
+/// come from one counter of 2^32 - 1 values shared by the whole program;
+/// they repeat only after that many have been minted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Importer(NonZeroU32);
+
+/// The last importer identity minted. A plain static (not a `loom` atomic):
+/// like the static tag pool, it belongs to no one run of a model.
+static IMPORTERS: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
+
+impl Importer {
+    /// A fresh identity, unlike any other minted (until the counter wraps),
+    /// for a caller that imports from a source itself.
+    pub fn new() -> Self {
+        loop {
+            let id = IMPORTERS
+                .fetch_add(1, core::sync::atomic::Ordering::Relaxed)
+                .wrapping_add(1);
+            // Zero comes round once in 2^32 identities: skip it.
+            if let Some(id) = NonZeroU32::new(id) {
+                return Importer(id);
+            }
+        }
+    }
+}
+
+impl Default for Importer {
+    /// A fresh identity, as [`Importer::new`].
+    fn default() -> Self {
+        Importer::new()
+    }
 }
 
 /// How an allocation picks among the free segments.
@@ -229,7 +279,11 @@ pub struct Arena<'s, R: RawMutex = DefaultLock> {
     meta: Option<&'s dyn MetaSource>,
     static_tags: bool,
     qcache: Option<&'s QuantumCaches<'s>>,
+    /// Who this arena is to its source.
+    importer: Importer,
     children: AtomicUsize,
+    /// Object caches built on the arena ([`crate::ObjectCache`]).
+    caches: AtomicUsize,
     inner: Mutex<R, Inner>,
 }
 
@@ -307,7 +361,9 @@ impl<'s, R: RawMutex> Arena<'s, R> {
             import_min,
             meta: config.meta,
             static_tags: config.static_tags,
+            importer: Importer::new(),
             children: AtomicUsize::new(0),
+            caches: AtomicUsize::new(0),
             source: config.source,
             qcache: None,
             inner: Mutex::new(Inner::new()),
@@ -363,7 +419,7 @@ impl<'s, R: RawMutex> Arena<'s, R> {
             .at(base));
         }
         let mut inner = self.lock_reserved()?;
-        inner.insert_span(base, size, false)
+        inner.insert_span(base, size, false).map(|_| ())
     }
 
     /// Allocates `size` integers (rounded up to the quantum) by `policy`,
@@ -569,10 +625,17 @@ impl<'s, R: RawMutex> Arena<'s, R> {
     }
 
     /// Empties the arena: refuses with `InUse` while it has allocated
-    /// segments or a child arena imports from it; otherwise releases its
-    /// imported spans to its source, forgets every span, and detaches from
-    /// the source. The arena is then as if newly made without a source.
+    /// segments, a child arena imports from it, or an object cache is built
+    /// on it (even an empty one); otherwise releases its imported spans to
+    /// its source, forgets every span, and detaches from the source. The
+    /// arena is then as if newly made without a source.
     pub fn destroy(&self) -> Result<()> {
+        if self.caches.load(Ordering::Acquire) > 0 {
+            return Err(Error::new(
+                ErrorKind::InUse,
+                "an object cache is built on this arena",
+            ));
+        }
         if self.qcache.is_some_and(|qc| qc.in_use() > 0) {
             return Err(Error::new(ErrorKind::InUse, "arena has live allocations"));
         }
@@ -602,9 +665,32 @@ impl<'s, R: RawMutex> Arena<'s, R> {
                 "a child arena imports from this arena",
             ));
         }
-        inner.detach(self.source);
+        if self.caches.load(Ordering::Acquire) > 0 {
+            return Err(Error::new(
+                ErrorKind::InUse,
+                "an object cache is built on this arena",
+            ));
+        }
+        // No imported span is left (the free that emptied each gave it
+        // back), so detaching releases nothing to the source under the lock.
+        let attached = inner.detach(self.source, self.importer);
+        drop(inner);
+        if let (true, Some(source)) = (attached, self.source) {
+            source.detach();
+        }
         event!(arena = self.name(), "destroyed");
         Ok(())
+    }
+
+    /// Counts an object cache built on the arena, until
+    /// [`Arena::cache_gone`].
+    pub(crate) fn cache_built(&self) {
+        self.caches.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Forgets an object cache [`Arena::cache_built`] counted.
+    pub(crate) fn cache_gone(&self) {
+        self.caches.fetch_sub(1, Ordering::AcqRel);
     }
 
     /// Takes the lock with at least [`TAGS_PER_OP`] spare tags, refilling
@@ -654,7 +740,9 @@ impl<'s, R: RawMutex> Arena<'s, R> {
         let result = match inner.find(fit, policy) {
             Some((seg, addr)) => Ok(inner.carve(seg, addr, fit.size, by, policy)),
             None if by != AllocBy::Xalloc && fit.import_size(self.quantum).is_some() => {
-                self.import_and_carve(&mut inner, fit, policy, by)
+                let (relocked, result) = self.import_and_carve(inner, fit, policy, by);
+                inner = relocked;
+                result
             }
             None => Err(Error::new(
                 ErrorKind::NoSpace,
@@ -676,19 +764,26 @@ impl<'s, R: RawMutex> Arena<'s, R> {
         result
     }
 
-    /// Imports a span large enough for `fit` and allocates from it.
-    fn import_and_carve(
-        &self,
-        inner: &mut Inner,
+    /// Imports a span large enough for `fit` and allocates from it,
+    /// returning the lock held again.
+    ///
+    /// The source is called with the lock dropped, as illumos's
+    /// `vmem_xalloc` does: a parent refilling its tags or growing its hash
+    /// during the import may call a meta source that allocates from this
+    /// arena. The lock is then taken again with tags reserved afresh (other
+    /// calls may have used them meanwhile), and the allocation is carved
+    /// from the new span, which surely holds it. Whatever fails after the
+    /// import gives the span back, with the lock dropped.
+    fn import_and_carve<'a>(
+        &'a self,
+        mut inner: MutexGuard<'a, R, Inner>,
         fit: &Fit,
         policy: Policy,
         by: AllocBy,
-    ) -> Result<u64> {
+    ) -> (MutexGuard<'a, R, Inner>, Result<u64>) {
         let Some(source) = self.source.filter(|_| inner.attached) else {
-            return Err(Error::new(
-                ErrorKind::NoSpace,
-                "no free segment is large enough",
-            ));
+            let e = Error::new(ErrorKind::NoSpace, "no free segment is large enough");
+            return (inner, Err(e));
         };
         if inner.faults.at(FaultSite::Import).strike() {
             inner.import_fails += 1;
@@ -697,64 +792,97 @@ impl<'s, R: RawMutex> Arena<'s, R> {
                 size = fit.size,
                 "import failed (injected)"
             );
-            return Err(Error::new(
-                ErrorKind::ImportFailed,
-                "import failed (injected fault)",
-            ));
+            let e = Error::new(ErrorKind::ImportFailed, "import failed (injected fault)");
+            return (inner, Err(e));
         }
         // An aligned request (a slab, a child's aligned import) imports
         // enough to hold an aligned placement anywhere in the span.
-        let size = fit
-            .import_size(self.quantum)
-            .ok_or(Error::new(ErrorKind::Overflow, "import size passes 2^64"))?
-            .max(self.import_min);
-        let base = match source.import(size, self.quantum) {
-            Ok(base) => base,
-            Err(_) => {
-                inner.import_fails += 1;
-                event!(arena = self.name(), size, "import failed");
-                return Err(Error::new(
-                    ErrorKind::ImportFailed,
-                    "the source could not supply a span",
-                ));
-            }
+        let Some(size) = fit.import_size(self.quantum) else {
+            let e = Error::new(ErrorKind::Overflow, "import size passes 2^64");
+            return (inner, Err(e));
         };
-        let usable = base & (self.quantum - 1) == 0 && base.checked_add(size).is_some();
-        let inserted = if usable {
-            inner.insert_span(base, size, true)
-        } else {
-            Err(Error::new(
-                ErrorKind::Misaligned,
-                "imported span is misaligned or passes 2^64",
-            ))
-        };
-        if let Err(_e) = inserted {
-            // A source that hands out a range the arena cannot take is a bug in
-            // the source: give the range back and report the import as failed.
-            let _ = source.release(base, size);
+        let size = size.max(self.import_min);
+        drop(inner);
+        let Ok(base) = source.import(self.importer, size, self.quantum) else {
+            let mut inner = self.inner.lock();
             inner.import_fails += 1;
-            event!(
-                arena = self.name(),
-                base,
-                size,
-                error = _e.what(),
-                "import unusable"
+            event!(arena = self.name(), size, "import failed");
+            let e = Error::new(
+                ErrorKind::ImportFailed,
+                "the source could not supply a span",
             );
-            return Err(Error::new(
+            return (inner, Err(e));
+        };
+        let give_back = || {
+            let _ = source.release(self.importer, base, size);
+        };
+        if base & (self.quantum - 1) != 0 || base.checked_add(size).is_none() {
+            // A source that hands out a range the arena cannot take is a bug
+            // in the source: give the range back and report the import as
+            // failed.
+            give_back();
+            let mut inner = self.inner.lock();
+            inner.import_fails += 1;
+            event!(arena = self.name(), base, size, "import unusable");
+            let e = Error::new(
                 ErrorKind::ImportFailed,
                 "the source supplied an unusable span",
-            )
-            .at(base));
+            );
+            return (inner, Err(e.at(base)));
         }
+        let mut inner = match self.lock_reserved() {
+            Ok(inner) => inner,
+            Err(e) => {
+                give_back();
+                return (self.inner.lock(), Err(e));
+            }
+        };
+        if !inner.attached {
+            // Destroyed during the import: as if it had no source.
+            drop(inner);
+            give_back();
+            let e = Error::new(ErrorKind::NoSpace, "no free segment is large enough");
+            return (self.inner.lock(), Err(e));
+        }
+        let seg = match inner.insert_span(base, size, true) {
+            Ok(seg) => seg,
+            Err(_e) => {
+                inner.import_fails += 1;
+                event!(
+                    arena = self.name(),
+                    base,
+                    size,
+                    error = _e.what(),
+                    "import unusable"
+                );
+                drop(inner);
+                give_back();
+                let e = Error::new(
+                    ErrorKind::ImportFailed,
+                    "the source supplied an unusable span",
+                );
+                return (self.inner.lock(), Err(e.at(base)));
+            }
+        };
         inner.imports += 1;
         event!(arena = self.name(), base, size, "imported span");
-        match inner.find(fit, policy) {
-            Some((seg, addr)) => Ok(inner.carve(seg, addr, fit.size, by, policy)),
-            None => Err(Error::new(
-                ErrorKind::NoSpace,
-                "imported span does not hold the request",
-            )),
+        if let Some(addr) = fit.place_in(seg.start(), seg.end()) {
+            let addr = inner.carve(seg, addr, fit.size, by, policy);
+            return (inner, Ok(addr));
         }
+        // Not reached (the import size holds a placement), but an imported
+        // span is never kept wholly free.
+        if let Some(span) = seg.seg_prev() {
+            inner.remove_span(span, seg);
+        }
+        inner.releases += 1;
+        drop(inner);
+        give_back();
+        let e = Error::new(
+            ErrorKind::NoSpace,
+            "imported span does not hold the request",
+        );
+        (self.inner.lock(), Err(e))
     }
 
     /// Installs a larger hash table, taken and given back outside the lock.
@@ -811,13 +939,22 @@ impl<'s, R: RawMutex> Arena<'s, R> {
             );
         }
         inner.frees += 1;
-        if let Some((base, size)) = inner.free_segment(seg) {
+        let released = inner.free_segment(seg);
+        if let Some((_base, _size)) = released {
             inner.releases += 1;
-            event!(arena = self.name(), base, size, "released span");
-            if let Some(source) = self.source {
-                // The span was imported from this source, whole.
-                let _ = source.release(base, size);
-            }
+            event!(
+                arena = self.name(),
+                base = _base,
+                size = _size,
+                "released span"
+            );
+        }
+        drop(inner);
+        // The span is already out of the arena; it goes back to the source
+        // with the lock dropped, as imports come in.
+        if let (Some((base, size)), Some(source)) = (released, self.source) {
+            // The span was imported from this source, whole.
+            let _ = source.release(self.importer, base, size);
         }
         Ok(())
     }
@@ -840,18 +977,18 @@ impl<R: RawMutex> Source for Arena<'_, R>
 where
     Self: Sync,
 {
-    fn import(&self, size: u64, align: u64) -> Result<u64> {
+    fn import(&self, importer: Importer, size: u64, align: u64) -> Result<u64> {
         let constraints = if align <= self.quantum {
             Constraints::NONE
         } else {
             Constraints::aligned(align)
         };
         let fit = Fit::new(size, &constraints, self.quantum)?;
-        self.allocate(&fit, Policy::InstantFit, AllocBy::Import)
+        self.allocate(&fit, Policy::InstantFit, AllocBy::Import(importer))
     }
 
-    fn release(&self, base: u64, size: u64) -> Result<()> {
-        self.release_segment(base, size, AllocBy::Import)
+    fn release(&self, importer: Importer, base: u64, size: u64) -> Result<()> {
+        self.release_segment(base, size, AllocBy::Import(importer))
     }
 
     fn attach(&self) {
@@ -902,7 +1039,11 @@ impl<R: RawMutex> Drop for Arena<'_, R> {
     fn drop(&mut self) {
         let _ = self.reap();
         let inner = self.inner.get_mut();
-        inner.detach(self.source);
+        if inner.detach(self.source, self.importer)
+            && let Some(source) = self.source
+        {
+            source.detach();
+        }
         if let (Some(table), Some(meta)) = (inner.hash.reset(), self.meta) {
             // SAFETY: the table came from `meta` and the hash no longer uses it.
             unsafe { meta.free_pages(table.base, table.pages) };
@@ -1049,8 +1190,9 @@ impl Inner {
         self.tags.give_back(tag);
     }
 
-    /// Adds a span with one free segment covering it.
-    fn insert_span(&mut self, base: u64, size: u64, imported: bool) -> Result<()> {
+    /// Adds a span with one free segment covering it, and returns that
+    /// segment.
+    fn insert_span(&mut self, base: u64, size: u64, imported: bool) -> Result<TagPtr> {
         let end = base + size;
         let mut before: Link = None;
         let mut cursor = self.span_head;
@@ -1090,7 +1232,7 @@ impl Inner {
         self.spans += 1;
         self.bytes_total += size;
         self.bytes_free += size;
-        Ok(())
+        Ok(seg)
     }
 
     /// Removes a span whose one free segment `seg` covers it.
@@ -1113,20 +1255,18 @@ impl Inner {
         self.seg_destroy(span, None);
     }
 
-    /// Releases every span and stops importing from the source.
-    fn detach(&mut self, source: Option<&dyn Source>) {
-        self.remove_all_spans(source);
-        if self.attached {
-            self.attached = false;
-            if let Some(source) = source {
-                source.detach();
-            }
-        }
+    /// Releases every span and stops importing from the source; returns
+    /// whether it was importing, for the caller to tell the source (with
+    /// the lock dropped).
+    fn detach(&mut self, source: Option<&dyn Source>, importer: Importer) -> bool {
+        self.remove_all_spans(source, importer);
+        core::mem::replace(&mut self.attached, false)
     }
 
-    /// Releases imported spans (through the source) and forgets every span
-    /// and segment. Needs no new tag, so it works with none spare.
-    fn remove_all_spans(&mut self, source: Option<&dyn Source>) {
+    /// Releases imported spans (through the source, as `importer`) and
+    /// forgets every span and segment. Needs no new tag, so it works with
+    /// none spare.
+    fn remove_all_spans(&mut self, source: Option<&dyn Source>, importer: Importer) {
         while let Some(span) = self.span_head {
             let imported = span.kind() == (Kind::Span { imported: true });
             let (base, size) = (span.start(), span.size());
@@ -1151,7 +1291,7 @@ impl Inner {
             if imported {
                 self.releases += 1;
                 if let Some(source) = source {
-                    let _ = source.release(base, size);
+                    let _ = source.release(importer, base, size);
                 }
             }
         }

@@ -895,11 +895,12 @@ impl<'a, R: RawMutex> ObjectCache<'a, R> {
     /// `BadConstraint`, and an object whose slot (with its debug red zone
     /// and buffer tag, rounded up to the alignment) or whose slab (eight
     /// slots, rounded up to a power of two) would pass 2^64 is `Overflow`.
+    /// Until the cache is dropped, [`Arena::destroy`] refuses the arena
+    /// with `InUse`.
     pub fn new(config: CacheConfig<'a>, arena: &'a Arena<'a, R>) -> Result<Self> {
-        Ok(ObjectCache {
-            core: CacheCore::new(&config, arena.quantum(), None)?,
-            arena,
-        })
+        let core = CacheCore::new(&config, arena.quantum(), None)?;
+        arena.cache_built();
+        Ok(ObjectCache { core, arena })
     }
 
     /// The cache's name.
@@ -978,6 +979,7 @@ impl<R: RawMutex> Drop for ObjectCache<'_, R> {
     fn drop(&mut self) {
         let arena = self.arena;
         self.core.dispose(arena);
+        arena.cache_gone();
     }
 }
 

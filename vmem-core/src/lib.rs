@@ -160,8 +160,8 @@ mod sync;
 mod tag;
 
 pub use arena::{
-    Arena, ArenaConfig, ArenaSize, DefaultLock, NAME_MAX, Policy, Segment, SegmentKind, Source,
-    Stats,
+    Arena, ArenaConfig, ArenaSize, DefaultLock, Importer, NAME_MAX, Policy, Segment, SegmentKind,
+    Source, Stats,
 };
 pub use cache::{CacheConfig, CacheStats, DEFAULT_MAGAZINE, ObjectCache, ObjectHook};
 pub use constraint::Constraints;

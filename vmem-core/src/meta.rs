@@ -18,10 +18,13 @@ pub const META_PAGE: usize = 4096;
 /// boundary tags, slab records and magazines, and runs of pages for hash
 /// tables as they grow.
 ///
-/// Arenas never call a `MetaSource` with their own lock held, so the source
-/// may allocate from other arenas (a kernel backs it with physical pages
-/// from its `phys` arena, see [`ArenaMeta`]). Caches call it with their slab
-/// or depot lock held, so it must not allocate from the cache that uses it.
+/// Arenas never call a `MetaSource` with an arena lock of theirs held, and
+/// call their [`Source`](crate::Source)s unlocked too, so the source may
+/// allocate from other arenas (a kernel backs it with physical pages from
+/// its `phys` arena, see [`ArenaMeta`]), even from one that imports from
+/// the arena it serves, directly or further down the tree. Caches call it
+/// with their slab or depot lock held, so it must not allocate from the
+/// cache that uses it.
 pub trait MetaSource: Sync {
     /// Hands over `pages` contiguous, writable pages of [`META_PAGE`] bytes,
     /// aligned to [`META_PAGE`], or `None` when there is no memory. The

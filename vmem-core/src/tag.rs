@@ -11,6 +11,7 @@ use core::cell::UnsafeCell;
 use core::mem::{MaybeUninit, size_of};
 use core::ptr::NonNull;
 
+use crate::arena::Importer;
 use crate::meta::{META_PAGE, MetaPages, MetaSource};
 
 /// Who allocated a segment, so that it is freed by the matching call.
@@ -20,8 +21,9 @@ pub(crate) enum AllocBy {
     Alloc,
     /// `xalloc`.
     Xalloc,
-    /// A child arena's import through [`crate::Source`].
-    Import,
+    /// An import through [`crate::Source`], by the importer named: only
+    /// it may release the span.
+    Import(Importer),
     /// A slab of an [`crate::ObjectCache`].
     Cache,
     /// A slab of the arena's own quantum caches.
@@ -511,3 +513,8 @@ fn page_record(tag: TagPtr) -> Option<TagPtr> {
 
 /// Whether the meta page layout holds: a page keeps a record and tags.
 const _: () = assert!(TAGS_PER_PAGE >= 8 && size_of::<Tag>() <= 64);
+
+/// The importer's identity in a tag's kind costs no room: the kind fits in
+/// the last 8 bytes, which it filled with padding before (56 bytes a tag on
+/// 64-bit targets).
+const _: () = assert!(size_of::<Tag>() <= 2 * size_of::<u64>() + 4 * size_of::<Link>() + 8);

@@ -18,7 +18,7 @@ use std::path::Path;
 
 use vmem_core::scenario::Interpreter;
 use vmem_core::{
-    Arena, ArenaConfig, ArenaMeta, CPU0, CacheConfig, Constraints, ErrorKind, HeapMeta,
+    Arena, ArenaConfig, ArenaMeta, CPU0, CacheConfig, Constraints, ErrorKind, HeapMeta, Importer,
     ObjectCache, Policy, QuantumCaches, Reserve, SizeClasses, Source,
 };
 
@@ -385,13 +385,42 @@ fn poke(addr: u64, byte: u8) {
 struct CrookedSource;
 
 impl Source for CrookedSource {
-    fn import(&self, _size: u64, _align: u64) -> vmem_core::Result<u64> {
+    fn import(&self, _importer: Importer, _size: u64, _align: u64) -> vmem_core::Result<u64> {
         Ok(0x10_0800)
     }
 
-    fn release(&self, _base: u64, _size: u64) -> vmem_core::Result<()> {
+    fn release(&self, _importer: Importer, _base: u64, _size: u64) -> vmem_core::Result<()> {
         Ok(())
     }
+}
+
+/// A source in front of an arena that keeps the importer identity it was
+/// shown: the one way a caller can learn an arena's.
+struct Spy<'a> {
+    parent: &'a Arena<'a>,
+    seen: std::sync::Mutex<Option<Importer>>,
+}
+
+impl Source for Spy<'_> {
+    fn import(&self, importer: Importer, size: u64, align: u64) -> vmem_core::Result<u64> {
+        *self.seen.lock().unwrap() = Some(importer);
+        self.parent.import(importer, size, align)
+    }
+
+    fn release(&self, importer: Importer, base: u64, size: u64) -> vmem_core::Result<()> {
+        self.parent.release(importer, base, size)
+    }
+}
+
+/// The imported span of `child` (the first).
+fn imported_span(child: &Arena<'_>) -> (u64, u64) {
+    let mut span = (0, 0);
+    child.walk(|s| {
+        if s.kind == (vmem_core::SegmentKind::Span { imported: true }) && span.1 == 0 {
+            span = (s.start, s.size);
+        }
+    });
+    span
 }
 
 /// Whether quantum-cache storage can still be given to an arena (a failed
@@ -1012,11 +1041,11 @@ fn arena_cases() -> Vec<Case> {
         case(
             l,
             "arena/source-import-zero",
-            "`Source::import(arena, 0, quantum)` called directly",
+            "`Source::import(arena, importer, 0, quantum)` called directly",
             ZeroSize,
             || {
                 let a = standard();
-                probe(&[&a], || Source::import(&a, 0, Q))
+                probe(&[&a], || Source::import(&a, Importer::new(), 0, Q))
             },
         ),
         case(
@@ -1026,7 +1055,7 @@ fn arena_cases() -> Vec<Case> {
             BadConstraint,
             || {
                 let a = standard();
-                probe(&[&a], || Source::import(&a, Q, 0x3000))
+                probe(&[&a], || Source::import(&a, Importer::new(), Q, 0x3000))
             },
         ),
         case(
@@ -1037,7 +1066,75 @@ fn arena_cases() -> Vec<Case> {
             || {
                 let a = standard();
                 let x = a.alloc(Q, Policy::InstantFit).unwrap();
-                probe(&[&a], || Source::release(&a, x, Q))
+                probe(&[&a], || Source::release(&a, Importer::new(), x, Q))
+            },
+        ),
+        case(
+            l,
+            "arena/source-release-childs-span",
+            "`Source::release` of a span a child arena imported, by a made-up importer",
+            BadFree,
+            || {
+                let root = standard();
+                let c = child(&root, 0x4000);
+                let _x = c.alloc(Q, Policy::InstantFit).unwrap();
+                let (base, size) = imported_span(&c);
+                probe(&[&root, &c], || {
+                    Source::release(&root, Importer::new(), base, size)
+                })
+            },
+        ),
+        case(
+            l,
+            "arena/source-release-other-importer",
+            "`Source::release` of a child's span by another child's importer",
+            BadFree,
+            || {
+                let root = standard();
+                let spy = Spy {
+                    parent: &root,
+                    seen: std::sync::Mutex::new(None),
+                };
+                let c = child(&root, 0x4000);
+                let sibling = Arena::create(
+                    ArenaConfig::new("sibling", Q)
+                        .source(&spy, 0x4000)
+                        .meta(&HeapMeta),
+                )
+                .unwrap();
+                let _x = c.alloc(Q, Policy::InstantFit).unwrap();
+                let _y = sibling.alloc(Q, Policy::InstantFit).unwrap();
+                let (base, size) = imported_span(&c);
+                let other = spy.seen.lock().unwrap().unwrap();
+                probe(&[&root, &c, &sibling], || {
+                    Source::release(&root, other, base, size)
+                })
+            },
+        ),
+        case(
+            l,
+            "arena/source-release-part",
+            "`Source::release` of part of a span, by its importer",
+            BadFree,
+            || {
+                let a = standard();
+                let me = Importer::new();
+                let x = Source::import(&a, me, 2 * Q, Q).unwrap();
+                probe(&[&a], || Source::release(&a, me, x, Q))
+            },
+        ),
+        case(
+            l,
+            "arena/destroy-under-cache",
+            "`destroy` of an arena an empty object cache is built on",
+            InUse,
+            || {
+                let a = standard();
+                let objects = cache(&a, "c", 64, 4);
+                let o = objects.alloc().unwrap();
+                objects.free(o).unwrap();
+                objects.reap().unwrap();
+                probe(&[&a, &objects], || a.destroy())
             },
         ),
     ]
