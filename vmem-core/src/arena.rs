@@ -2034,6 +2034,32 @@ mod tests {
     }
 
     #[test]
+    fn frees_and_allocations_in_the_middle_of_a_resize_find_their_segments() {
+        let a = arena(0, 1 << 40);
+        let mut live = Vec::new();
+        let mut calls_while_draining = 0;
+        for round in 0..6000u64 {
+            live.push(a.alloc(Q, Policy::InstantFit).unwrap());
+            let draining = a.inner.lock().hash.buckets_in(true) > 0;
+            if draining {
+                calls_while_draining += 1;
+                // Free one from each end: old and new buckets alike.
+                if round % 3 == 0 {
+                    let x = live.swap_remove((round as usize * 7919) % live.len());
+                    a.free(x, Q).unwrap();
+                }
+                a.check().unwrap();
+            }
+        }
+        assert!(calls_while_draining > 50, "{calls_while_draining}");
+        for x in live {
+            a.free(x, Q).unwrap();
+        }
+        a.check().unwrap();
+        assert_eq!(a.stats().hash_buckets, 16);
+    }
+
+    #[test]
     fn defect_6_refused_table_backs_off() {
         let meta = RunCounter::new(true);
         let a: Arena =
