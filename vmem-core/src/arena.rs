@@ -753,11 +753,15 @@ impl<'s, R: RawMutex> Arena<'s, R> {
             Ok(_) => inner.allocs += 1,
             Err(_) => inner.alloc_fails += 1,
         }
-        // Growth put off earlier (a meta source that had no page) waits for
-        // a call that succeeds: a failed call changes nothing, not even the
-        // hash's size.
-        let grow = result.as_ref().ok().and_then(|_| inner.hash.wanted_pages());
+        // Growth, and a resize's next drain step, wait for a call that
+        // succeeds: a failed call changes nothing, not even the hash.
+        let (retired, grow) = match result {
+            Ok(_) => (inner.hash.settle(), inner.hash.wanted_pages()),
+            Err(_) => Default::default(),
+        };
         drop(inner);
+        // SAFETY: the hash's tables come from `self.meta`.
+        unsafe { retired.give_back(self.meta) };
         if let Some(pages) = grow {
             self.grow_hash(pages);
         }
@@ -885,14 +889,16 @@ impl<'s, R: RawMutex> Arena<'s, R> {
         (self.inner.lock(), Err(e))
     }
 
-    /// Installs a larger hash table, taken and given back outside the lock.
+    /// Installs a larger hash table, taken and given back outside the lock;
+    /// later calls drain the old one into it.
     fn grow_hash(&self, pages: usize) {
         let Some(meta) = self.meta else { return };
         let Some(base) = meta.alloc_pages(pages) else {
+            self.inner.lock().hash.refused();
             return;
         };
         // SAFETY: the meta source handed over `pages` pages for the arena to own.
-        let unused = unsafe { self.inner.lock().hash.grow(Table { base, pages }) };
+        let unused = unsafe { self.inner.lock().hash.install(Table { base, pages }) };
         if let Some(table) = unused {
             // SAFETY: the hash no longer uses this table, which came from `meta`.
             unsafe { meta.free_pages(table.base, table.pages) };
@@ -949,6 +955,7 @@ impl<'s, R: RawMutex> Arena<'s, R> {
                 "released span"
             );
         }
+        let retired = inner.hash.settle();
         drop(inner);
         // The span is already out of the arena; it goes back to the source
         // with the lock dropped, as imports come in.
@@ -956,6 +963,8 @@ impl<'s, R: RawMutex> Arena<'s, R> {
             // The span was imported from this source, whole.
             let _ = source.release(self.importer, base, size);
         }
+        // SAFETY: the hash's tables come from `self.meta`.
+        unsafe { retired.give_back(self.meta) };
         Ok(())
     }
 }
@@ -1044,10 +1053,8 @@ impl<R: RawMutex> Drop for Arena<'_, R> {
         {
             source.detach();
         }
-        if let (Some(table), Some(meta)) = (inner.hash.reset(), self.meta) {
-            // SAFETY: the table came from `meta` and the hash no longer uses it.
-            unsafe { meta.free_pages(table.base, table.pages) };
-        }
+        // SAFETY: the hash's tables come from `self.meta`.
+        unsafe { inner.hash.reset().give_back(self.meta) };
         inner.tags.dispose(self.meta);
     }
 }
@@ -1669,24 +1676,27 @@ impl Inner {
                 listed,
             );
         }
-        // Hash: every chain member is allocated and in its own bucket.
+        // Hash: every chain member is allocated and in its own bucket, of
+        // the table a resize under way has or has not drained it into.
         let mut hashed = 0usize;
-        for bucket in 0..self.hash.buckets() {
-            let (mut cursor, key_agrees) = self.hash.bucket(bucket);
-            if !key_agrees {
-                return corrupt("hash bucket caches a wrong start", bucket as u64);
-            }
-            while let Some(seg) = cursor {
-                hashed += 1;
-                if hashed > limit {
-                    return corrupt("a hash chain has a cycle", seg.start());
+        for draining in [false, true] {
+            for bucket in 0..self.hash.buckets_in(draining) {
+                let (mut cursor, key_agrees) = self.hash.bucket(draining, bucket);
+                if !key_agrees {
+                    return corrupt("hash bucket caches a wrong start", bucket as u64);
                 }
-                if !matches!(seg.kind(), Kind::Alloc(_))
-                    || !self.hash.hashes_to(seg.start(), bucket)
-                {
-                    return corrupt("hash holds a wrong or misfiled segment", seg.start());
+                while let Some(seg) = cursor {
+                    hashed += 1;
+                    if hashed > limit {
+                        return corrupt("a hash chain has a cycle", seg.start());
+                    }
+                    if !matches!(seg.kind(), Kind::Alloc(_))
+                        || !self.hash.belongs(seg.start(), draining, bucket)
+                    {
+                        return corrupt("hash holds a wrong or misfiled segment", seg.start());
+                    }
+                    cursor = seg.list_next();
                 }
-                cursor = seg.list_next();
             }
         }
         if hashed != alloc_segs || hashed != self.hash.count {
@@ -2179,6 +2189,144 @@ mod tests {
         }
         a.check().unwrap();
         assert_eq!(a.stats().free_segments, 1);
+    }
+
+    /// Meta pages from the heap that counts what is out and how often a
+    /// run of pages (a hash table past its first page) was asked for, and
+    /// refuses runs when `refuse_runs`.
+    struct RunCounter {
+        refuse_runs: bool,
+        runs_asked: AtomicUsize,
+        out: AtomicUsize,
+    }
+
+    impl RunCounter {
+        const fn new(refuse_runs: bool) -> Self {
+            RunCounter {
+                refuse_runs,
+                runs_asked: AtomicUsize::new(0),
+                out: AtomicUsize::new(0),
+            }
+        }
+    }
+
+    impl MetaSource for RunCounter {
+        fn alloc_pages(&self, pages: usize) -> Option<core::ptr::NonNull<u8>> {
+            if pages > 1 {
+                self.runs_asked.fetch_add(1, Ordering::AcqRel);
+                if self.refuse_runs {
+                    return None;
+                }
+            }
+            let base = HeapMeta.alloc_pages(pages)?;
+            self.out.fetch_add(pages, Ordering::AcqRel);
+            Some(base)
+        }
+
+        unsafe fn free_pages(&self, base: core::ptr::NonNull<u8>, pages: usize) {
+            self.out.fetch_sub(pages, Ordering::AcqRel);
+            unsafe { HeapMeta.free_pages(base, pages) }
+        }
+    }
+
+    #[test]
+    fn defect_6_hash_growth_moves_a_bounded_number_of_buckets_per_call() {
+        let a = arena(0, 1 << 40);
+        let mut live = Vec::new();
+        for i in 0..100_000 {
+            live.push(a.alloc(Q, Policy::InstantFit).unwrap());
+            if i % 10_007 == 0 {
+                a.check().unwrap();
+            }
+        }
+        let s = a.stats();
+        assert!(s.hash_buckets >= 65_536 && s.hash_resizes >= 5, "{s:?}");
+        a.check().unwrap();
+        for (i, x) in live.into_iter().enumerate() {
+            a.free(x, Q).unwrap();
+            if i % 10_007 == 0 {
+                a.check().unwrap();
+            }
+        }
+        let most = a.inner.lock().hash.most_moved;
+        // Today's whole-table rehash moved 32,769 segments in one call.
+        assert!(
+            most > 0 && most <= crate::hash::MIGRATE_SEGMENTS,
+            "one call rehashed {most} segments"
+        );
+    }
+
+    #[test]
+    fn frees_and_allocations_in_the_middle_of_a_resize_find_their_segments() {
+        let a = arena(0, 1 << 40);
+        let mut live = Vec::new();
+        let mut calls_while_draining = 0;
+        for round in 0..6000u64 {
+            live.push(a.alloc(Q, Policy::InstantFit).unwrap());
+            let draining = a.inner.lock().hash.buckets_in(true) > 0;
+            if draining {
+                calls_while_draining += 1;
+                // Free one from each end: old and new buckets alike.
+                if round % 3 == 0 {
+                    let x = live.swap_remove((round as usize * 7919) % live.len());
+                    a.free(x, Q).unwrap();
+                }
+                a.check().unwrap();
+            }
+        }
+        assert!(calls_while_draining > 50, "{calls_while_draining}");
+        for x in live {
+            a.free(x, Q).unwrap();
+        }
+        a.check().unwrap();
+        assert_eq!(a.stats().hash_buckets, 16);
+    }
+
+    #[test]
+    fn defect_6_refused_table_backs_off() {
+        let meta = RunCounter::new(true);
+        let a: Arena =
+            Arena::create(ArenaConfig::new("refused", Q).span(0, 1 << 40).meta(&meta)).unwrap();
+        let live: Vec<u64> = (0..100_000)
+            .map(|_| a.alloc(Q, Policy::InstantFit).unwrap())
+            .collect();
+        a.check().unwrap();
+        // 100,000 live segments pass the 1-page tables' load (512) after
+        // eight doublings, so a meta source asked once per doubling is
+        // asked about as often.
+        let asked = meta.runs_asked.load(Ordering::Acquire);
+        // Today it was asked after every successful call: 99,488 times.
+        assert!(asked <= 16, "asked for a table {asked} times");
+        for x in live {
+            a.free(x, Q).unwrap();
+        }
+        a.check().unwrap();
+    }
+
+    #[test]
+    fn defect_9_hash_shrinks_when_the_arena_empties() {
+        let meta = RunCounter::new(false);
+        let a: Arena =
+            Arena::create(ArenaConfig::new("shrinks", Q).span(0, 1 << 40).meta(&meta)).unwrap();
+        for round in 0..3 {
+            let live: Vec<u64> = (0..20_000)
+                .map(|_| a.alloc(Q, Policy::InstantFit).unwrap())
+                .collect();
+            assert!(a.stats().hash_buckets >= 8192, "round {round}");
+            for x in live {
+                a.free(x, Q).unwrap();
+            }
+            a.check().unwrap();
+            let s = a.stats();
+            assert_eq!(s.hash_buckets, 16, "round {round}: {s:?}");
+            assert_eq!(
+                meta.out.load(Ordering::Acquire) as u64,
+                s.tag_pages,
+                "round {round}: the meta pages out are the tag pages alone"
+            );
+        }
+        drop(a);
+        assert_eq!(meta.out.load(Ordering::Acquire), 0);
     }
 
     #[test]

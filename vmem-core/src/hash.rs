@@ -8,18 +8,48 @@
 //! It starts with a small table inside the arena and grows, one larger
 //! table at a time from the arena's [`crate::MetaSource`], whenever the
 //! number of allocated segments passes twice the number of buckets. The
-//! table is taken and given back outside the arena's lock (see `Arena`), so
-//! growth never blocks a free; when no memory can be had the hash keeps its
-//! table and chains grow longer.
+//! table is taken and given back outside the arena's lock (see `Arena`),
+//! so growth never blocks a free.
+//!
+//! Growth is incremental, so no call pays for rehashing or even clearing
+//! the whole table. Installing the larger table moves and writes nothing:
+//! the old table stays, and every later successful call drains at most
+//! `MIGRATE_BUCKETS` of its buckets and `MIGRATE_SEGMENTS` segments into
+//! the new one, in bucket order, clearing at most a page of new buckets
+//! just before they are first used, before it drops the lock. Meanwhile a
+//! segment lives in the new table if its old bucket lies before the drain
+//! cursor, in the old table (where inserts put it) if at or past it, and
+//! for the bucket at the cursor possibly already in the new one; lookups
+//! look there. Once the old table is drained the call gives it back. A
+//! growth past a `2 * buckets` load takes `buckets / MIGRATE_BUCKETS`
+//! calls or so to drain, while the next growth waits for the load to
+//! double again, so a resize is done before another is wanted.
+//!
+//! When the meta source has no table, the hash keeps its table (chains grow
+//! longer) and asks again only once the number of allocated segments has
+//! doubled. When the last allocated segment leaves, the hash goes back to
+//! its table inside the arena and gives its pages back, so an arena that
+//! empties holds no hash pages.
 
 use core::mem::size_of;
 use core::ptr::NonNull;
 
-use crate::meta::META_PAGE;
+use crate::meta::{META_PAGE, MetaSource};
 use crate::tag::{Link, TagPtr};
 
 /// Buckets in the table that lives inside the arena.
 const INLINE_BUCKETS: usize = 16;
+
+/// Most buckets of the old table one call drains.
+pub(crate) const MIGRATE_BUCKETS: usize = 16;
+
+/// Most segments one call moves to the new table (a bucket whose chain is
+/// longer, after the meta source refused tables for a while, takes several
+/// calls).
+pub(crate) const MIGRATE_SEGMENTS: usize = 32;
+
+/// Most buckets of the new table one call empties before use (one page).
+const CLEAR_BUCKETS: usize = META_PAGE / size_of::<Bucket>();
 
 /// Fibonacci hashing: the high bits of `addr * 2^64/phi` spread any stride.
 const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -31,6 +61,49 @@ pub(crate) struct Table {
     pub(crate) pages: usize,
 }
 
+impl Table {
+    /// log2 of the buckets the table holds.
+    fn bits(self) -> u32 {
+        (self.pages * META_PAGE / size_of::<Bucket>()).ilog2()
+    }
+}
+
+/// Tables the hash no longer uses, for the arena to give back to its meta
+/// source once it has dropped its lock.
+#[must_use]
+#[derive(Default)]
+pub(crate) struct Retired([Option<Table>; 2]);
+
+impl Retired {
+    /// Gives the tables back.
+    ///
+    /// # Safety
+    /// The tables came from `meta` (the hash only installs tables from its
+    /// arena's meta source).
+    pub(crate) unsafe fn give_back(self, meta: Option<&dyn MetaSource>) {
+        for table in self.0.into_iter().flatten() {
+            if let Some(meta) = meta {
+                // SAFETY: the hash no longer uses the table, which came from
+                // `meta` whole.
+                unsafe { meta.free_pages(table.base, table.pages) };
+            }
+        }
+    }
+}
+
+/// Where a segment may be: the bucket an insert uses, and for the bucket a
+/// resize is draining, the new bucket its segments move to.
+struct Homes {
+    first: NonNull<Bucket>,
+    moved: Option<NonNull<Bucket>>,
+}
+
+impl Homes {
+    fn all(self) -> impl Iterator<Item = NonNull<Bucket>> {
+        core::iter::once(self.first).chain(self.moved)
+    }
+}
+
 /// One bucket: its first segment and that segment's start.
 #[derive(Clone, Copy)]
 pub(crate) struct Bucket {
@@ -40,72 +113,184 @@ pub(crate) struct Bucket {
 
 const EMPTY: Bucket = Bucket { key: 0, head: None };
 
+/// Where a table's buckets are.
+#[derive(Clone, Copy)]
+enum Store {
+    Inline,
+    Pages(Table),
+}
+
+/// A table of `1 << bits` buckets.
+#[derive(Clone, Copy)]
+struct Level {
+    store: Store,
+    bits: u32,
+}
+
+impl Level {
+    const INLINE: Level = Level {
+        store: Store::Inline,
+        bits: INLINE_BUCKETS.trailing_zeros(),
+    };
+
+    #[inline(always)]
+    fn index(self, addr: u64) -> usize {
+        (addr.wrapping_mul(GOLDEN) >> (64 - self.bits)) as usize
+    }
+
+    fn buckets(self) -> usize {
+        1 << self.bits
+    }
+}
+
 /// The hash of allocated segments, chained through `list_prev`/`list_next`.
 pub(crate) struct AllocHash {
     inline: [Bucket; INLINE_BUCKETS],
-    table: Option<Table>,
-    /// log2 of the number of buckets.
-    bits: u32,
+    /// The table segments go to.
+    table: Level,
+    /// The table being drained into `table`, while a resize is under way.
+    draining: Option<Level>,
+    /// Buckets of `draining` below this one are empty.
+    cursor: usize,
+    /// Buckets of `table` below this one are emptied for use, while a
+    /// resize is under way (the rest are not yet written).
+    cleared: usize,
     /// Allocated segments in the hash.
     pub(crate) count: usize,
     /// How many times the table has grown.
     pub(crate) resizes: u64,
+    /// After the meta source refused a table: the count at which to ask
+    /// again.
+    retry_at: usize,
+    /// Most segments one call has rehashed.
+    #[cfg(test)]
+    pub(crate) most_moved: usize,
 }
 
 impl AllocHash {
     pub(crate) const fn new() -> Self {
         AllocHash {
             inline: [EMPTY; INLINE_BUCKETS],
-            table: None,
-            bits: INLINE_BUCKETS.trailing_zeros(),
+            table: Level::INLINE,
+            draining: None,
+            cursor: 0,
+            cleared: 0,
             count: 0,
             resizes: 0,
+            retry_at: 0,
+            #[cfg(test)]
+            most_moved: 0,
         }
     }
 
-    /// Number of buckets.
+    /// Number of buckets of the table segments go to.
     pub(crate) fn buckets(&self) -> usize {
-        1 << self.bits
+        self.table.buckets()
     }
 
+    /// The inline buckets, as the one pointer an operation derives every
+    /// bucket pointer from.
     #[inline(always)]
-    fn index(&self, addr: u64) -> usize {
-        (addr.wrapping_mul(GOLDEN) >> (64 - self.bits)) as usize
+    fn inline_base(&mut self) -> NonNull<Bucket> {
+        NonNull::from(&mut self.inline).cast()
     }
 
+    /// Bucket `index` of `level`, whose inline buckets start at `inline`.
     #[inline(always)]
-    fn slot(&mut self, index: usize) -> &mut Bucket {
-        match self.table {
-            // SAFETY: the table holds `1 << bits` buckets (checked when it was
-            // installed) and `index` is below that; `&mut self` makes this the
-            // only access.
-            Some(table) => unsafe { &mut *table.base.cast::<Bucket>().as_ptr().add(index) },
-            None => &mut self.inline[index],
+    fn slot(inline: NonNull<Bucket>, level: Level, index: usize) -> NonNull<Bucket> {
+        let base = match level.store {
+            Store::Pages(table) => table.base.cast(),
+            Store::Inline => inline,
+        };
+        // SAFETY: a table holds `1 << bits` buckets (`bits` came from its
+        // size, or is the inline table's) and `index` is below that.
+        unsafe { base.add(index) }
+    }
+
+    /// The buckets that may hold a segment starting at `addr`. While a
+    /// resize is under way, a segment whose old bucket the cursor passed is
+    /// in the new table, else in the old one (where inserts put it) or, for
+    /// the bucket being drained, already moved to its new bucket.
+    #[inline(always)]
+    fn homes(&mut self, addr: u64) -> Homes {
+        let inline = self.inline_base();
+        let table = self.table;
+        let new = table.index(addr);
+        let Some(old) = self.draining else {
+            return Homes {
+                first: Self::slot(inline, table, new),
+                moved: None,
+            };
+        };
+        let index = old.index(addr);
+        if index < self.cursor {
+            // Drained, so its new buckets were cleared first.
+            return Homes {
+                first: Self::slot(inline, table, new),
+                moved: None,
+            };
+        }
+        Homes {
+            first: Self::slot(inline, old, index),
+            moved: (index == self.cursor && new < self.cleared)
+                .then(|| Self::slot(inline, table, new)),
         }
     }
 
-    /// The first segment of bucket `index`, and whether the bucket's cached
-    /// start agrees with it (for the checker).
-    pub(crate) fn bucket(&mut self, index: usize) -> (Link, bool) {
-        let bucket = *self.slot(index);
+    /// Whether the checker may find `addr` in bucket `index` of the new
+    /// table (`draining == false`) or of the table being drained.
+    pub(crate) fn belongs(&self, addr: u64, draining: bool, index: usize) -> bool {
+        match (draining, self.draining) {
+            (false, None) => self.table.index(addr) == index,
+            (false, Some(old)) => self.table.index(addr) == index && old.index(addr) <= self.cursor,
+            (true, Some(old)) => old.index(addr) == index && index >= self.cursor,
+            (true, None) => false,
+        }
+    }
+
+    /// Buckets in use of the new table (`draining == false`: all, or those
+    /// cleared while a resize is under way) or of the table being drained
+    /// (none when no resize is under way), for the checker.
+    pub(crate) fn buckets_in(&self, draining: bool) -> usize {
+        match (draining, self.draining) {
+            (true, old) => old.map_or(0, Level::buckets),
+            (false, Some(_)) => self.cleared,
+            (false, None) => self.table.buckets(),
+        }
+    }
+
+    /// The first segment of bucket `index` of the new table or the table
+    /// being drained, and whether the bucket's cached start agrees with it
+    /// (for the checker; an `index` not below [`AllocHash::buckets_in`]
+    /// reads as an empty bucket).
+    pub(crate) fn bucket(&mut self, draining: bool, index: usize) -> (Link, bool) {
+        if index >= self.buckets_in(draining) {
+            return (None, true);
+        }
+        let level = if draining {
+            self.draining.unwrap_or(self.table)
+        } else {
+            self.table
+        };
+        let inline = self.inline_base();
+        // SAFETY: a bucket of this hash, reached through `&mut self`.
+        let bucket = unsafe { Self::slot(inline, level, index).read() };
         (
             bucket.head,
             bucket.head.is_none_or(|head| head.start() == bucket.key),
         )
     }
 
-    /// Whether `addr` hashes to bucket `index` (for the checker).
-    pub(crate) fn hashes_to(&self, addr: u64, index: usize) -> bool {
-        self.index(addr) == index
-    }
-
-    /// Adds an allocated segment.
-    #[inline]
-    pub(crate) fn insert(&mut self, seg: TagPtr) {
-        let key = seg.start();
-        let slot = self.slot(self.index(key));
+    /// Puts `seg` at the front of `slot`'s chain (second, if the chain has a
+    /// head, so the bucket keeps its cached key).
+    ///
+    /// # Safety
+    /// `slot` is a bucket of this hash, and nothing else refers to it.
+    #[inline(always)]
+    unsafe fn push(mut slot: NonNull<Bucket>, seg: TagPtr) {
+        // SAFETY: the caller's promise.
+        let slot = unsafe { slot.as_mut() };
         match slot.head {
-            // Second in the chain, so the bucket keeps its cached key.
             Some(head) => {
                 let next = head.list_next();
                 seg.set_list_prev(Some(head));
@@ -117,30 +302,41 @@ impl AllocHash {
             }
             None => {
                 *slot = Bucket {
-                    key,
+                    key: seg.start(),
                     head: Some(seg),
                 };
                 seg.set_list_prev(None);
                 seg.set_list_next(None);
             }
         }
+    }
+
+    /// Adds an allocated segment.
+    #[inline]
+    pub(crate) fn insert(&mut self, seg: TagPtr) {
+        let slot = self.homes(seg.start()).first;
+        // SAFETY: a bucket of this hash, reached through `&mut self`.
+        unsafe { Self::push(slot, seg) };
         self.count += 1;
     }
 
     /// The allocated segment starting at `addr`, if any.
     #[inline]
     pub(crate) fn find(&mut self, addr: u64) -> Link {
-        let bucket = *self.slot(self.index(addr));
-        let head = bucket.head?;
-        if bucket.key == addr {
-            return Some(head);
-        }
-        let mut cursor = head.list_next();
-        while let Some(seg) = cursor {
-            if seg.start() == addr {
-                return Some(seg);
+        for slot in self.homes(addr).all() {
+            // SAFETY: a bucket of this hash, reached through `&mut self`.
+            let bucket = unsafe { slot.read() };
+            let Some(head) = bucket.head else { continue };
+            if bucket.key == addr {
+                return Some(head);
             }
-            cursor = seg.list_next();
+            let mut cursor = head.list_next();
+            while let Some(seg) = cursor {
+                if seg.start() == addr {
+                    return Some(seg);
+                }
+                cursor = seg.list_next();
+            }
         }
         None
     }
@@ -154,7 +350,13 @@ impl AllocHash {
             Some(prev) => prev.set_list_next(next),
             None => {
                 let key = next.map_or(0, |n| n.start());
-                *self.slot(self.index(seg.start())) = Bucket { key, head: next };
+                for mut slot in self.homes(seg.start()).all() {
+                    // SAFETY: a bucket of this hash, reached through `&mut self`.
+                    let bucket = unsafe { slot.as_mut() };
+                    if bucket.head == Some(seg) {
+                        *bucket = Bucket { key, head: next };
+                    }
+                }
             }
         }
         if let Some(next) = next {
@@ -165,9 +367,12 @@ impl AllocHash {
         self.count -= 1;
     }
 
-    /// Pages for the table the hash wants now, if it is overloaded.
+    /// Pages for the table the hash wants now: it is overloaded, no resize
+    /// is under way, and the meta source did not refuse a table since the
+    /// count last doubled.
     pub(crate) fn wanted_pages(&self) -> Option<usize> {
-        if self.count <= 2 * self.buckets() {
+        if self.count <= 2 * self.buckets() || self.draining.is_some() || self.count < self.retry_at
+        {
             return None;
         }
         let buckets = self.count.checked_next_power_of_two()?;
@@ -175,51 +380,130 @@ impl AllocHash {
         Some(bytes.div_ceil(META_PAGE))
     }
 
-    /// Moves every segment into `table` if it is still wanted and larger,
-    /// and returns the table no longer used (the old one, or `table` itself
-    /// if it came too late), for the caller to give back.
-    ///
-    /// # Safety
-    /// `table` is writable memory of `table.pages` meta pages that the arena
-    /// owns and no one else uses.
-    pub(crate) unsafe fn grow(&mut self, table: Table) -> Option<Table> {
-        let capacity = table.pages * META_PAGE / size_of::<Bucket>();
-        let bits = capacity.ilog2();
-        if self.wanted_pages().is_none() || bits <= self.bits {
-            return Some(table);
-        }
-        let buckets = table.base.cast::<Bucket>();
-        for i in 0..(1usize << bits) {
-            // SAFETY: `1 << bits <= capacity` buckets fit in the table.
-            unsafe { buckets.as_ptr().add(i).write(EMPTY) };
-        }
-        let old_buckets = self.buckets();
-        let mut moved: Link = None;
-        for index in 0..old_buckets {
-            let mut cursor = core::mem::replace(self.slot(index), EMPTY).head;
-            while let Some(seg) = cursor {
-                cursor = seg.list_next();
-                seg.set_list_next(moved);
-                moved = Some(seg);
-            }
-        }
-        let old = self.table.replace(table);
-        self.bits = bits;
-        self.count = 0;
-        while let Some(seg) = moved {
-            moved = seg.list_next();
-            self.insert(seg);
-        }
-        self.resizes += 1;
-        old
+    /// Notes that the meta source had no table: ask again once the count
+    /// has doubled.
+    pub(crate) fn refused(&mut self) {
+        self.retry_at = self.count.saturating_mul(2);
     }
 
-    /// Forgets every segment and hands back the table, if one was installed.
-    pub(crate) fn reset(&mut self) -> Option<Table> {
-        let old = self.table.take();
-        let resizes = self.resizes;
-        *self = AllocHash::new();
-        self.resizes = resizes;
-        old
+    /// Starts draining into `table` if it is still wanted and larger, and
+    /// returns `table` if it came too late, for the caller to give back.
+    ///
+    /// # Safety
+    /// `table` is writable memory of `table.pages` meta pages from the
+    /// arena's meta source that the arena owns and no one else uses.
+    pub(crate) unsafe fn install(&mut self, table: Table) -> Option<Table> {
+        let bits = table.bits();
+        if self.wanted_pages().is_none() || bits <= self.table.bits {
+            return Some(table);
+        }
+        self.draining = Some(self.table);
+        self.cursor = 0;
+        self.cleared = 0;
+        self.table = Level {
+            store: Store::Pages(table),
+            bits,
+        };
+        self.resizes += 1;
+        None
+    }
+
+    /// The hash's share of a successful call, before the arena unlocks:
+    /// drains the next buckets of a resize under way, and once no segment
+    /// is left goes back to the table inside the arena. Returns the tables
+    /// no longer used, for the caller to give back after unlocking.
+    pub(crate) fn settle(&mut self) -> Retired {
+        if self.count == 0 {
+            return self.reset();
+        }
+        Retired([self.drain(), None])
+    }
+
+    /// Moves up to `MIGRATE_BUCKETS` buckets and `MIGRATE_SEGMENTS`
+    /// segments of the draining table into the new one, clearing up to
+    /// `CLEAR_BUCKETS` buckets of the new table just before they are first
+    /// used; returns the draining table once it is empty.
+    ///
+    /// Bucket `i` of a table of `2^b` buckets holds the addresses whose hash
+    /// has `i` in its top `b` bits, so old bucket `i` spreads over new
+    /// buckets `i << shift .. (i + 1) << shift`, and the new buckets are
+    /// cleared in the order the cursor reaches them.
+    fn drain(&mut self) -> Option<Table> {
+        let old = self.draining?;
+        let table = self.table;
+        let shift = table.bits - old.bits;
+        let inline = self.inline_base();
+        let (mut moved, mut cleared, mut drained) = (0, 0, 0);
+        while self.cursor < old.buckets() && drained < MIGRATE_BUCKETS {
+            let needed = (self.cursor + 1) << shift;
+            while self.cleared < needed && cleared < CLEAR_BUCKETS {
+                // SAFETY: a bucket of the new table not in use yet.
+                unsafe { Self::slot(inline, table, self.cleared).write(EMPTY) };
+                self.cleared += 1;
+                cleared += 1;
+            }
+            if self.cleared < needed {
+                break;
+            }
+            let from = Self::slot(inline, old, self.cursor);
+            // SAFETY: a bucket of this hash, reached through `&mut self`.
+            while let Some(seg) = unsafe { from.as_ref() }.head {
+                if moved == MIGRATE_SEGMENTS {
+                    break;
+                }
+                let next = seg.list_next();
+                if let Some(next) = next {
+                    next.set_list_prev(None);
+                }
+                // SAFETY: as above.
+                unsafe {
+                    from.write(Bucket {
+                        key: next.map_or(0, |n| n.start()),
+                        head: next,
+                    })
+                };
+                let to = Self::slot(inline, table, table.index(seg.start()));
+                // SAFETY: a cleared bucket of the new table, not `from`.
+                unsafe { Self::push(to, seg) };
+                moved += 1;
+            }
+            // SAFETY: as above.
+            if unsafe { from.as_ref() }.head.is_some() {
+                break;
+            }
+            self.cursor += 1;
+            drained += 1;
+        }
+        #[cfg(test)]
+        {
+            self.most_moved = self.most_moved.max(moved);
+        }
+        if self.cursor < old.buckets() {
+            return None;
+        }
+        self.draining = None;
+        self.cursor = 0;
+        self.cleared = 0;
+        match old.store {
+            Store::Pages(table) => Some(table),
+            Store::Inline => None,
+        }
+    }
+
+    /// Forgets every segment and goes back to the table inside the arena,
+    /// handing back the tables that were installed.
+    pub(crate) fn reset(&mut self) -> Retired {
+        let pages = |level: Option<Level>| match level?.store {
+            Store::Pages(table) => Some(table),
+            Store::Inline => None,
+        };
+        let retired = Retired([pages(Some(self.table)), pages(self.draining)]);
+        *self = AllocHash {
+            resizes: self.resizes,
+            #[cfg(test)]
+            most_moved: self.most_moved,
+            ..AllocHash::new()
+        };
+        retired
     }
 }
