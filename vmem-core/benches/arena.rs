@@ -1,4 +1,5 @@
-//! Steady-state churn through one arena, per allocation policy.
+//! Steady-state churn through one arena, per allocation policy, and the
+//! cost of one import as the spans pile up.
 //!
 //! For each policy and each count of live segments, an arena with quantum
 //! 4096 and one span (room for twice the largest possible live set, so it is
@@ -18,6 +19,13 @@
 //! per allocation, but even best fit at 1M stays around tens of microseconds
 //! per pair, so every point uses the same settings (20 samples, 1 s warm-up,
 //! 3 s measurement); the whole run takes about a minute plus build time.
+//!
+//! Group `span/import`: a child arena (quantum 4096, importing 64 KiB at a
+//! time, as the unikernel's `kmem_default` does) already holds 10 or 10,000
+//! imported spans, one per live 64 KiB allocation. The timed operation is
+//! one 64 KiB `alloc`, which imports a span above all the others (the
+//! parent hands out addresses in order), and its `free`, which releases that
+//! span again: the cost of adding and removing one span among n.
 //!
 //! Run it with:
 //!
@@ -134,5 +142,52 @@ fn churn_next(c: &mut Criterion) {
     churn(c, "churn/next", Policy::NextFit, &SIZES);
 }
 
-criterion_group!(benches, churn_instant, churn_best, churn_next);
+/// Size of one import, as `kmem_default` imports.
+const IMPORT: u64 = 0x10000;
+
+fn span_import(c: &mut Criterion) {
+    let mut group = c.benchmark_group("span/import");
+    group
+        .sample_size(20)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .throughput(Throughput::Elements(1));
+    for spans in [10u64, 10_000] {
+        let parent: Arena<'static> = Arena::create(
+            ArenaConfig::new("parent", QUANTUM)
+                .span(BASE, (spans + 1) * IMPORT)
+                .meta(&HeapMeta),
+        )
+        .unwrap_or_else(|e| panic!("Arena::create(parent) failed: {e:?}"));
+        let child: Arena<'_> = Arena::create(
+            ArenaConfig::new("child", QUANTUM)
+                .source(&parent, IMPORT)
+                .meta(&HeapMeta),
+        )
+        .unwrap_or_else(|e| panic!("Arena::create(child) failed: {e:?}"));
+        for i in 0..spans {
+            child
+                .alloc(IMPORT, Policy::InstantFit)
+                .unwrap_or_else(|e| panic!("setup import #{i} failed: {e:?}"));
+        }
+        assert_eq!(child.stats().spans, spans, "one span per allocation");
+        group.bench_with_input(BenchmarkId::from_parameter(spans), &spans, |b, _| {
+            b.iter(|| {
+                let addr = child
+                    .alloc(black_box(IMPORT), Policy::InstantFit)
+                    .unwrap_or_else(|e| panic!("import of {IMPORT:#x} failed: {e:?}"));
+                child
+                    .free(black_box(addr), IMPORT)
+                    .unwrap_or_else(|e| panic!("free({addr:#x}) failed: {e:?}"));
+            });
+        });
+        assert_eq!(child.stats().spans, spans, "each timed import was released");
+        child
+            .check()
+            .unwrap_or_else(|e| panic!("check after span/import ({spans}) failed: {e:?}"));
+    }
+    group.finish();
+}
+
+criterion_group!(benches, churn_instant, churn_best, churn_next, span_import);
 criterion_main!(benches);

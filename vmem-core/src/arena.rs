@@ -22,6 +22,9 @@ use crate::tag::{
     take_static_batch,
 };
 
+mod span_tree;
+use span_tree::SpanTree;
+
 /// The lock an arena uses unless its owner picks another: a spin lock.
 pub type DefaultLock = spin::mutex::SpinMutex<()>;
 
@@ -295,8 +298,8 @@ struct Inner {
     /// the segments that tile the span, spans in address order.
     seg_head: Link,
     seg_tail: Link,
-    /// Span markers in address order, through `list_prev`/`list_next`.
-    span_head: Link,
+    /// Span markers by start, to find a span's place in O(log spans).
+    span_tree: SpanTree,
     free: FreeLists,
     hash: AllocHash,
     tags: TagStock,
@@ -403,7 +406,10 @@ impl<'s, R: RawMutex> Arena<'s, R> {
     /// quantum (`Misaligned`), `base + size` must fit in a `u64`
     /// (`Overflow`: the last quantum below 2^64 can never be in a span), the
     /// range must not overlap a span the arena has (`Overlap`), and `size`
-    /// must not be zero (`ZeroSize`).
+    /// must not be zero (`ZeroSize`). Finding the span's place and checking
+    /// overlap look at O(log n) of the arena's n span markers (it keeps them
+    /// in a search tree by start), and so do the import and release of a
+    /// span.
     pub fn add_span(&self, base: u64, size: u64) -> Result<()> {
         if size == 0 {
             return Err(Error::new(ErrorKind::ZeroSize, "span of size zero"));
@@ -506,6 +512,7 @@ impl<'s, R: RawMutex> Arena<'s, R> {
     }
 
     /// Whether `[addr, addr + size)` lies inside one of the arena's spans.
+    /// It looks at O(log n) of the arena's n span markers.
     pub fn contains(&self, addr: u64, size: u64) -> Result<bool> {
         if size == 0 {
             return Err(Error::new(ErrorKind::ZeroSize, "range of size zero"));
@@ -514,17 +521,10 @@ impl<'s, R: RawMutex> Arena<'s, R> {
             .checked_add(size)
             .ok_or(Error::new(ErrorKind::Overflow, "range passes 2^64").at(addr))?;
         let inner = self.inner.lock();
-        let mut cursor = inner.span_head;
-        while let Some(span) = cursor {
-            if span.start() <= addr && end <= span.end() {
-                return Ok(true);
-            }
-            if span.start() > addr {
-                break;
-            }
-            cursor = span.list_next();
-        }
-        Ok(false)
+        // Spans do not overlap: only the last one starting at or below
+        // `addr` can hold the range (`addr + 1 <= end` cannot overflow).
+        let (span, _) = inner.span_tree.around(addr + 1);
+        Ok(span.is_some_and(|span| end <= span.end()))
     }
 
     /// Calls `visit` for every span marker and segment in address order,
@@ -1065,7 +1065,7 @@ impl Inner {
             attached: false,
             seg_head: None,
             seg_tail: None,
-            span_head: None,
+            span_tree: SpanTree::new(),
             free: FreeLists::new(),
             hash: AllocHash::new(),
             tags: TagStock::new(),
@@ -1094,10 +1094,12 @@ impl Inner {
         if !self.tags.count_spare_per_page() {
             return;
         }
-        let mut span = self.span_head;
-        while let Some(marker) = span {
-            self.tags.pin(marker);
-            span = marker.list_next();
+        let mut cursor = self.seg_head;
+        while let Some(tag) = cursor {
+            if tag.is_span() {
+                self.tags.pin(tag);
+            }
+            cursor = tag.seg_next();
         }
         let Some(emptying) = self.tags.plan_emptying(keep) else {
             return;
@@ -1147,6 +1149,11 @@ impl Inner {
             // Span markers are pinned, never moved.
             Kind::Span { .. } => {}
         }
+    }
+
+    #[cfg(test)]
+    fn span_steps(&self) -> u64 {
+        self.span_tree.steps()
     }
 
     /// Takes a spare tag; the operation reserved enough before it began.
@@ -1201,34 +1208,17 @@ impl Inner {
     /// segment.
     fn insert_span(&mut self, base: u64, size: u64, imported: bool) -> Result<TagPtr> {
         let end = base + size;
-        let mut before: Link = None;
-        let mut cursor = self.span_head;
-        while let Some(span) = cursor {
-            if span.start() >= end {
-                break;
-            }
-            if span.end() > base {
-                return Err(
-                    Error::new(ErrorKind::Overlap, "span overlaps an existing span").at(base),
-                );
-            }
-            before = Some(span);
-            cursor = span.list_next();
+        // Spans do not overlap, so the new one overlaps some span exactly
+        // when it overlaps the last one starting below its end.
+        let (before, after) = self.span_tree.around(end);
+        if before.is_some_and(|span| span.end() > base) {
+            return Err(Error::new(ErrorKind::Overlap, "span overlaps an existing span").at(base));
         }
         let span = self.new_tag(base, size, Kind::Span { imported });
         let seg = self.new_tag(base, size, Kind::Free);
-        // Span list, in address order.
-        span.set_list_prev(before);
-        span.set_list_next(cursor);
-        match before {
-            Some(before) => before.set_list_next(Some(span)),
-            None => self.span_head = Some(span),
-        }
-        if let Some(after) = cursor {
-            after.set_list_prev(Some(span));
-        }
+        self.span_tree.insert(span);
         // Segment list: the new span goes right before the next span's marker.
-        let prev = match cursor {
+        let prev = match after {
             Some(after) => after.seg_prev(),
             None => self.seg_tail,
         };
@@ -1246,15 +1236,7 @@ impl Inner {
     fn remove_span(&mut self, span: TagPtr, seg: TagPtr) {
         self.free.remove(seg);
         self.free_segments -= 1;
-        let prev = span.list_prev();
-        let next = span.list_next();
-        match prev {
-            Some(prev) => prev.set_list_next(next),
-            None => self.span_head = next,
-        }
-        if let Some(next) = next {
-            next.set_list_prev(prev);
-        }
+        self.span_tree.remove(span);
         self.spans -= 1;
         self.bytes_total -= span.size();
         self.bytes_free -= span.size();
@@ -1274,7 +1256,9 @@ impl Inner {
     /// forgets every span and segment. Needs no new tag, so it works with
     /// none spare.
     fn remove_all_spans(&mut self, source: Option<&dyn Source>, importer: Importer) {
-        while let Some(span) = self.span_head {
+        self.span_tree.clear();
+        // The segment list starts with a span marker, its segments follow.
+        while let Some(span) = self.seg_head {
             let imported = span.kind() == (Kind::Span { imported: true });
             let (base, size) = (span.start(), span.size());
             while let Some(seg) = span.seg_next().filter(|t| !t.is_span()) {
@@ -1287,10 +1271,6 @@ impl Inner {
                     self.bytes_alloc -= seg.size();
                 }
                 self.seg_destroy(seg, None);
-            }
-            self.span_head = span.list_next();
-            if let Some(next) = self.span_head {
-                next.set_list_prev(None);
             }
             self.spans -= 1;
             self.bytes_total -= size;
@@ -1533,7 +1513,6 @@ impl Inner {
         let limit = self.tags.owned + 1;
         let (mut alloc, mut free, mut total) = (0u64, 0u64, 0u64);
         let (mut alloc_segs, mut free_segs, mut spans) = (0usize, 0u64, 0u64);
-        let mut span_cursor = self.span_head;
         let mut span_end: Option<u64> = None; // end of the current span
         let mut covered = 0u64; // where the next segment of the span must start
         let mut last_span_end = 0u64;
@@ -1566,13 +1545,6 @@ impl Inner {
                     }
                     if !first_span && tag.start() < last_span_end {
                         return corrupt("spans overlap or are out of order", tag.start());
-                    }
-                    if span_cursor != Some(tag) {
-                        return corrupt("span list disagrees with the segment list", tag.start());
-                    }
-                    span_cursor = tag.list_next();
-                    if span_cursor.is_some_and(|next| next.list_prev() != Some(tag)) {
-                        return corrupt("span list back link is wrong", tag.start());
                     }
                     let next = tag.seg_next();
                     if imported && next.is_some_and(|s| s.is_free() && s.size() == tag.size()) {
@@ -1639,8 +1611,8 @@ impl Inner {
         if span_end.is_some_and(|end| covered != end) || (span_end.is_some() && seg_in_span == 0) {
             return corrupt("segments do not tile their span", covered);
         }
-        if span_cursor.is_some() {
-            return corrupt("span list has spans the segment list lacks", 0);
+        if let Err(what) = self.span_tree.check(self.seg_head, limit) {
+            return corrupt(what, 0);
         }
         if !rotor_seen {
             return corrupt(
@@ -2369,6 +2341,276 @@ mod tests {
         a.inner.lock().spans -= 1;
         a.free(x, 0x2000).unwrap();
         a.check().unwrap();
+    }
+
+    /// A deterministic shuffle of `0..n` (SplitMix64 and Fisher-Yates).
+    fn shuffled(n: u64, seed: u64) -> Vec<u64> {
+        let mut state = seed;
+        let mut next = move || {
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        };
+        let mut v: Vec<u64> = (0..n).collect();
+        for i in (1..v.len()).rev() {
+            v.swap(i, (next() % (i as u64 + 1)) as usize);
+        }
+        v
+    }
+
+    #[test]
+    fn defect_8_import_cost_does_not_grow_with_spans() {
+        // 4096 one-quantum spans with three-quantum gaps, added in a shuffled
+        // order; then one span more below, between and above them all. Each
+        // addition may look at O(log spans) span markers, not at every span.
+        const N: u64 = 4096;
+        let budget = 4 * u64::from(N.ilog2()) + 4;
+        let base = 0x100_0000;
+        let a: Arena = Arena::create(ArenaConfig::new("spans", Q).meta(&HeapMeta)).unwrap();
+        for i in shuffled(N, 8) {
+            a.add_span(base + i * 4 * Q, Q).unwrap();
+        }
+        a.check().unwrap();
+        for extra in [base - 2 * Q, base + (N / 2) * 4 * Q + Q, base + N * 4 * Q] {
+            let before = a.inner.lock().span_steps();
+            a.add_span(extra, Q).unwrap();
+            let cost = a.inner.lock().span_steps() - before;
+            assert!(
+                cost <= budget,
+                "adding a span at {extra:#x} to {N} looked at {cost} span markers"
+            );
+            let before = a.inner.lock().span_steps();
+            assert_eq!(kind(a.add_span(extra, Q)), ErrorKind::Overlap);
+            let cost = a.inner.lock().span_steps() - before;
+            assert!(cost <= budget, "refusing an overlap looked at {cost}");
+            let before = a.inner.lock().span_steps();
+            assert!(a.contains(extra, Q).unwrap());
+            let cost = a.inner.lock().span_steps() - before;
+            assert!(cost <= budget, "contains looked at {cost}");
+        }
+        a.check().unwrap();
+        // Releasing an imported span (a child's span wholly free again).
+        let parent = arena(0x4000_0000, (N + 1) * Q);
+        let child: Arena = Arena::create(
+            ArenaConfig::new("child", Q)
+                .source(&parent, Q)
+                .meta(&HeapMeta),
+        )
+        .unwrap();
+        let addrs: Vec<u64> = (0..N)
+            .map(|_| child.alloc(Q, Policy::InstantFit).unwrap())
+            .collect();
+        assert_eq!(child.stats().spans, N);
+        for &i in &shuffled(N, 9)[..8] {
+            let before = child.inner.lock().span_steps();
+            child.free(addrs[i as usize], Q).unwrap();
+            let cost = child.inner.lock().span_steps() - before;
+            assert!(
+                cost <= budget,
+                "releasing a span looked at {cost} span markers"
+            );
+            let before = child.inner.lock().span_steps();
+            assert_eq!(
+                child.alloc(Q, Policy::InstantFit).unwrap(),
+                addrs[i as usize]
+            );
+            let cost = child.inner.lock().span_steps() - before;
+            assert!(
+                cost <= budget,
+                "importing a span looked at {cost} span markers"
+            );
+        }
+        child.check().unwrap();
+    }
+
+    #[test]
+    fn span_tree_stays_shallow_in_any_insertion_order() {
+        const N: u64 = 10_000;
+        let bound = 3 * N.ilog2() as usize + 4;
+        // Shuffled, ascending (kmem_default imports 64 KiB spans one after
+        // another), and descending.
+        let orders: [Vec<u64>; 3] = [shuffled(N, 1), (0..N).collect(), (0..N).rev().collect()];
+        for order in orders {
+            let a: Arena = Arena::create(ArenaConfig::new("spans", Q).meta(&HeapMeta)).unwrap();
+            for &i in &order {
+                a.add_span(0x1_0000_0000 + i * 0x10000, 0x10000).unwrap();
+            }
+            let depth = a.inner.lock().span_tree.depth();
+            assert!(depth <= bound, "{N} spans make a tree {depth} deep");
+            a.check().unwrap();
+        }
+    }
+
+    #[test]
+    fn spans_overlapping_anywhere_are_refused_and_adjacent_ones_taken() {
+        let a: Arena = Arena::create(ArenaConfig::new("spans", Q).meta(&HeapMeta)).unwrap();
+        for base in [0x10_0000, 0x30_0000, 0x50_0000] {
+            a.add_span(base, 0x10_0000).unwrap();
+        }
+        let before = segments(&a);
+        for (base, size) in [
+            (0x0f_f000, 0x2000),    // over the start of the first
+            (0x1f_f000, 0x2000),    // over the end of the first
+            (0x38_0000, 0x1000),    // inside the second
+            (0x30_0000, 0x10_0000), // the second exactly
+            (0x2f_f000, 0x10_2000), // enclosing the second
+            (0x0, 0x100_0000),      // enclosing them all
+            (0x1f_f000, 0x11_2000), // from the first into the second
+            (0x5f_f000, 0x1000),    // the last quantum of the last
+        ] {
+            assert_eq!(
+                kind(a.add_span(base, size)),
+                ErrorKind::Overlap,
+                "{base:#x}+{size:#x}"
+            );
+        }
+        assert_eq!(segments(&a), before);
+        a.check().unwrap();
+        // Adjacent on either side, filling the gaps exactly, below and above.
+        for (base, size) in [
+            (0x20_0000, 0x10_0000),
+            (0x40_0000, 0x10_0000),
+            (0x0f_f000, 0x1000),
+            (0x60_0000, 0x1000),
+            (0x0, Q),
+        ] {
+            a.add_span(base, size).unwrap();
+            a.check().unwrap();
+        }
+        let starts: Vec<u64> = segments(&a)
+            .into_iter()
+            .filter(|s| s.2 == SPAN)
+            .map(|s| s.0)
+            .collect();
+        assert_eq!(
+            starts,
+            [
+                0x0, 0x0f_f000, 0x10_0000, 0x20_0000, 0x30_0000, 0x40_0000, 0x50_0000, 0x60_0000
+            ]
+        );
+        assert!(
+            !a.contains(0x1f_f000, 0x2000).unwrap(),
+            "two spans are not one"
+        );
+        assert!(a.contains(0x60_0000, Q).unwrap());
+        assert!(!a.contains(0x60_1000, Q).unwrap());
+        assert!(!a.contains(Q, Q).unwrap());
+    }
+
+    /// Removes the span starting at `start`, which must be wholly free.
+    fn remove_free_span(a: &Arena<'_>, start: u64) {
+        let mut inner = a.inner.lock();
+        let (span, _) = inner.span_tree.around(start + 1);
+        let span = span.filter(|s| s.start() == start).unwrap();
+        let seg = span.seg_next().unwrap();
+        assert!(seg.is_free() && seg.size() == span.size());
+        inner.remove_span(span, seg);
+    }
+
+    #[test]
+    fn spans_removed_in_any_order_leave_the_rest_in_order() {
+        const N: u64 = 300;
+        let a: Arena = Arena::create(ArenaConfig::new("spans", Q).meta(&HeapMeta)).unwrap();
+        for i in shuffled(N, 2) {
+            a.add_span(i * 2 * Q, Q).unwrap();
+            a.check().unwrap();
+        }
+        let mut left: std::collections::BTreeSet<u64> = (0..N).map(|i| i * 2 * Q).collect();
+        for i in shuffled(N, 3) {
+            remove_free_span(&a, i * 2 * Q);
+            left.remove(&(i * 2 * Q));
+            a.check().unwrap();
+            let starts: Vec<u64> = segments(&a)
+                .into_iter()
+                .filter(|s| s.2 == SPAN)
+                .map(|s| s.0)
+                .collect();
+            assert_eq!(starts, left.iter().copied().collect::<Vec<_>>());
+        }
+        assert_eq!(a.inner.lock().span_tree.depth(), 0);
+    }
+
+    #[test]
+    fn checker_names_a_broken_span_tree() {
+        let a: Arena = Arena::create(ArenaConfig::new("spans", Q).meta(&HeapMeta)).unwrap();
+        for i in shuffled(64, 4) {
+            a.add_span(i * 2 * Q, Q).unwrap();
+        }
+        a.check().unwrap();
+        let what = |a: &Arena<'_>| a.check().unwrap_err().what();
+        // The first marker in address order that has a lower child.
+        let node = {
+            let inner = a.inner.lock();
+            let mut node = inner.seg_head.unwrap();
+            while !node.is_span() || node.lower().is_none() {
+                node = node.seg_next().unwrap();
+            }
+            node
+        };
+        let (lower, higher) = (node.lower(), node.higher());
+        // A child cut off: its spans are missing from the tree.
+        node.set_lower(None);
+        assert_eq!(what(&a), "span tree does not hold exactly the span markers");
+        node.set_lower(lower);
+        a.check().unwrap();
+        // Children hung on the wrong sides.
+        node.set_lower(higher);
+        node.set_higher(lower);
+        assert_eq!(
+            what(&a),
+            "span tree is out of order or a child outranks its parent"
+        );
+        node.set_lower(lower);
+        node.set_higher(higher);
+        a.check().unwrap();
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// Adding, removing and looking up spans agrees with a map of the
+        /// spans, and the checker passes after every step.
+        #[test]
+        fn spans_follow_a_model(
+            ops in proptest::collection::vec((0u8..3, 0u64..256, 1u64..8), 1..200)
+        ) {
+            let a: Arena = Arena::create(ArenaConfig::new("model", Q).meta(&HeapMeta)).unwrap();
+            let mut model = std::collections::BTreeMap::<u64, u64>::new();
+            for (op, slot, len) in ops {
+                let (base, size) = (slot * Q, len * Q);
+                match op {
+                    0 => {
+                        let overlaps = model.range(..base + size).next_back().is_some_and(|(_, &end)| end > base);
+                        let got = a.add_span(base, size);
+                        if overlaps {
+                            proptest::prop_assert_eq!(kind(got), ErrorKind::Overlap);
+                        } else {
+                            proptest::prop_assert!(got.is_ok());
+                            model.insert(base, base + size);
+                        }
+                    }
+                    1 => {
+                        if let Some((&start, _)) = model.range(base..).next().or(model.iter().next()) {
+                            remove_free_span(&a, start);
+                            model.remove(&start);
+                        }
+                    }
+                    _ => {
+                        let inside = model.range(..=base).next_back().is_some_and(|(_, &end)| base + size <= end);
+                        proptest::prop_assert_eq!(a.contains(base, size).unwrap(), inside);
+                    }
+                }
+                proptest::prop_assert!(a.check().is_ok());
+                let spans: Vec<(u64, u64)> = segments(&a)
+                    .into_iter()
+                    .filter(|s| s.2 == SPAN)
+                    .map(|s| (s.0, s.0 + s.1))
+                    .collect();
+                proptest::prop_assert_eq!(spans, model.iter().map(|(&s, &e)| (s, e)).collect::<Vec<_>>());
+            }
+        }
     }
 
     #[test]

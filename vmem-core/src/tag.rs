@@ -45,8 +45,9 @@ pub(crate) enum Kind {
 ///
 /// `seg_prev`/`seg_next` link every span marker and segment in address
 /// order. `list_prev`/`list_next` link a free segment into its freelist, an
-/// allocated segment into its hash chain, a span marker into the span list,
-/// and a spare tag into the arena's stock.
+/// allocated segment into its hash chain, and a spare tag into the arena's
+/// stock; a span marker's are its lower and higher children in the arena's
+/// span tree.
 pub(crate) struct Tag {
     start: u64,
     size: u64,
@@ -93,6 +94,30 @@ impl TagPtr {
     tag_field!(list_prev, set_list_prev, Link);
     tag_field!(list_next, set_list_next, Link);
     tag_field!(kind, set_kind, Kind);
+
+    /// A span marker's child in the span tree whose subtree holds the
+    /// spans below it (kept in `list_prev`).
+    #[inline(always)]
+    pub(crate) fn lower(self) -> Link {
+        self.list_prev()
+    }
+
+    #[inline(always)]
+    pub(crate) fn set_lower(self, child: Link) {
+        self.set_list_prev(child)
+    }
+
+    /// A span marker's child in the span tree whose subtree holds the
+    /// spans above it (kept in `list_next`).
+    #[inline(always)]
+    pub(crate) fn higher(self) -> Link {
+        self.list_next()
+    }
+
+    #[inline(always)]
+    pub(crate) fn set_higher(self, child: Link) {
+        self.set_list_next(child)
+    }
 
     /// One past the last integer the tag covers (spans never wrap, so this
     /// cannot overflow for a linked tag).
