@@ -892,6 +892,13 @@ impl<'a, R: RawMutex> ObjectCache<'a, R> {
     /// magazine layer takes the caller's word, as kmem does; with them a
     /// double free or a foreign object is `BadFree`, and a damaged red zone
     /// or poison is `Corrupt`.
+    ///
+    /// A free never allocates: the object goes into one of the CPU's
+    /// magazines or an empty magazine the depot already holds, and when
+    /// there is none, back to its slab. It never asks the meta source for
+    /// pages (empty magazines are stocked by allocations the slab layer
+    /// serves) and never fails for want of memory. It takes the CPU's lock,
+    /// then the depot's, then the slab layer's, and never the arena's.
     pub fn free(&self, obj: u64) -> Result<()> {
         self.core.free(obj).map_err(FreeError::error)
     }

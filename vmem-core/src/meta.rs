@@ -21,7 +21,9 @@ pub const META_PAGE: usize = 4096;
 /// Arenas never call a `MetaSource` with their own lock held, so the source
 /// may allocate from other arenas (a kernel backs it with physical pages
 /// from its `phys` arena, see [`ArenaMeta`]). Caches call it with their slab
-/// or depot lock held, so it must not allocate from the cache that uses it.
+/// or depot lock held, so it must not allocate from the cache that uses it;
+/// they ask it for pages only when allocating (slab records and tables,
+/// and empty magazines stocked for later frees), never when freeing.
 pub trait MetaSource: Sync {
     /// Hands over `pages` contiguous, writable pages of [`META_PAGE`] bytes,
     /// aligned to [`META_PAGE`], or `None` when there is no memory. The

@@ -4,6 +4,7 @@
 //! every page. What finds no room in a magazine goes back to its slab.
 
 use std::alloc::{GlobalAlloc, Layout, alloc_zeroed};
+use std::hint::spin_loop;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -53,7 +54,38 @@ impl MetaSource for CountingMeta {
     }
 }
 
-fn walk(arena: &Arena<'_>) -> Vec<Segment> {
+/// Acquisitions of every [`CountingLock`] so far.
+static ARENA_LOCKS: AtomicU64 = AtomicU64::new(0);
+
+/// A spin lock that counts its acquisitions: an arena built on it shows
+/// whether a cache's free reached the arena.
+struct CountingLock(AtomicBool);
+
+// SAFETY: a spin lock: `try_lock` succeeds for one caller until `unlock`.
+unsafe impl lock_api::RawMutex for CountingLock {
+    #[allow(clippy::declare_interior_mutable_const)]
+    const INIT: Self = CountingLock(AtomicBool::new(false));
+    type GuardMarker = lock_api::GuardSend;
+
+    fn lock(&self) {
+        while !self.try_lock() {
+            spin_loop();
+        }
+    }
+
+    fn try_lock(&self) -> bool {
+        ARENA_LOCKS.fetch_add(1, Ordering::SeqCst);
+        self.0
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+    }
+
+    unsafe fn unlock(&self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+fn walk<R: lock_api::RawMutex>(arena: &Arena<'_, R>) -> Vec<Segment> {
     let mut out = Vec::new();
     arena.walk(|s| out.push(s));
     out
@@ -92,7 +124,7 @@ fn scrambled<T: Copy>(objs: &[T]) -> Vec<T> {
 fn object_cache() -> u64 {
     let meta = CountingMeta::new();
     let cpu = FixedCpu::new(0);
-    let arena: Arena =
+    let arena: Arena<'_, CountingLock> =
         Arena::create(ArenaConfig::new("ids", 1).span(0x1000, 1 << 24).meta(&meta)).unwrap();
     let before = walk(&arena);
     let cache = ObjectCache::new(
@@ -123,11 +155,17 @@ fn object_cache() -> u64 {
         .collect();
     let calls = meta.run_dry();
     let hits = cache.stats().free_magazine_hits;
+    let arena_locks = ARENA_LOCKS.load(Ordering::SeqCst);
     for (i, o) in scrambled(&objs).into_iter().enumerate() {
         cpu.set(other_cpu(i));
         cache.free(o).unwrap();
     }
     let during_frees = meta.calls() - calls;
+    assert_eq!(
+        ARENA_LOCKS.load(Ordering::SeqCst),
+        arena_locks,
+        "a cache's free never takes its arena's lock"
+    );
     let s = cache.stats();
     assert!(
         s.free_magazine_hits > hits && s.free_magazine_misses > 0,
