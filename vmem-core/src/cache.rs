@@ -897,8 +897,9 @@ impl<'a, R: RawMutex> ObjectCache<'a, R> {
     /// magazines or an empty magazine the depot already holds, and when
     /// there is none, back to its slab. It never asks the meta source for
     /// pages (empty magazines are stocked by allocations the slab layer
-    /// serves) and never fails for want of memory. It takes the CPU's lock,
-    /// then the depot's, then the slab layer's, and never the arena's.
+    /// serves) and never fails for want of memory. Of the cache's locks it
+    /// holds two at once only as the CPU's and then the depot's (the slab
+    /// layer's it takes alone), and it never takes the arena's.
     pub fn free(&self, obj: u64) -> Result<()> {
         self.core.free(obj).map_err(FreeError::error)
     }

@@ -14,8 +14,8 @@
 //! is already there: the CPU's two, or an empty one the depot holds. When
 //! there is none, the object goes back to its slab (as illumos's
 //! `kmem_cache_free` does when it can get no empty magazine), which needs
-//! no memory either. So a free never calls a meta source and never fails
-//! for want of memory. New magazines come from the allocation side: after
+//! no memory either. So a free never asks a meta source for pages and
+//! never fails for want of memory. New magazines come from the allocation side: after
 //! an allocation the slab layer served, with no CPU lock held, the cache
 //! stocks the depot with an empty magazine when the depot has none, or
 //! when frees have recently gone to the slab layer for want of one (one
