@@ -384,8 +384,9 @@ impl<'a> CacheCore<'a> {
         Ok(None)
     }
 
-    /// Puts an object in the CPU's magazines, trading with the depot; false
-    /// when there is no room anywhere.
+    /// Puts an object in the CPU's magazines, trading with the depot for an
+    /// empty magazine it already holds; false when there is no room, and
+    /// the object goes to the slab layer. It never allocates.
     #[inline]
     fn mag_free(&self, obj: u64) -> bool {
         if !self.magazines {
@@ -405,7 +406,9 @@ impl<'a> CacheCore<'a> {
                 continue;
             }
             let mut depot = self.lock_depot();
-            let Some(empty) = depot.take_empty(self.meta) else {
+            // Never a new magazine here: a free must not allocate.
+            let Some(empty) = depot.take_empty() else {
+                depot.note_unmet_free();
                 break;
             };
             if let Some(full) = c.prev {
@@ -553,11 +556,30 @@ impl<'a> CacheCore<'a> {
         Ok(())
     }
 
-    /// Allocates one object.
+    /// Allocates one object; when the slab layer served it, stocks the
+    /// depot with an empty magazine for the frees to come (see the
+    /// magazine module: frees never allocate one).
     pub(crate) fn alloc(&self, backing: &dyn Backing) -> Result<u64> {
-        let obj = match self.mag_alloc()? {
-            Some(obj) => obj,
-            None => self.slab_alloc(backing)?,
+        let (obj, from_slab) = self.take_object(backing)?;
+        if from_slab && self.magazines {
+            // With no CPU lock held; the depot lock alone orders this with
+            // the frees that take the magazine.
+            self.depot.lock().stock_empty(self.meta);
+        }
+        Ok(obj)
+    }
+
+    /// Allocates one object without stocking the depot: a reserve's fill,
+    /// which leaves the cache as it was when it fails partway.
+    pub(crate) fn alloc_unstocked(&self, backing: &dyn Backing) -> Result<u64> {
+        self.take_object(backing).map(|(obj, _)| obj)
+    }
+
+    /// One object for a user, and whether the slab layer supplied it.
+    fn take_object(&self, backing: &dyn Backing) -> Result<(u64, bool)> {
+        let (obj, from_slab) = match self.mag_alloc()? {
+            Some(obj) => (obj, false),
+            None => (self.slab_alloc(backing)?, true),
         };
         if self.verify || self.poison {
             self.slabs.lock().mark_user(obj)?;
@@ -578,10 +600,11 @@ impl<'a> CacheCore<'a> {
                 }
             }
         }
-        Ok(obj)
+        Ok((obj, from_slab))
     }
 
-    /// Frees one object.
+    /// Frees one object: into a magazine at hand, else back to its slab.
+    /// It never allocates, so it cannot fail for want of memory.
     pub(crate) fn free(&self, obj: u64) -> core::result::Result<(), FreeError> {
         self.take_back(obj)?;
         if !self.mag_free(obj) {
@@ -927,6 +950,14 @@ impl<'a, R: RawMutex> ObjectCache<'a, R> {
     /// magazine layer takes the caller's word, as kmem does; with them a
     /// double free or a foreign object is `BadFree`, and a damaged red zone
     /// or poison is `Corrupt`.
+    ///
+    /// A free never allocates: the object goes into one of the CPU's
+    /// magazines or an empty magazine the depot already holds, and when
+    /// there is none, back to its slab. It never asks the meta source for
+    /// pages (empty magazines are stocked by allocations the slab layer
+    /// serves) and never fails for want of memory. Of the cache's locks it
+    /// holds two at once only as the CPU's and then the depot's (the slab
+    /// layer's it takes alone), and it never takes the arena's.
     pub fn free(&self, obj: u64) -> Result<()> {
         self.core.free(obj).map_err(FreeError::error)
     }

@@ -9,6 +9,20 @@
 //! operations, and its previous magazine is always either full or empty.
 //! When the depot lock is contended the magazine size grows, as the paper
 //! describes, so CPUs come to the depot less often.
+//!
+//! A free never allocates. It only moves an object into a magazine that
+//! is already there: the CPU's two, or an empty one the depot holds. When
+//! there is none, the object goes back to its slab (as illumos's
+//! `kmem_cache_free` does when it can get no empty magazine), which needs
+//! no memory either. So a free never asks a meta source for pages and
+//! never fails for want of memory. New magazines come from the allocation side: after
+//! an allocation the slab layer served, with no CPU lock held, the cache
+//! stocks the depot with an empty magazine when the depot has none, or
+//! when frees have recently gone to the slab layer for want of one (one
+//! magazine per magazine's worth of such frees). A workload that frees
+//! what it allocated thus reaches its steady state after one round trip,
+//! and a burst of frees that no allocation announced goes partly to the
+//! slab layer.
 
 use core::ptr::NonNull;
 
@@ -179,6 +193,9 @@ pub(crate) struct Depot {
     pub(crate) contention: u64,
     /// Times the magazine size grew.
     pub(crate) resizes: u64,
+    /// Frees that went to the slab layer for want of an empty magazine
+    /// and that no magazine stocked since makes room for.
+    unmet_frees: u64,
     pub(crate) pool: RecordPool<Magazine>,
 }
 
@@ -195,6 +212,7 @@ impl Depot {
             window_contention: 0,
             contention: 0,
             resizes: 0,
+            unmet_frees: 0,
             pool: RecordPool::new(),
         }
     }
@@ -234,20 +252,40 @@ impl Depot {
         self.empty.push(m);
     }
 
-    /// An empty magazine of the current size: from the depot, or a new one
-    /// from `meta`; none when magazines are off or there is no memory.
-    pub(crate) fn take_empty(&mut self, meta: &dyn MetaSource) -> MagLink {
+    /// An empty magazine of the current size from the depot, for a free;
+    /// none when magazines are off or the depot has none. It never
+    /// allocates: a free that gets none goes to the slab layer and says so
+    /// with [`Depot::note_unmet_free`].
+    pub(crate) fn take_empty(&mut self) -> MagLink {
         if self.magsize == 0 {
             return None;
         }
-        let magsize = self.magsize.min(MAG_ROUNDS as u32);
-        if let Some(m) = self.empty.pop() {
-            // SAFETY: the depot owns `m`; an empty magazine may grow to any
-            // size up to its storage.
-            unsafe { mag(m).cap = magsize };
-            return Some(m);
+        let m = self.empty.pop()?;
+        // SAFETY: the depot owns `m`; an empty magazine may grow to any
+        // size up to its storage.
+        unsafe { mag(m).cap = self.magsize.min(MAG_ROUNDS as u32) };
+        Some(m)
+    }
+
+    /// Records a free that found no empty magazine, so a later allocation
+    /// stocks one.
+    pub(crate) fn note_unmet_free(&mut self) {
+        self.unmet_frees = self.unmet_frees.saturating_add(1);
+    }
+
+    /// Stocks the depot with one new empty magazine from `meta` when it has
+    /// none, or when frees went unmet since the last one was stocked; each
+    /// magazine stocked covers a magazine's worth of unmet frees. Called
+    /// by allocations the slab layer served, never by a free; without
+    /// memory it stocks nothing (later frees go to the slab layer).
+    pub(crate) fn stock_empty(&mut self, meta: &dyn MetaSource) {
+        if self.magsize == 0 || (self.unmet_frees == 0 && self.empty.count > 0) {
+            return;
         }
-        let m = self.pool.take(meta)?;
+        let magsize = self.magsize.min(MAG_ROUNDS as u32);
+        let Some(m) = self.pool.take(meta) else {
+            return;
+        };
         // SAFETY: a fresh record from the pool, written whole.
         unsafe {
             m.as_ptr().write(Magazine {
@@ -257,7 +295,8 @@ impl Depot {
                 objs: [0; MAG_ROUNDS],
             })
         };
-        Some(m)
+        self.empty.push(m);
+        self.unmet_frees = self.unmet_frees.saturating_sub(u64::from(magsize));
     }
 
     /// An empty magazine from the depot, if it has one.
@@ -265,10 +304,12 @@ impl Depot {
         self.empty.pop()
     }
 
-    /// Starts a new working-set interval: the counts now are the lows.
+    /// Starts a new working-set interval: the counts now are the lows, and
+    /// unmet frees are forgotten (a reap is not undone by old demand).
     pub(crate) fn reset_working_set(&mut self) {
         self.full.low = self.full.count;
         self.empty.low = self.empty.count;
+        self.unmet_frees = 0;
     }
 
     /// Magazines untouched since the last working-set update: `(full, empty)`.
@@ -314,7 +355,8 @@ mod tests {
     #[test]
     fn empty_magazines_take_the_current_size_and_stacks_track_their_low() {
         let mut depot = Depot::new(3);
-        let m = depot.take_empty(&HeapMeta).unwrap();
+        depot.stock_empty(&HeapMeta);
+        let m = depot.take_empty().unwrap();
         // SAFETY: the magazine is ours alone here.
         let mg = unsafe { mag(m) };
         assert!(mg.push(1) && mg.push(2) && mg.push(3) && !mg.push(4));
@@ -333,10 +375,39 @@ mod tests {
         while unsafe { mag(m) }.pop().is_some() {}
         depot.magsize = 15;
         depot.put_empty(m);
-        let again = depot.take_empty(&HeapMeta).unwrap();
+        let again = depot.take_empty().unwrap();
         // SAFETY: as above.
         assert_eq!(unsafe { mag(again) }.cap(), 15);
         depot.pool.give(again);
+        depot.pool.dispose(&HeapMeta);
+    }
+
+    #[test]
+    fn frees_take_only_stocked_magazines_and_unmet_frees_ask_for_more() {
+        let mut depot = Depot::new(3);
+        assert!(depot.take_empty().is_none(), "a free gets no new magazine");
+        depot.stock_empty(&HeapMeta);
+        depot.stock_empty(&HeapMeta);
+        assert_eq!(depot.empty.count, 1, "one spare empty magazine is enough");
+        let m = depot.take_empty().unwrap();
+        for _ in 0..7 {
+            depot.note_unmet_free();
+        }
+        for _ in 0..5 {
+            depot.stock_empty(&HeapMeta);
+        }
+        assert_eq!(
+            depot.empty.count, 3,
+            "a magazine per three unmet frees, rounded up, and none beyond"
+        );
+        depot.put_empty(m);
+        depot.note_unmet_free();
+        depot.reset_working_set();
+        depot.stock_empty(&HeapMeta);
+        assert_eq!(depot.empty.count, 4, "a reap forgets unmet frees");
+        let mut off = Depot::new(0);
+        off.stock_empty(&HeapMeta);
+        assert_eq!(off.pool.in_use, 0, "magazines off: nothing stocked");
         depot.pool.dispose(&HeapMeta);
     }
 }

@@ -24,7 +24,9 @@ pub const META_PAGE: usize = 4096;
 /// its `phys` arena, see [`ArenaMeta`]), even from one that imports from
 /// the arena it serves, directly or further down the tree. Caches call it
 /// with their slab or depot lock held, so it must not allocate from the
-/// cache that uses it.
+/// cache that uses it; they ask it for pages only when allocating (slab
+/// records and tables, and empty magazines stocked for later frees), never
+/// when freeing.
 pub trait MetaSource: Sync {
     /// Hands over `pages` contiguous, writable pages of [`META_PAGE`] bytes,
     /// aligned to [`META_PAGE`], or `None` when there is no memory. The

@@ -65,7 +65,8 @@ impl<'a, R: RawMutex> Reserve<'a, R> {
         };
         let mark = cache.core.slab_mark();
         for i in 0..count {
-            match cache.alloc() {
+            // Unstocked: a fill that fails leaves even the depot as it was.
+            match cache.core.alloc_unstocked(cache.arena()) {
                 Ok(obj) => {
                     store.slots()[i] = obj;
                     store.len += 1;

@@ -87,6 +87,22 @@ fn objects_move_between_cpus_through_the_depot() {
         &arena,
     )
     .unwrap();
+    // Cold: CPU 1's frees find a single empty magazine (stocked by CPU 0's
+    // first allocation); a free allocates none, so the rest go to the slabs.
+    let objs: Vec<u64> = (0..100).map(|_| cache.alloc().unwrap()).collect();
+    cpu.set(1);
+    for &o in &objs {
+        cache.free(o).unwrap();
+    }
+    let s = cache.stats();
+    assert_eq!(
+        (s.free_magazine_hits, s.free_magazine_misses, s.magazines),
+        (3, 97, 1),
+        "{s:?}"
+    );
+    // Warm: CPU 0's allocations from the slabs stock an empty magazine for
+    // every three frees that went unmet, and CPU 1's frees fill them.
+    cpu.set(0);
     let objs: Vec<u64> = (0..100).map(|_| cache.alloc().unwrap()).collect();
     cpu.set(1);
     for &o in &objs {
@@ -94,6 +110,7 @@ fn objects_move_between_cpus_through_the_depot() {
     }
     let s = cache.stats();
     assert!(s.depot_full > 0, "full magazines went to the depot: {s:?}");
+    assert!(s.free_magazine_hits >= 3 + 99, "{s:?}");
     cpu.set(2);
     let back: Vec<u64> = (0..20).map(|_| cache.alloc().unwrap()).collect();
     assert!(
