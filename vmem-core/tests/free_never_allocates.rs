@@ -1,5 +1,5 @@
-//! A free never allocates: object caches, quantum caches, size classes and
-//! `GlobalHeap` free without calling a meta source, even when the frees
+//! A free never allocates: arenas, object caches, quantum caches, size
+//! classes and `GlobalHeap` free without calling a meta source, even when the frees
 //! need more magazines than the caches have and the meta source refuses
 //! every page. What finds no room in a magazine goes back to its slab.
 
@@ -182,6 +182,54 @@ fn object_cache() -> u64 {
     during_frees
 }
 
+/// A parent and a child that imports from it, no caches: `free` and
+/// `xfree` (releasing imported spans to the parent on the way) while the
+/// hash is large and possibly mid-resize. Returns the meta-page requests
+/// made during its frees.
+fn plain_arenas() -> u64 {
+    let meta = CountingMeta::new();
+    let parent: Arena = Arena::create(
+        ArenaConfig::new("parent", 4096)
+            .span(0x1000_0000, 1 << 36)
+            .meta(&meta)
+            .static_tags(false),
+    )
+    .unwrap();
+    let child: Arena = Arena::create(
+        ArenaConfig::new("child", 4096)
+            .source(&parent, 1 << 20)
+            .meta(&meta)
+            .static_tags(false),
+    )
+    .unwrap();
+    let (parent_before, child_before) = (walk(&parent), walk(&child));
+    let objs: Vec<(u64, u64, bool)> = (0..20_000u64)
+        .map(|i| {
+            let size = (i % 7 + 1) * 4096;
+            if i % 5 == 0 {
+                let c = vmem_core::Constraints::aligned(2 * 4096);
+                (parent.xalloc(size, &c, Policy::InstantFit).unwrap(), size, true)
+            } else {
+                (child.alloc(size, Policy::InstantFit).unwrap(), size, false)
+            }
+        })
+        .collect();
+    let calls = meta.run_dry();
+    for (a, s, x) in scrambled(&objs) {
+        if x {
+            parent.xfree(a, s).unwrap();
+        } else {
+            child.free(a, s).unwrap();
+        }
+    }
+    let during_frees = meta.calls() - calls;
+    child.check().unwrap();
+    parent.check().unwrap();
+    assert_eq!(walk(&child), child_before, "the child gave back every span");
+    assert_eq!(walk(&parent), parent_before, "the parent is whole again");
+    during_frees
+}
+
 /// An arena's quantum caches, freed through `Arena::free`.
 /// Returns the meta-page requests made during its frees.
 fn quantum_caches() -> u64 {
@@ -315,15 +363,16 @@ fn global_heap() -> u64 {
 #[test]
 fn defect_3_free_never_calls_the_meta_source() {
     let during_frees = [
+        plain_arenas(),
         object_cache(),
         quantum_caches(),
         size_classes(),
         global_heap(),
     ];
     assert_eq!(
-        during_frees, [0; 4],
-        "meta-page requests during the frees of an object cache, quantum caches, \
-         size classes and GlobalHeap"
+        during_frees, [0; 5],
+        "meta-page requests during the frees of plain arenas, an object cache, \
+         quantum caches, size classes and GlobalHeap"
     );
 }
 
