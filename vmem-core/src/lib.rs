@@ -18,7 +18,10 @@
 //! Inside each span, **segments** tile the range exactly: each is free or
 //! allocated. Each span and segment is described by a **boundary tag**, and
 //! the tags form one list in address order, each span's marker followed by
-//! its segments. Freeing a segment coalesces it with free neighbours at
+//! its segments. The span markers also sit in a search tree keyed by start
+//! (a treap whose priorities hash the start), so adding, finding or
+//! removing one of an arena's n spans looks at O(log n) of them (expected;
+//! an adversary who knows the hash could make it deeper, never wrong). Freeing a segment coalesces it with free neighbours at
 //! once, so two free segments are never adjacent inside a span; the span
 //! markers in the list stop coalescing at span edges.
 //!
@@ -36,10 +39,17 @@
 //!   previous allocation, so integers are reused as late as possible (as for
 //!   process IDs).
 //!
-//! Allocated segments sit in a **hash** keyed by address, which grows with
-//! the number of live segments, so a free finds its segment in expected O(1)
-//! time. A free names the address and size; a mismatch, an address not
-//! allocated, or the wrong call (`free` for `xalloc`) is refused.
+//! Allocated segments sit in a **hash** keyed by address, so a free finds
+//! its segment in expected O(1) time. The hash grows with the number of
+//! live segments a little at a time: a larger table is installed without
+//! moving anything, and each later successful call moves at most 16
+//! buckets and 32 segments into it, lookups searching both tables
+//! meanwhile, so no call rehashes the whole table under the lock. A meta
+//! source that refused a table is asked again only once the live count has
+//! doubled, and the tables go back when the arena empties. A free names the
+//! address and size; a mismatch, an address not allocated, the wrong call
+//! (`free` for `xalloc`), or a release of an imported span by anyone but
+//! the [`Importer`] it was handed to is refused.
 //!
 //! **Constrained allocation** ([`Arena::xalloc`], [`Constraints`]) adds
 //! alignment, phase, a boundary not to cross, and a `[min, max)` window; an
@@ -54,14 +64,21 @@
 //! ## Tags need no heap
 //!
 //! The allocator must not need the allocator it serves. An arena takes its
-//! first tags from a **static pool** shared by all arenas, then pages from a
-//! [`MetaSource`] its owner supplies (a kernel gives physical pages). Every
-//! operation **reserves** the tags it may need (four: a span and its free
-//! segment for an import, and two fragments around the allocation) before
-//! it touches anything, so no operation fails halfway, a free never
-//! allocates, and running out of tags is a clean `NoSpace`. Tags and hash
-//! tables are fetched with the arena unlocked, so a meta source may itself
-//! allocate from arenas.
+//! tags in pages from a [`MetaSource`] its owner supplies (a kernel gives
+//! physical pages), and from a **static pool** shared by all arenas when it
+//! has no meta source or the source has no page (unless its configuration
+//! forbids the pool). Every operation **reserves** the tags it may need
+//! (four: a span and its free segment for an import, and two fragments
+//! around the allocation) before it touches anything, so no operation fails
+//! halfway and running out of tags is a clean `NoSpace`. A free needs no
+//! tag and never asks a meta source for memory, so it cannot fail for want
+//! of it. Tags and hash tables are fetched and given back with the arena
+//! unlocked, so a meta source may itself allocate from arenas, even from
+//! one that imports from the arena it serves. A reap gives back every tag
+//! page it can empty: the arena moves its tags in use (span markers
+//! excepted) onto as few pages as hold them and four spare ones, so after a
+//! full reap it holds the pages its remaining segments need, whatever its
+//! peak was.
 //!
 //! ## Object caches and magazines
 //!
@@ -77,7 +94,13 @@
 //! *loaded* and a *previous* magazine, stacks of constructed objects; it
 //! allocates from the loaded one, swaps in the previous one when it runs
 //! dry, and only then trades an empty magazine for a full one at the
-//! **depot**, which has its own lock. Frees mirror this. A CPU thus touches
+//! **depot**, which has its own lock. Frees mirror this, except that a free
+//! never allocates: it trades a full magazine only for an empty one the
+//! depot already holds, and with none at hand the object goes back to its
+//! slab. Empty magazines are added by allocations the slab layer served:
+//! one when the depot has none, and one for each magazine's worth of frees
+//! that found none, so after one round trip the magazine layer is in its
+//! steady state. A CPU thus touches
 //! shared state once per magazine of operations, which is what lets
 //! allocation scale with CPUs. The depot counts how often its lock is
 //! contended and grows the magazine size when it is; it remembers how low
@@ -90,27 +113,50 @@
 //! ([`Reserve`], DragonFly's MPIPE) hold objects back for callers that must
 //! never fail or block. **Size classes** ([`SizeClasses`]) are kmalloc:
 //! caches from 8 bytes to 8 KiB and the arena beyond, and [`GlobalHeap`]
-//! makes them a `#[global_allocator]`. All metadata (slab records,
-//! magazines, hash tables) comes in pages from a [`MetaSource`], which a
-//! kernel backs with an arena ([`ArenaMeta`]).
+//! makes them a `#[global_allocator]` (one that answers null while it is
+//! being made, since its making may reach it through a meta source). All
+//! metadata (slab records, magazines, hash tables) comes in pages from a
+//! [`MetaSource`], which a kernel backs with an arena ([`ArenaMeta`]);
+//! caches ask it for pages only when allocating, never when freeing, and a
+//! reap gives back every page of records or magazines none of which is in
+//! use, and the slab table once no slab is left. A cache may be moved while
+//! its objects are out: its debug tags mix in a salt chosen when it is
+//! made, never its address.
 //!
 //! ## Errors
 //!
 //! Every call returns a [`Result`]; the [`ErrorKind`]s are the scenario
-//! language's. A failed call changes nothing (statistics counters aside),
-//! and [`Arena::check`] verifies every invariant after any sequence of
-//! calls. Fault injection ([`FaultPlan`], [`Arena::inject_faults`],
+//! language's. Sizes, alignments and phases near 2^64 are `Overflow` or
+//! `Overconstrained`, never a wrapped sum. A failed call changes nothing
+//! (statistics counters aside), and [`Arena::check`] verifies every
+//! invariant after any sequence of calls. [`Arena::destroy`] refuses an
+//! arena that has a child importing from it or an object cache over it. Fault injection ([`FaultPlan`], [`Arena::inject_faults`],
 //! [`FaultyMeta`]) fails chosen imports and metadata requests on a
 //! deterministic schedule, so tests reach every failure path.
 //!
 //! ## Locking
 //!
 //! Each arena has one lock (a spin lock by default, or any
-//! [`lock_api::RawMutex`]). An arena calls its source with its own lock
-//! held; a source never calls its child, so a tree of arenas always locks
-//! child before parent. The meta source is called with no arena lock held.
-//! A cache takes a CPU's lock, then the depot's, then its slab layer's, then
-//! its arena's: always in that order.
+//! [`lock_api::RawMutex`]), held only while it changes its own lists. It
+//! calls its [`Source`] (import, release, attach, detach) and its
+//! [`MetaSource`] with that lock dropped, as illumos's `vmem_xalloc` drops
+//! its lock around an import, and takes the lock again, with tags reserved
+//! afresh, to add the imported span. So an arena never holds its lock while
+//! another arena's is taken: a parent may refill its tags or grow its hash
+//! during a child's import, and its meta source may allocate from the child
+//! or a grandchild.
+//!
+//! A cache takes a CPU's lock, then the depot's, then its slab layer's,
+//! then its arena's: always in that order. It calls its meta source only
+//! when allocating: with its slab lock held (slab records, the slab hash)
+//! or with the depot's alone (an empty magazine for later frees), so a meta
+//! source must not allocate from a cache that uses it. Its slab lock stays
+//! held while its arena imports a span for a new slab, so neither a source
+//! nor a meta source may allocate from a cache over the importing arena. A
+//! free holds at most a CPU's lock and then the depot's, or the slab
+//! layer's alone, and never takes the arena's: slabs go back to the arena
+//! only on a reap, whose meta pages go back after the cache's locks are
+//! dropped.
 //!
 //! ## Example
 //!
