@@ -80,7 +80,22 @@ impl Retired {
     /// # Safety
     /// The tables came from `meta` (the hash only installs tables from its
     /// arena's meta source).
+    #[inline]
     pub(crate) unsafe fn give_back(self, meta: Option<&dyn MetaSource>) {
+        // Nearly every call has nothing to give back: keep that path inline.
+        if self.0.iter().all(Option::is_none) {
+            return;
+        }
+        // SAFETY: the caller's promise, passed on.
+        unsafe { self.give_back_tables(meta) }
+    }
+
+    /// The out-of-line part of [`Retired::give_back`].
+    ///
+    /// # Safety
+    /// As for [`Retired::give_back`].
+    #[inline(never)]
+    unsafe fn give_back_tables(self, meta: Option<&dyn MetaSource>) {
         for table in self.0.into_iter().flatten() {
             if let Some(meta) = meta {
                 // SAFETY: the hash no longer uses the table, which came from
@@ -99,6 +114,7 @@ struct Homes {
 }
 
 impl Homes {
+    #[inline(always)]
     fn all(self) -> impl Iterator<Item = NonNull<Bucket>> {
         core::iter::once(self.first).chain(self.moved)
     }
@@ -412,9 +428,15 @@ impl AllocHash {
     /// drains the next buckets of a resize under way, and once no segment
     /// is left goes back to the table inside the arena. Returns the tables
     /// no longer used, for the caller to give back after unlocking.
+    #[inline]
     pub(crate) fn settle(&mut self) -> Retired {
-        if self.count == 0 {
+        let on_pages = matches!(self.table.store, Store::Pages(_)) || self.draining.is_some();
+        if self.count == 0 && on_pages {
             return self.reset();
+        }
+        // The steady state: no resize under way.
+        if self.draining.is_none() {
+            return Retired::default();
         }
         Retired([self.drain(), None])
     }

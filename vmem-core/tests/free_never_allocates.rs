@@ -208,7 +208,11 @@ fn plain_arenas() -> u64 {
             let size = (i % 7 + 1) * 4096;
             if i % 5 == 0 {
                 let c = vmem_core::Constraints::aligned(2 * 4096);
-                (parent.xalloc(size, &c, Policy::InstantFit).unwrap(), size, true)
+                (
+                    parent.xalloc(size, &c, Policy::InstantFit).unwrap(),
+                    size,
+                    true,
+                )
             } else {
                 (child.alloc(size, Policy::InstantFit).unwrap(), size, false)
             }
