@@ -13,7 +13,8 @@
 //! ([`HeapMeta`]: large tables are then `mmap`ed, faulted in and
 //! `munmap`ed by the C library, inside the timed calls).
 //!
-//! It prints, for alloc and free: the maximum (with its position and
+//! It prints, for alloc and free, and for as many timings of a call that
+//! does nothing (`empty`: the machine's noise floor): the maximum (with its position and
 //! whether the hash resized in that call), p99.99, p99.9, the median, how
 //! many calls took over 20 µs, and the five slowest calls. Progress goes
 //! to stderr. Timings on a shared machine are noisy: a preempted call
@@ -43,6 +44,8 @@ const TARGET_NS: u64 = 20_000;
 struct Call {
     ns: u64,
     resized: bool,
+    /// Whether the thread took a page fault during the call.
+    faulted: bool,
 }
 
 #[cfg(target_os = "linux")]
@@ -58,6 +61,30 @@ mod cpu_clock {
     }
 
     const CLOCK_THREAD_CPUTIME_ID: i32 = 3;
+    const RUSAGE_THREAD: i32 = 1;
+
+    /// `struct rusage` on 64-bit Linux: two timevals, then 14 longs, of
+    /// which the fifth and sixth count minor and major page faults.
+    #[repr(C)]
+    struct Rusage {
+        times: [i64; 4],
+        counters: [i64; 14],
+    }
+
+    unsafe extern "C" {
+        fn getrusage(who: i32, usage: *mut Rusage) -> i32;
+    }
+
+    /// Page faults the calling thread has taken so far.
+    pub fn faults() -> Option<u64> {
+        let mut u = Rusage {
+            times: [0; 4],
+            counters: [0; 14],
+        };
+        // SAFETY: `u` is a valid rusage for the call to fill.
+        let ok = unsafe { getrusage(RUSAGE_THREAD, &mut u) } == 0;
+        ok.then(|| (u.counters[4] + u.counters[5]) as u64)
+    }
 
     /// The calling thread's CPU time in nanoseconds.
     pub fn now() -> Option<u64> {
@@ -73,16 +100,24 @@ mod cpu_clock {
     pub fn now() -> Option<u64> {
         None
     }
+
+    pub fn faults() -> Option<u64> {
+        None
+    }
 }
 
-/// Times `call` by the wall clock and by the thread's CPU clock.
-fn timed<T>(call: impl FnOnce() -> T) -> (T, u64, Option<u64>) {
+/// Times `call` by the wall clock and by the thread's CPU clock, and tells
+/// whether the thread took a page fault meanwhile (counted outside both
+/// timings).
+fn timed<T>(call: impl FnOnce() -> T) -> (T, u64, Option<u64>, bool) {
+    let faults = cpu_clock::faults();
     let cpu = cpu_clock::now();
     let t = Instant::now();
     let out = call();
     let wall = t.elapsed().as_nanos() as u64;
     let cpu = cpu.zip(cpu_clock::now()).map(|(a, b)| b.saturating_sub(a));
-    (out, wall, cpu)
+    let faulted = faults.zip(cpu_clock::faults()).is_some_and(|(a, b)| b > a);
+    (out, wall, cpu, faulted)
 }
 
 fn hash_shape(arena: &Arena<'_>) -> (u64, u64) {
@@ -97,10 +132,15 @@ fn report(what: &str, calls: &[Call]) {
     let (max, max_at) = sorted[sorted.len() - 1];
     let slow = sorted.iter().filter(|(ns, _)| *ns > TARGET_NS).count();
     let resizes = calls.iter().filter(|c| c.resized).count();
+    let slow_faulted = calls
+        .iter()
+        .filter(|c| c.ns > TARGET_NS && c.faulted)
+        .count();
     println!(
         "{what:5}: max {:>9.2} us at call {max_at} (hash resize in that call: {}), \
          p99.99 {:>7.2} us, p99.9 {:>6.2} us, median {:>6.3} us, \
-         {slow} calls over {} us, {resizes} calls resized the hash",
+         {slow} calls over {} us ({slow_faulted} of them took a page fault), \
+         {resizes} calls resized the hash",
         max as f64 / 1e3,
         if calls[max_at].resized { "yes" } else { "no" },
         at(0.9999) as f64 / 1e3,
@@ -164,12 +204,20 @@ fn main() {
     let (mut allocs, mut alloc_cpu) = (Vec::with_capacity(live), Vec::new());
     let mut shape = hash_shape(&arena);
     for i in 0..live {
-        let (addr, ns, cpu) = timed(|| arena.alloc(QUANTUM, Policy::InstantFit));
+        let (addr, ns, cpu, faulted) = timed(|| arena.alloc(QUANTUM, Policy::InstantFit));
         addrs.push(addr.expect("alloc"));
         let now = hash_shape(&arena);
         let resized = now != shape;
-        allocs.push(Call { ns, resized });
-        alloc_cpu.extend(cpu.map(|ns| Call { ns, resized }));
+        allocs.push(Call {
+            ns,
+            resized,
+            faulted,
+        });
+        alloc_cpu.extend(cpu.map(|ns| Call {
+            ns,
+            resized,
+            faulted,
+        }));
         shape = now;
         if (i + 1) % (live / 10).max(1) == 0 {
             eprintln!("filled {} / {live}", i + 1);
@@ -186,18 +234,40 @@ fn main() {
     }
     let (mut frees, mut free_cpu) = (Vec::with_capacity(live), Vec::new());
     for (i, &addr) in addrs.iter().enumerate() {
-        let (freed, ns, cpu) = timed(|| arena.free(addr, QUANTUM));
+        let (freed, ns, cpu, faulted) = timed(|| arena.free(addr, QUANTUM));
         freed.expect("free");
         let now = hash_shape(&arena);
         let resized = now != shape;
-        frees.push(Call { ns, resized });
-        free_cpu.extend(cpu.map(|ns| Call { ns, resized }));
+        frees.push(Call {
+            ns,
+            resized,
+            faulted,
+        });
+        free_cpu.extend(cpu.map(|ns| Call {
+            ns,
+            resized,
+            faulted,
+        }));
         shape = now;
         if (i + 1) % (live / 10).max(1) == 0 {
             eprintln!("freed {} / {live}", i + 1);
         }
     }
     arena.check().expect("check");
+
+    // The machine's own noise: as many timings of a call that does nothing,
+    // so a reader can tell a slow call from a preempted one.
+    let (mut floor, mut floor_cpu) = (Vec::with_capacity(live), Vec::new());
+    for _ in 0..live {
+        let ((), ns, cpu, faulted) = timed(|| std::hint::black_box(()));
+        let call = |ns| Call {
+            ns,
+            resized: false,
+            faulted,
+        };
+        floor.push(call(ns));
+        floor_cpu.extend(cpu.map(call));
+    }
 
     println!(
         "{live} live one-quantum segments, instant fit, meta pages from {}",
@@ -210,9 +280,11 @@ fn main() {
     println!("wall clock (Instant):");
     report("alloc", &allocs);
     report("free", &frees);
+    report("empty", &floor);
     if !alloc_cpu.is_empty() {
         println!("thread CPU time (leaves out preemption):");
         report("alloc", &alloc_cpu);
         report("free", &free_cpu);
+        report("empty", &floor_cpu);
     }
 }
