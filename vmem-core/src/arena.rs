@@ -1,8 +1,6 @@
 //! The arena: spans and segments under one lock, the allocation policies,
 //! import from a source and release back to it, and the checker.
 
-use core::num::NonZeroU32;
-
 use crate::sync::atomic::{AtomicUsize, Ordering};
 
 use arrayvec::ArrayString;
@@ -18,7 +16,7 @@ use crate::meta::{MetaPages, MetaSource};
 use crate::qcache::QuantumCaches;
 use crate::slab::Backing;
 use crate::tag::{
-    AllocBy, Kind, Link, TAGS_PER_PAGE, TagPtr, TagStock, next_leaving, page_slot,
+    AllocBy, Importer, Kind, Link, TAGS_PER_PAGE, TagPtr, TagStock, next_leaving, page_slot,
     take_static_batch,
 };
 
@@ -70,43 +68,6 @@ pub trait Source: Sync {
     /// Called when an arena that imported from this source is destroyed or
     /// dropped.
     fn detach(&self) {}
-}
-
-/// Who imports from a [`Source`]: an opaque identity passed with every
-/// [`Source::import`] and [`Source::release`].
-///
-/// An arena mints its own when it is created and shows it to its source
-/// alone, so no other caller can release the spans it imported. Identities
-/// come from one counter of 2^32 - 1 values shared by the whole program;
-/// they repeat only after that many have been minted.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Importer(NonZeroU32);
-
-/// The last importer identity minted. A plain static (not a `loom` atomic):
-/// like the static tag pool, it belongs to no one run of a model.
-static IMPORTERS: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
-
-impl Importer {
-    /// A fresh identity, unlike any other minted (until the counter wraps),
-    /// for a caller that imports from a source itself.
-    pub fn new() -> Self {
-        loop {
-            let id = IMPORTERS
-                .fetch_add(1, core::sync::atomic::Ordering::Relaxed)
-                .wrapping_add(1);
-            // Zero comes round once in 2^32 identities: skip it.
-            if let Some(id) = NonZeroU32::new(id) {
-                return Importer(id);
-            }
-        }
-    }
-}
-
-impl Default for Importer {
-    /// A fresh identity, as [`Importer::new`].
-    fn default() -> Self {
-        Importer::new()
-    }
 }
 
 /// How an allocation picks among the free segments.

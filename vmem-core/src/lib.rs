@@ -206,8 +206,8 @@ mod sync;
 mod tag;
 
 pub use arena::{
-    Arena, ArenaConfig, ArenaSize, DefaultLock, Importer, NAME_MAX, Policy, Segment, SegmentKind,
-    Source, Stats,
+    Arena, ArenaConfig, ArenaSize, DefaultLock, NAME_MAX, Policy, Segment, SegmentKind, Source,
+    Stats,
 };
 pub use cache::{CacheConfig, CacheStats, DEFAULT_MAGAZINE, ObjectCache, ObjectHook};
 pub use constraint::Constraints;
@@ -222,4 +222,4 @@ pub use qcache::{QCACHE_MAX_QUANTA, QuantumCaches};
 pub use reserve::Reserve;
 #[cfg(loom)]
 pub use sync::LoomLock;
-pub use tag::{STATIC_TAGS, static_tags_available};
+pub use tag::{Importer, STATIC_TAGS, static_tags_available};

@@ -9,10 +9,47 @@
 
 use core::cell::UnsafeCell;
 use core::mem::{MaybeUninit, size_of};
+use core::num::NonZeroU32;
 use core::ptr::NonNull;
 
-use crate::arena::Importer;
 use crate::meta::{META_PAGE, MetaPages, MetaSource};
+
+/// Who imports from a [`Source`](crate::Source): an opaque identity passed with every
+/// [`Source::import`](crate::Source::import) and [`Source::release`](crate::Source::release).
+///
+/// An arena mints its own when it is created and shows it to its source
+/// alone, so no other caller can release the spans it imported. Identities
+/// come from one counter of 2^32 - 1 values shared by the whole program;
+/// they repeat only after that many have been minted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Importer(NonZeroU32);
+
+/// The last importer identity minted. A plain static (not a `loom` atomic):
+/// like the static tag pool, it belongs to no one run of a model.
+static IMPORTERS: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
+
+impl Importer {
+    /// A fresh identity, unlike any other minted (until the counter wraps),
+    /// for a caller that imports from a source itself.
+    pub fn new() -> Self {
+        loop {
+            let id = IMPORTERS
+                .fetch_add(1, core::sync::atomic::Ordering::Relaxed)
+                .wrapping_add(1);
+            // Zero comes round once in 2^32 identities: skip it.
+            if let Some(id) = NonZeroU32::new(id) {
+                return Importer(id);
+            }
+        }
+    }
+}
+
+impl Default for Importer {
+    /// A fresh identity, as [`Importer::new`].
+    fn default() -> Self {
+        Importer::new()
+    }
+}
 
 /// Who allocated a segment, so that it is freed by the matching call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
