@@ -717,7 +717,10 @@ impl<'s, R: RawMutex> Arena<'s, R> {
         // Growth, and a resize's next drain step, wait for a call that
         // succeeds: a failed call changes nothing, not even the hash.
         let (retired, grow) = match result {
-            Ok(_) => (inner.hash.settle(), inner.hash.wanted_pages()),
+            Ok(_) => (
+                inner.hash.settle(),
+                self.meta.and_then(|_| inner.hash.claim_growth()),
+            ),
             Err(_) => Default::default(),
         };
         drop(inner);
@@ -2213,6 +2216,62 @@ mod tests {
         }
         a.check().unwrap();
         assert_eq!(a.stats().hash_buckets, 16);
+    }
+
+    /// Meta pages from the heap; every request for a table first takes a
+    /// quantum from the arena being served, as a kernel's meta source over
+    /// that arena would, and notes how deeply such requests nest.
+    struct Reentrant {
+        arena: std::sync::OnceLock<&'static Arena<'static>>,
+        depth: AtomicUsize,
+        deepest: AtomicUsize,
+    }
+
+    impl MetaSource for Reentrant {
+        fn alloc_pages(&self, pages: usize) -> Option<core::ptr::NonNull<u8>> {
+            if pages > 1 {
+                let depth = self.depth.fetch_add(1, Ordering::AcqRel) + 1;
+                self.deepest.fetch_max(depth, Ordering::AcqRel);
+                // Past a few levels stop taking from the arena, so that
+                // growth that recurses ends instead of overflowing the stack.
+                if depth <= 4
+                    && let Some(arena) = self.arena.get()
+                {
+                    arena.alloc(Q, Policy::InstantFit).ok()?;
+                }
+                let table = crate::HeapMeta.alloc_pages(pages);
+                self.depth.fetch_sub(1, Ordering::AcqRel);
+                return table;
+            }
+            crate::HeapMeta.alloc_pages(pages)
+        }
+
+        unsafe fn free_pages(&self, base: core::ptr::NonNull<u8>, pages: usize) {
+            // SAFETY: the pages came from `HeapMeta`.
+            unsafe { crate::HeapMeta.free_pages(base, pages) }
+        }
+    }
+
+    #[test]
+    fn hash_growth_fetches_one_table_at_a_time_when_the_meta_source_allocates_here() {
+        let meta: &'static Reentrant = Box::leak(Box::new(Reentrant {
+            arena: std::sync::OnceLock::new(),
+            depth: AtomicUsize::new(0),
+            deepest: AtomicUsize::new(0),
+        }));
+        let a: &'static Arena<'static> = Box::leak(Box::new(
+            Arena::create(ArenaConfig::new("reentrant", Q).span(0, 1 << 40).meta(meta)).unwrap(),
+        ));
+        let _ = meta.arena.set(a);
+        for _ in 0..20_000 {
+            a.alloc(Q, Policy::InstantFit).unwrap();
+        }
+        a.check().unwrap();
+        assert!(a.stats().hash_buckets >= 8192);
+        // Before the growth was claimed, the meta source's own allocation
+        // asked for the same table again, and that request for another:
+        // the nesting only stopped at the source's limit (5).
+        assert_eq!(meta.deepest.load(Ordering::Acquire), 1);
     }
 
     #[test]

@@ -178,6 +178,10 @@ pub(crate) struct AllocHash {
     /// After the meta source refused a table: the count at which to ask
     /// again.
     retry_at: usize,
+    /// A call is fetching a larger table (outside the lock): no other call
+    /// asks for one meanwhile, so a meta source that allocates from this
+    /// arena cannot make the growth recurse.
+    fetching: bool,
     /// Most segments one call has rehashed.
     #[cfg(test)]
     pub(crate) most_moved: usize,
@@ -194,6 +198,7 @@ impl AllocHash {
             count: 0,
             resizes: 0,
             retry_at: 0,
+            fetching: false,
             #[cfg(test)]
             most_moved: 0,
         }
@@ -386,7 +391,7 @@ impl AllocHash {
     /// Pages for the table the hash wants now: it is overloaded, no resize
     /// is under way, and the meta source did not refuse a table since the
     /// count last doubled.
-    pub(crate) fn wanted_pages(&self) -> Option<usize> {
+    fn wanted_pages(&self) -> Option<usize> {
         if self.count <= 2 * self.buckets() || self.draining.is_some() || self.count < self.retry_at
         {
             return None;
@@ -396,9 +401,22 @@ impl AllocHash {
         Some(bytes.div_ceil(META_PAGE))
     }
 
+    /// Pages for the table the hash wants now, if no other call is
+    /// fetching one; the caller then fetches it and hands it to
+    /// [`AllocHash::install`] or reports [`AllocHash::refused`].
+    pub(crate) fn claim_growth(&mut self) -> Option<usize> {
+        if self.fetching {
+            return None;
+        }
+        let pages = self.wanted_pages()?;
+        self.fetching = true;
+        Some(pages)
+    }
+
     /// Notes that the meta source had no table: ask again once the count
     /// has doubled.
     pub(crate) fn refused(&mut self) {
+        self.fetching = false;
         self.retry_at = self.count.saturating_mul(2);
     }
 
@@ -409,6 +427,7 @@ impl AllocHash {
     /// `table` is writable memory of `table.pages` meta pages from the
     /// arena's meta source that the arena owns and no one else uses.
     pub(crate) unsafe fn install(&mut self, table: Table) -> Option<Table> {
+        self.fetching = false;
         let bits = table.bits();
         if self.wanted_pages().is_none() || bits <= self.table.bits {
             return Some(table);
