@@ -223,3 +223,9 @@ pub use reserve::Reserve;
 #[cfg(loom)]
 pub use sync::LoomLock;
 pub use tag::{Importer, STATIC_TAGS, static_tags_available};
+
+// The README's example is what crates.io shows first; this keeps it compiling
+// and passing.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeExample;
