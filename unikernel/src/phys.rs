@@ -5,7 +5,7 @@
 //!
 //! Every arena's metadata (boundary tags, hash tables, slab records,
 //! magazines) comes in pages from `PhysMeta`: frames of `phys` reached
-//! through the direct map.
+//! through the direct map (`phys` itself takes only single pages).
 
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -44,6 +44,30 @@ pub fn try_phys() -> Option<&'static Arena<'static>> {
 pub struct PhysMeta;
 
 pub static PHYS_META: PhysMeta = PhysMeta;
+
+/// `phys`'s own meta source: [`PhysMeta`] for single pages, but no runs.
+/// A run is a larger hash table, and one carved out of `phys` while it is
+/// exhausted would stay once it recovers (a hash gives its tables back
+/// only when its arena empties, and `phys` never does), so `phys` keeps
+/// its hash within one page (256 buckets) and lets its chains grow instead.
+struct PhysOwnMeta;
+
+static PHYS_OWN_META: PhysOwnMeta = PhysOwnMeta;
+
+impl MetaSource for PhysOwnMeta {
+    fn alloc_pages(&self, pages: usize) -> Option<NonNull<u8>> {
+        if pages != 1 {
+            return None;
+        }
+        PHYS_META.alloc_pages(1)
+    }
+
+    unsafe fn free_pages(&self, base: NonNull<u8>, pages: usize) {
+        // SAFETY: the caller's promise: the pages came from `alloc_pages`,
+        // that is from `PHYS_META`.
+        unsafe { PHYS_META.free_pages(base, pages) }
+    }
+}
 
 /// Frames `PhysMeta` took from `phys` and holds now: handed out as meta
 /// pages, or set aside for `phys`'s own tags.
@@ -120,7 +144,7 @@ impl MetaSource for PhysMeta {
 /// Makes `phys` from the RAM ranges of `memmap`, leaving out `excluded`
 /// ranges (`(base, size)`).
 pub fn init(memmap: &[MemRange], excluded: &[(u64, u64)]) -> Result<(), vmem_core::Error> {
-    let arena = Arena::create(ArenaConfig::new("phys", PAGE).meta(&PHYS_META))?;
+    let arena = Arena::create(ArenaConfig::new("phys", PAGE).meta(&PHYS_OWN_META))?;
     let arena = PHYS.call_once(|| arena);
     for range in memmap.iter().filter(|r| r.kind == MemRange::RAM) {
         add_ram(arena, range.base.max(LOW_MEMORY), range.end(), excluded)?;
