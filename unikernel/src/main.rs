@@ -104,7 +104,8 @@ extern "C" fn kmain_on_stack() -> ! {
     let boot = BOOT.get().expect("set by kmain");
     trace::init(boot.has_word("trace"));
     cpu::FAULT_IN_REPORT.store(boot.has_word("fault-in-report"), Ordering::Relaxed);
-    let clock = time::Clock::calibrate();
+    // ci/boot says which accelerator it chose; every timing printed names it.
+    let clock = time::Clock::calibrate(time::Accel::from_word(boot.value_of("accel")));
     let devices = devices::probe();
     if boot.has_word("fault") {
         let guard = MAIN_STACK.get().expect("set by kmain").guard;
@@ -152,13 +153,14 @@ extern "C" fn kmain_on_stack() -> ! {
     };
     let entry = boot::ENTRY_TSC.load(Ordering::Relaxed);
     println!(
-        "verdict: {} ({} ms after entry)",
+        "verdict: {} ({} ms after entry {})",
         if verdict == Verdict::Pass {
             "PASS"
         } else {
             "FAIL"
         },
-        clock.ns(cpu::rdtsc() - entry) / 1_000_000
+        clock.ns(cpu::rdtsc() - entry) / 1_000_000,
+        clock.mark()
     );
     exit(verdict)
 }

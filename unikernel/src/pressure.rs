@@ -775,9 +775,9 @@ fn timed<T>(clock: &Clock, step: impl FnOnce() -> Outcome<T>) -> (Outcome<T>, u6
     (outcome, clock.ns(crate::cpu::rdtsc() - start) / 1_000_000)
 }
 
-fn report_taken(what: &str, taken: &Taken, ms: u64, note: &str) {
+fn report_taken(what: &str, taken: &Taken, ms: u64, mark: &str, note: &str) {
     println!(
-        "  {what:<10} {:>11} in {:>6} blocks (largest {:>10}) {:>6} ms{note}",
+        "  {what:<10} {:>11} in {:>6} blocks (largest {:>10}) {:>6} ms {mark}{note}",
         Bytes(taken.bytes),
         taken.blocks,
         Bytes(taken.largest),
@@ -806,6 +806,7 @@ fn round(clock: &Clock, totals: &mut Totals) -> Outcome {
         "phys",
         &phys_taken,
         ms,
+        clock.mark(),
         "; then NoSpace, and the heap answered null",
     );
 
@@ -815,7 +816,13 @@ fn round(clock: &Clock, totals: &mut Totals) -> Outcome {
     totals.heap = heap.taken;
     totals.ballast = heap.ballast;
     let mapped = PAGES_MAPPED.load(Ordering::Relaxed) - mapped;
-    report_taken("heap", &heap.taken, ms, "; then null even for 8 bytes");
+    report_taken(
+        "heap",
+        &heap.taken,
+        ms,
+        clock.mark(),
+        "; then null even for 8 bytes",
+    );
     println!(
         "             {mapped} pages backed and mapped; phys held {} as ballast, had {} free at the end",
         Bytes(heap.ballast),
@@ -867,11 +874,16 @@ fn round(clock: &Clock, totals: &mut Totals) -> Outcome {
         });
         *slot = taken.map_err(|e| failure!("{what}: {e}"))?;
         if step.arena.quantum() >= PAGE {
-            report_taken(what, slot, ms, step.note);
+            report_taken(what, slot, ms, clock.mark(), step.note);
         } else {
             println!(
-                "  {what:<10} {:>11} in {:>6} blocks (largest {:>10}) {:>6} ms{}",
-                slot.bytes, slot.blocks, slot.largest, ms, step.note
+                "  {what:<10} {:>11} in {:>6} blocks (largest {:>10}) {:>6} ms {}{}",
+                slot.bytes,
+                slot.blocks,
+                slot.largest,
+                ms,
+                clock.mark(),
+                step.note
             );
         }
     }
@@ -987,7 +999,8 @@ fn run_rounds(clock: &Clock, rounds: usize) -> Outcome {
             compare(&start).map_err(|e| failure!("after round {n} and a reap: {e}"))?;
         let now = kept(&start, tables, meta);
         println!(
-            "  round {n}: {ms} ms; after a reap all as at the start but what is kept for reuse: {now}"
+            "  round {n}: {ms} ms {}; after a reap all as at the start but what is kept for reuse: {now}",
+            clock.mark()
         );
         if now.frames() != 0 {
             return Err(failure!(
@@ -1021,6 +1034,11 @@ fn run_rounds(clock: &Clock, rounds: usize) -> Outcome {
 pub fn run(clock: &Clock, rounds: usize) -> Verdict {
     println!();
     println!("=== pressure: every arena exhausted, then recovered ===");
+    println!(
+        "timings: under {}; each marked {}",
+        clock.accel.meaning(),
+        clock.mark()
+    );
     match run_rounds(clock, rounds) {
         Ok(()) => Verdict::Pass,
         Err(e) => {

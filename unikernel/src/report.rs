@@ -122,7 +122,7 @@ pub fn print(boot: &BootInfo, clock: &Clock, devices: &Devices) {
     let work = workload(clock);
     println!();
     println!("=== vmem unikernel: boot report ===");
-    let accel = match cpu::hypervisor() {
+    let hypervisor = match cpu::hypervisor() {
         Some((sig, _)) if sig.starts_with(b"KVMKVMKVM") => "KVM (CPUID 0x40000000 says KVMKVMKVM)",
         Some((sig, _)) if sig.starts_with(b"TCGTCGTCG") => {
             "TCG (CPUID 0x40000000 says TCGTCGTCGTCG)"
@@ -131,7 +131,8 @@ pub fn print(boot: &BootInfo, clock: &Clock, devices: &Devices) {
         None => "TCG (no hypervisor signature in CPUID)",
     };
     let mut brand = [0u8; 48];
-    println!("accelerator   {accel}");
+    println!("accelerator   {}", clock.accel.meaning());
+    println!("hypervisor    {hypervisor}");
     println!("machine       {}", devices.machine());
     println!(
         "cpu           {} ({} pages in the direct map)",
@@ -195,22 +196,26 @@ pub fn print(boot: &BootInfo, clock: &Clock, devices: &Devices) {
     }
 
     println!();
-    println!("workload:");
+    let mark = clock.mark();
     println!(
-        "  heap alloc+free pair (64 B)   {:>8.1} ns  ({PAIRS} pairs through the global allocator)",
+        "workload: timed under {}; each timing marked {mark}",
+        clock.accel.meaning()
+    );
+    println!(
+        "  heap alloc+free pair (64 B)   {:>8.1} ns {mark}  ({PAIRS} pairs through the global allocator)",
         work.heap_pair_ns
     );
     println!(
-        "  phys alloc+free pair (4 KiB)  {:>8.1} ns  ({} pairs)",
+        "  phys alloc+free pair (4 KiB)  {:>8.1} ns {mark}  ({} pairs)",
         work.phys_pair_ns,
         PAIRS / 10
     );
     println!(
-        "  pages mapped                  {:>8} /s  ({} pages backed with frames and mapped by one import)",
+        "  pages mapped                  {:>8} /s {mark}  ({} pages backed with frames and mapped by one import)",
         work.map_pages_per_s, work.mapped
     );
     println!(
-        "  pages unmapped and freed      {:>8} /s",
+        "  pages unmapped and freed      {:>8} /s {mark}",
         work.unmap_pages_per_s
     );
     println!(
@@ -259,7 +264,7 @@ pub fn print(boot: &BootInfo, clock: &Clock, devices: &Devices) {
     );
     let entry = ENTRY_TSC.load(Ordering::Relaxed);
     println!(
-        "time from entry to report: {} us",
+        "time from entry to report: {} us {mark}",
         clock.ns(rdtsc() - entry) / 1000
     );
 }
