@@ -2,9 +2,10 @@
 //! place so a model checker can stand in for them.
 //!
 //! A normal build uses `spin`'s mutex and `core`'s atomics. Built with
-//! `--cfg loom` (see `tests/loom.rs`), the same names are `loom`'s atomics
-//! and a lock made of them ([`LoomLock`]), so `loom` sees every lock
-//! acquisition and explores the orders in which CPUs can take them.
+//! `--cfg loom` (see `vmem-loom/tests/loom.rs`), the same names are
+//! `loom`'s atomics and a lock made of them ([`LoomLock`]), so `loom` sees
+//! every lock acquisition and explores the orders in which CPUs can take
+//! them.
 //!
 //! Four things stay as they are under `loom`: the static tag pool,
 //! [`crate::HeapMeta`]'s page pool and the count of caches made (which

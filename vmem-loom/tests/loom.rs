@@ -21,7 +21,7 @@
 //!
 //! ```sh
 //! RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
-//!     cargo test -p vmem-core --test loom --release -- --nocapture
+//!     cargo test -p vmem-loom --release -- --nocapture
 //! ```
 //!
 //! Each model prints how many interleavings it explored. `LOOM_MAX_PREEMPTIONS`
