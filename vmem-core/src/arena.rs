@@ -2057,6 +2057,8 @@ mod tests {
 
         unsafe fn free_pages(&self, base: core::ptr::NonNull<u8>, pages: usize) {
             self.left.fetch_add(pages, Ordering::AcqRel);
+            // SAFETY: the caller's promise: the pages came from `alloc_pages`,
+            // that is from `HeapMeta`.
             unsafe { HeapMeta.free_pages(base, pages) }
         }
     }
@@ -2161,6 +2163,8 @@ mod tests {
 
         unsafe fn free_pages(&self, base: core::ptr::NonNull<u8>, pages: usize) {
             self.out.fetch_sub(pages, Ordering::AcqRel);
+            // SAFETY: the caller's promise: the pages came from `alloc_pages`,
+            // that is from `HeapMeta`.
             unsafe { HeapMeta.free_pages(base, pages) }
         }
     }
