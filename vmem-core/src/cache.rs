@@ -638,7 +638,7 @@ impl<'a> CacheCore<'a> {
             let mut slabs = self.slabs.lock();
             match slabs.unmark_user(obj) {
                 Ok(()) => {}
-                Err(e) if e.what() == crate::slab::NOT_OURS => return Err(FreeError::NotOurs(e)),
+                Err(e) if !slabs.holds(obj) => return Err(FreeError::NotOurs(e)),
                 Err(e) => return Err(FreeError::Refused(e)),
             }
             if self.poison

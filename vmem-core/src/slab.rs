@@ -24,9 +24,6 @@ const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
 
 type SlabLink = Option<NonNull<SlabRec>>;
 
-/// The words of the `BadFree` for an address no slab of the cache holds.
-pub(crate) const NOT_OURS: &str = "not an object of this cache";
-
 /// Where a cache's slabs come from.
 pub(crate) trait Backing {
     /// A slab of `size` integers aligned to `align`.
@@ -401,7 +398,7 @@ impl SlabLayer {
     fn locate(&mut self, addr: u64) -> Result<(NonNull<SlabRec>, usize)> {
         let p = self
             .lookup(addr)
-            .ok_or(Error::new(ErrorKind::BadFree, NOT_OURS).at(addr))?;
+            .ok_or(Error::new(ErrorKind::BadFree, "not an object of this cache").at(addr))?;
         // SAFETY: a record of this layer.
         let base = unsafe { rec(p).base };
         let offset = addr - base;
@@ -464,6 +461,11 @@ impl SlabLayer {
             );
         }
         Ok((p, index))
+    }
+
+    /// Whether one of this layer's slabs holds `addr`.
+    pub(crate) fn holds(&mut self, addr: u64) -> bool {
+        self.lookup(addr).is_some()
     }
 
     /// Checks that a user holds `addr` and takes the mark off (verifying
