@@ -3,7 +3,6 @@
 
 use crate::sync::atomic::{AtomicUsize, Ordering};
 
-use arrayvec::ArrayString;
 use lock_api::{Mutex, MutexGuard, RawMutex};
 
 use crate::cache::FreeError;
@@ -13,6 +12,7 @@ use crate::fault::{ArenaFaults, FaultPlan, FaultSchedule, FaultSite};
 use crate::freelist::{FreeLists, highbit};
 use crate::hash::{AllocHash, Table};
 use crate::meta::{MetaPages, MetaSource};
+use crate::name::{self, Name};
 use crate::qcache::QuantumCaches;
 use crate::slab::Backing;
 use crate::tag::{
@@ -25,10 +25,6 @@ use span_tree::SpanTree;
 
 /// The lock an arena uses unless its owner picks another: a spin lock.
 pub type DefaultLock = spin::mutex::SpinMutex<()>;
-
-/// Longest arena name kept, in bytes; longer names are cut at a character
-/// boundary.
-pub const NAME_MAX: usize = 32;
 
 /// Tags one operation may need: a span marker and its free segment for an
 /// import, then a leading and a trailing free fragment around the allocation.
@@ -159,7 +155,7 @@ pub struct Stats {
 /// source, and a meta source for tags and hash tables.
 #[derive(Clone, Copy)]
 pub struct ArenaConfig<'s> {
-    name: ArrayString<NAME_MAX>,
+    name: Name,
     quantum: u64,
     span: Option<(u64, u64)>,
     source: Option<&'s dyn Source>,
@@ -172,16 +168,10 @@ pub struct ArenaConfig<'s> {
 impl<'s> ArenaConfig<'s> {
     /// An arena named `name` whose integers come in multiples of `quantum`
     /// (a power of two).
-    /// Names longer than [`NAME_MAX`] bytes are cut at a character boundary.
+    /// Names longer than [`NAME_MAX`](crate::NAME_MAX) bytes are cut at a character boundary.
     pub fn new(name: &str, quantum: u64) -> Self {
-        let mut kept = ArrayString::new();
-        for c in name.chars() {
-            if kept.try_push(c).is_err() {
-                break;
-            }
-        }
         ArenaConfig {
-            name: kept,
+            name: name::keep(name),
             quantum,
             span: None,
             source: None,
@@ -236,7 +226,7 @@ impl<'s> ArenaConfig<'s> {
 /// All calls take `&self`; the arena is `Sync` and serialises them with one
 /// lock of type `R`.
 pub struct Arena<'s, R: RawMutex = DefaultLock> {
-    name: ArrayString<NAME_MAX>,
+    name: Name,
     quantum: u64,
     import_min: u64,
     source: Option<&'s dyn Source>,

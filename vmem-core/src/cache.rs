@@ -8,14 +8,14 @@
 
 use core::ptr::NonNull;
 
-use arrayvec::ArrayString;
 use lock_api::RawMutex;
 
-use crate::arena::{Arena, NAME_MAX};
+use crate::arena::Arena;
 use crate::cpu::{CpuId, MAX_CPUS};
 use crate::error::{Error, ErrorKind, Result};
 use crate::magazine::{CpuMags, CpuSlot, Depot, MAG_ROUNDS, MagLink, Magazine, mag};
 use crate::meta::{MetaPages, MetaSource};
+use crate::name::{self, Name};
 use crate::slab::{Backing, MAX_OBJS, SlabLayer};
 use crate::sync::{Mutex, MutexGuard};
 
@@ -50,7 +50,7 @@ fn mix(mut z: u64) -> u64 {
 /// How an object cache is made.
 #[derive(Clone, Copy)]
 pub struct CacheConfig<'a> {
-    name: ArrayString<NAME_MAX>,
+    name: Name,
     size: u64,
     align: u64,
     ctor: Option<ObjectHook<'a>>,
@@ -67,14 +67,8 @@ impl<'a> CacheConfig<'a> {
     /// or writes the integers it hands out. Slab records and magazines come
     /// from `meta`; `cpu` says which CPU is running.
     pub fn new(name: &str, size: u64, meta: &'a dyn MetaSource, cpu: &'a dyn CpuId) -> Self {
-        let mut kept = ArrayString::new();
-        for c in name.chars() {
-            if kept.try_push(c).is_err() {
-                break;
-            }
-        }
         CacheConfig {
-            name: kept,
+            name: name::keep(name),
             size,
             align: 1,
             ctor: None,
@@ -208,7 +202,7 @@ impl FreeError {
 /// Everything of a cache but its arena, which callers pass in: quantum
 /// caches live inside storage their arena points to.
 pub(crate) struct CacheCore<'a> {
-    pub(crate) name: ArrayString<NAME_MAX>,
+    pub(crate) name: Name,
     size: u64,
     chunk: u64,
     /// Mixed into every buffer tag: chosen when the cache is made from a

@@ -197,6 +197,7 @@ mod heap_meta;
 mod kmalloc;
 mod magazine;
 mod meta;
+mod name;
 mod qcache;
 mod reserve;
 #[cfg(feature = "scenario")]
@@ -206,8 +207,7 @@ mod sync;
 mod tag;
 
 pub use arena::{
-    Arena, ArenaConfig, ArenaSize, DefaultLock, NAME_MAX, Policy, Segment, SegmentKind, Source,
-    Stats,
+    Arena, ArenaConfig, ArenaSize, DefaultLock, Policy, Segment, SegmentKind, Source, Stats,
 };
 pub use cache::{CacheConfig, CacheStats, DEFAULT_MAGAZINE, ObjectCache, ObjectHook};
 pub use constraint::Constraints;
@@ -218,6 +218,7 @@ pub use fault::{FaultPlan, FaultSchedule, FaultSite, FaultyMeta};
 pub use heap_meta::{CHUNK_PAGES, HeapMeta};
 pub use kmalloc::{GlobalHeap, SIZE_CLASSES, SizeClasses};
 pub use meta::{ArenaMeta, META_PAGE, MetaSource};
+pub use name::NAME_MAX;
 pub use qcache::{QCACHE_MAX_QUANTA, QuantumCaches};
 pub use reserve::Reserve;
 #[cfg(loom)]

@@ -357,7 +357,11 @@ fn run_arena(quantum: u64, span: Option<(u64, u64)>, ops: &[ArenaOp]) -> Result<
                     (Some(_), Err(kind)) => {
                         prop_assert!(false, "{what}: a live allocation's free refused: {kind}")
                     }
-                    (None, _) => {}
+                    // A made-up free that named a live allocation exactly
+                    // (as `free(0, 1)` does the one-quantum allocation at 0)
+                    // freed it.
+                    (None, Ok(())) => live.retain(|&(a, _, _)| a != addr),
+                    (None, Err(_)) => {}
                 }
             }
             ArenaOp::Contains(addr, size) => {
@@ -509,6 +513,9 @@ fn run_cache(shape: CacheShape, ops: &[CacheOp]) -> Result<(), TestCaseError> {
                 if let Some(i) = pick {
                     prop_assert!(freed.is_ok(), "{what}: {freed:?}");
                     live.swap_remove(i);
+                } else if freed.is_ok() {
+                    // A made-up address that named a live object freed it.
+                    live.retain(|&o| o != addr);
                 }
             }
             CacheOp::Reap => cache
@@ -683,6 +690,9 @@ fn run_reserve(count: usize, debug: bool, ops: &[ReserveOp]) -> Result<(), TestC
                 if let Some(i) = pick {
                     prop_assert!(freed.is_ok(), "{what}: {freed:?}");
                     live.swap_remove(i);
+                } else if freed.is_ok() {
+                    // A made-up address that named a live object freed it.
+                    live.retain(|&o| o != addr);
                 }
             }
         }
@@ -767,6 +777,9 @@ fn run_size_classes(debug: bool, ops: &[SizeOp]) -> Result<(), TestCaseError> {
                 if let Some(i) = pick {
                     prop_assert!(freed.is_ok(), "{what}: {freed:?}");
                     live.swap_remove(i);
+                } else if freed.is_ok() {
+                    // A made-up free that named a live object freed it.
+                    live.retain(|&(a, _, _)| a != addr);
                 }
             }
         }
