@@ -120,6 +120,32 @@ fn timed<T>(call: impl FnOnce() -> T) -> (T, u64, Option<u64>, bool) {
     (out, wall, cpu, faulted)
 }
 
+/// One kind of call's timings: by the wall clock, and by the thread's CPU
+/// clock where there is one.
+struct Timings {
+    wall: Vec<Call>,
+    cpu: Vec<Call>,
+}
+
+impl Timings {
+    fn with_capacity(calls: usize) -> Self {
+        Timings {
+            wall: Vec::with_capacity(calls),
+            cpu: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, ns: u64, cpu: Option<u64>, resized: bool, faulted: bool) {
+        let call = |ns| Call {
+            ns,
+            resized,
+            faulted,
+        };
+        self.wall.push(call(ns));
+        self.cpu.extend(cpu.map(call));
+    }
+}
+
 fn hash_shape(arena: &Arena<'_>) -> (u64, u64) {
     let s = arena.stats();
     (s.hash_buckets, s.hash_resizes)
@@ -201,23 +227,13 @@ fn main() {
     .expect("arena");
 
     let mut addrs = Vec::with_capacity(live);
-    let (mut allocs, mut alloc_cpu) = (Vec::with_capacity(live), Vec::new());
+    let mut allocs = Timings::with_capacity(live);
     let mut shape = hash_shape(&arena);
     for i in 0..live {
         let (addr, ns, cpu, faulted) = timed(|| arena.alloc(QUANTUM, Policy::InstantFit));
         addrs.push(addr.expect("alloc"));
         let now = hash_shape(&arena);
-        let resized = now != shape;
-        allocs.push(Call {
-            ns,
-            resized,
-            faulted,
-        });
-        alloc_cpu.extend(cpu.map(|ns| Call {
-            ns,
-            resized,
-            faulted,
-        }));
+        allocs.push(ns, cpu, now != shape, faulted);
         shape = now;
         if (i + 1) % (live / 10).max(1) == 0 {
             eprintln!("filled {} / {live}", i + 1);
@@ -232,22 +248,12 @@ fn main() {
         x ^= x << 17;
         addrs.swap(i, (x % (i as u64 + 1)) as usize);
     }
-    let (mut frees, mut free_cpu) = (Vec::with_capacity(live), Vec::new());
+    let mut frees = Timings::with_capacity(live);
     for (i, &addr) in addrs.iter().enumerate() {
         let (freed, ns, cpu, faulted) = timed(|| arena.free(addr, QUANTUM));
         freed.expect("free");
         let now = hash_shape(&arena);
-        let resized = now != shape;
-        frees.push(Call {
-            ns,
-            resized,
-            faulted,
-        });
-        free_cpu.extend(cpu.map(|ns| Call {
-            ns,
-            resized,
-            faulted,
-        }));
+        frees.push(ns, cpu, now != shape, faulted);
         shape = now;
         if (i + 1) % (live / 10).max(1) == 0 {
             eprintln!("freed {} / {live}", i + 1);
@@ -257,16 +263,10 @@ fn main() {
 
     // The machine's own noise: as many timings of a call that does nothing,
     // so a reader can tell a slow call from a preempted one.
-    let (mut floor, mut floor_cpu) = (Vec::with_capacity(live), Vec::new());
+    let mut floor = Timings::with_capacity(live);
     for _ in 0..live {
         let ((), ns, cpu, faulted) = timed(|| std::hint::black_box(()));
-        let call = |ns| Call {
-            ns,
-            resized: false,
-            faulted,
-        };
-        floor.push(call(ns));
-        floor_cpu.extend(cpu.map(call));
+        floor.push(ns, cpu, false, faulted);
     }
 
     println!(
@@ -278,13 +278,13 @@ fn main() {
         }
     );
     println!("wall clock (Instant):");
-    report("alloc", &allocs);
-    report("free", &frees);
-    report("empty", &floor);
-    if !alloc_cpu.is_empty() {
+    report("alloc", &allocs.wall);
+    report("free", &frees.wall);
+    report("empty", &floor.wall);
+    if !allocs.cpu.is_empty() {
         println!("thread CPU time (leaves out preemption):");
-        report("alloc", &alloc_cpu);
-        report("free", &free_cpu);
-        report("empty", &floor_cpu);
+        report("alloc", &allocs.cpu);
+        report("free", &frees.cpu);
+        report("empty", &floor.cpu);
     }
 }
