@@ -1,6 +1,6 @@
 //! Workload 5 on heaps: hot small-object pairs, and two threads freeing
-//! each other's objects, over the allocators of
-//! `vmem-core/benches/cache.rs`, from the same files.
+//! each other's objects, over the allocators `vmem-core/benches/cache.rs`
+//! measures too (both take them from `vmem_testkit::heaps`).
 
 use std::hint::black_box;
 use std::sync::Mutex;
@@ -8,19 +8,15 @@ use std::time::Duration;
 
 use vmem_core::CPU0;
 
-#[path = "../../vmem-core/benches/common/cross.rs"]
-mod cross;
-#[path = "../../vmem-core/benches/common/heaps.rs"]
-mod heaps;
+pub use vmem_testkit::cross::BATCH;
+use vmem_testkit::cross::*;
+use vmem_testkit::heaps::*;
 
-use crate::{Budget, progress};
-pub use cross::BATCH;
-use cross::*;
-use heaps::*;
+use crate::workloads::{Budget, progress, timed};
 
 fn pairs_of(mut pair: impl FnMut(), b: Budget) -> (f64, u64) {
-    crate::timed(&mut pair, b.warm, b.time);
-    let (n, el) = crate::timed(&mut pair, b.ops, b.time);
+    timed(&mut pair, b.warm, b.time);
+    let (n, el) = timed(&mut pair, b.ops, b.time);
     (el.as_nanos() as f64 / n as f64, n)
 }
 
@@ -62,10 +58,10 @@ pub fn hot_pairs(b: Budget) -> Vec<(&'static str, f64, u64)> {
             b,
         ),
         shared("vmem-core SizeClasses", &vmem_kmalloc(&CPU0), b),
-        local("talc 5", TalcHeap::new(), b),
-        local("linked_list_allocator 0.10", LinkedListHeap::new(), b),
-        local("buddy_system_allocator 0.13", BuddyHeap::new(), b),
-        local("rlsf 0.2", TlsfHeap::new(), b),
+        local("talc 5", TalcHeap::default(), b),
+        local("linked_list_allocator 0.10", LinkedListHeap::default(), b),
+        local("buddy_system_allocator 0.13", BuddyHeap::default(), b),
+        local("rlsf 0.2", TlsfHeap::default(), b),
         shared("system (glibc malloc)", &SystemAlloc, b),
     ]
 }
@@ -117,22 +113,22 @@ pub fn two_threads(pairs: u64) -> Vec<Cross> {
         cross("vmem-core SizeClasses", &kmalloc, pairs),
         cross(
             "talc 5 (Mutex)",
-            &Locked(Mutex::new(TalcHeap::new())),
+            &Locked(Mutex::new(TalcHeap::default())),
             pairs,
         ),
         cross(
             "linked_list_allocator 0.10 (Mutex)",
-            &Locked(Mutex::new(LinkedListHeap::new())),
+            &Locked(Mutex::new(LinkedListHeap::default())),
             pairs,
         ),
         cross(
             "buddy_system_allocator 0.13 (Mutex)",
-            &Locked(Mutex::new(BuddyHeap::new())),
+            &Locked(Mutex::new(BuddyHeap::default())),
             pairs,
         ),
         cross(
             "rlsf 0.2 (Mutex)",
-            &Locked(Mutex::new(TlsfHeap::new())),
+            &Locked(Mutex::new(TlsfHeap::default())),
             pairs,
         ),
         cross("system (glibc malloc)", &SystemAlloc, pairs),

@@ -40,6 +40,7 @@ use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use vmem_core::{Arena, ArenaConfig, HeapMeta, Policy};
+use vmem_testkit::SplitMix64;
 
 /// The arena's quantum.
 const QUANTUM: u64 = 4096;
@@ -50,27 +51,9 @@ const BASE: u64 = 0x1000_0000_0000;
 /// Extra room in the span beyond twice the largest possible live set.
 const SLACK_QUANTA: u64 = 1024;
 
-/// SplitMix64: small, deterministic, good enough for picking sizes and slots.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// A value in `0..n` (the slight modulo bias does not matter here).
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    /// A size of 1 to `MAX_QUANTA` quanta, in integers.
-    fn size(&mut self) -> u64 {
-        (1 + self.below(MAX_QUANTA)) * QUANTUM
-    }
+/// A size of 1 to `MAX_QUANTA` quanta, in integers.
+fn random_size(rng: &mut SplitMix64) -> u64 {
+    (1 + rng.below(MAX_QUANTA)) * QUANTUM
 }
 
 /// An arena filled with `live` allocations made by `policy`, their
@@ -83,10 +66,10 @@ fn setup(live: usize, policy: Policy) -> (Arena<'static>, Vec<(u64, u64)>, Split
             .meta(&HeapMeta),
     )
     .unwrap_or_else(|e| panic!("Arena::create(span {BASE:#x}+{span:#x}) failed: {e:?}"));
-    let mut rng = SplitMix64(0x5EED_0000 ^ live as u64);
+    let mut rng = SplitMix64::new(0x5EED_0000 ^ live as u64);
     let mut segs = Vec::with_capacity(live);
     for i in 0..live {
-        let size = rng.size();
+        let size = random_size(&mut rng);
         let addr = arena.alloc(size, policy).unwrap_or_else(|e| {
             panic!("setup alloc #{i} of {size:#x} ({policy:?}, live {live}) failed: {e:?}")
         });
@@ -114,7 +97,7 @@ fn churn(c: &mut Criterion, name: &str, policy: Policy, sizes: &[usize]) {
                 arena
                     .free(black_box(addr), black_box(size))
                     .unwrap_or_else(|e| panic!("free({addr:#x}, {size:#x}) failed: {e:?}"));
-                let size = rng.size();
+                let size = random_size(&mut rng);
                 let addr = arena
                     .alloc(black_box(size), policy)
                     .unwrap_or_else(|e| panic!("alloc({size:#x}, {policy:?}) failed: {e:?}"));

@@ -68,14 +68,9 @@ use criterion::measurement::WallTime;
 use criterion::{
     BenchmarkGroup, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main,
 };
-#[path = "common/cross.rs"]
-mod cross;
-#[path = "common/heaps.rs"]
-mod heaps;
-
-use cross::*;
-use heaps::*;
 use vmem_core::{CPU0, ObjectCache};
+use vmem_testkit::cross::*;
+use vmem_testkit::heaps::*;
 
 fn configure(group: &mut BenchmarkGroup<'_, WallTime>) {
     group
@@ -144,10 +139,14 @@ fn hot_pair(c: &mut Criterion) {
     hot_shared(&mut group, "vmem/kmalloc", &kmalloc);
     kmalloc.0.check().expect("vmem/kmalloc check");
 
-    hot_local(&mut group, "talc", TalcHeap::new());
-    hot_local(&mut group, "linked_list_allocator", LinkedListHeap::new());
-    hot_local(&mut group, "buddy_system_allocator", BuddyHeap::new());
-    hot_local(&mut group, "rlsf", TlsfHeap::new());
+    hot_local(&mut group, "talc", TalcHeap::default());
+    hot_local(
+        &mut group,
+        "linked_list_allocator",
+        LinkedListHeap::default(),
+    );
+    hot_local(&mut group, "buddy_system_allocator", BuddyHeap::default());
+    hot_local(&mut group, "rlsf", TlsfHeap::default());
     hot_shared(&mut group, "system", &SystemAlloc);
     group.finish();
 }
@@ -199,18 +198,18 @@ fn two_threads(c: &mut Criterion) {
     kmalloc.0.check().expect("vmem/kmalloc check");
     report("vmem/kmalloc (64-byte class)", &kmalloc.0.caches()[5]);
 
-    cross(&mut group, "talc", &Locked(Mutex::new(TalcHeap::new())));
+    cross(&mut group, "talc", &Locked(Mutex::new(TalcHeap::default())));
     cross(
         &mut group,
         "linked_list_allocator",
-        &Locked(Mutex::new(LinkedListHeap::new())),
+        &Locked(Mutex::new(LinkedListHeap::default())),
     );
     cross(
         &mut group,
         "buddy_system_allocator",
-        &Locked(Mutex::new(BuddyHeap::new())),
+        &Locked(Mutex::new(BuddyHeap::default())),
     );
-    cross(&mut group, "rlsf", &Locked(Mutex::new(TlsfHeap::new())));
+    cross(&mut group, "rlsf", &Locked(Mutex::new(TlsfHeap::default())));
     cross(&mut group, "system", &SystemAlloc);
     group.finish();
 }

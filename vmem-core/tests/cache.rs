@@ -1,28 +1,13 @@
 //! Object caches, magazines, quantum caches, reserves and size classes,
 //! through the public API.
 
-use std::alloc::{Layout, alloc_zeroed};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use vmem_core::{
     Arena, ArenaConfig, CacheConfig, ErrorKind, FixedCpu, HeapMeta, ObjectCache, Policy,
-    QuantumCaches, Reserve, Segment, SizeClasses,
+    QuantumCaches, Reserve, SizeClasses,
 };
-
-fn walk(arena: &Arena<'_>) -> Vec<Segment> {
-    let mut out = Vec::new();
-    arena.walk(|s| out.push(s));
-    out
-}
-
-/// A leaked, page-aligned host buffer: memory-mode arenas hand out its addresses.
-fn buffer(bytes: usize) -> u64 {
-    let layout = Layout::from_size_align(bytes, 4096).unwrap();
-    // SAFETY: non-zero size; the buffer is leaked, so it lives for the test.
-    let p = unsafe { alloc_zeroed(layout) };
-    assert!(!p.is_null());
-    p as u64
-}
+use vmem_testkit::{buffer, walk};
 
 #[test]
 fn no_touch_cache_allocates_frees_and_reaps_back_to_the_start() {

@@ -9,14 +9,9 @@ use std::collections::BTreeMap;
 use proptest::prelude::*;
 use vmem_core::{
     Arena, ArenaConfig, CacheConfig, ErrorKind, FixedCpu, HeapMeta, ObjectCache, Policy,
-    QuantumCaches, Segment,
+    QuantumCaches,
 };
-
-fn walk(arena: &Arena<'_>) -> Vec<Segment> {
-    let mut out = Vec::new();
-    arena.walk(|s| out.push(s));
-    out
-}
+use vmem_testkit::walk;
 
 #[derive(Clone, Debug)]
 enum Op {

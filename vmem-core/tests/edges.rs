@@ -14,7 +14,6 @@
 //! issue 12).
 
 use std::alloc::{Layout, alloc_zeroed, dealloc};
-use std::fmt::Write as _;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::ptr::NonNull;
 
@@ -23,6 +22,7 @@ use vmem_core::{
     Arena, ArenaConfig, CPU0, CacheConfig, Constraints, ErrorKind, HeapMeta, MetaSource,
     ObjectCache, Policy, QuantumCaches, Reserve, SizeClasses,
 };
+use vmem_testkit::{arena_state, cache_state};
 
 // ---------------------------------------------------------------------
 // Values at the edges.
@@ -56,47 +56,6 @@ fn policy() -> impl Strategy<Value = Policy> {
 // ---------------------------------------------------------------------
 // Observing calls.
 // ---------------------------------------------------------------------
-
-/// Everything a refused call must leave as it was: segments, sizes and
-/// gauges (the crate lets a refusal move counters only).
-fn arena_state(a: &Arena<'_>) -> String {
-    let mut out = String::new();
-    a.walk(|s| {
-        let _ = write!(out, "{:?}@{:#x}+{:#x} ", s.kind, s.start, s.size);
-    });
-    let z = a.size();
-    let s = a.stats();
-    let _ = write!(
-        out,
-        "| {:#x} {:#x} {:#x} | {} {} {} {} {}",
-        z.alloc,
-        z.free,
-        z.total,
-        s.spans,
-        s.alloc_segments,
-        s.free_segments,
-        s.hash_buckets,
-        s.children
-    );
-    if let Some(qc) = a.qcaches() {
-        for (size, s) in qc.stats() {
-            let _ = write!(
-                out,
-                " | qc {size:#x}: {} {} {} {}",
-                s.in_use, s.slabs, s.slabs_empty, s.magazines
-            );
-        }
-    }
-    out
-}
-
-fn cache_state(c: &ObjectCache<'_>) -> String {
-    let s = c.stats();
-    format!(
-        "{} {} {} {} {} {} {}",
-        s.in_use, s.slabs, s.slabs_empty, s.magazines, s.depot_full, s.depot_empty, s.magazine_size
-    )
-}
 
 /// Makes `call` catching panics; a refusal must have one of `kinds` and
 /// leave `state` as it was. Returns the call's value, or the refusal's

@@ -36,6 +36,7 @@ use vmem_core::{
     FaultSite, FaultyMeta, FixedCpu, HeapMeta, META_PAGE, MetaSource, ObjectCache, Policy,
     QuantumCaches, Segment, SegmentKind, Stats,
 };
+use vmem_testkit::walk;
 
 const Q: u64 = 0x1000;
 const BASE: u64 = 0x1_0000_0000;
@@ -221,12 +222,6 @@ fn release(
         }
         Live::Object { cache, addr } => caches[cache].free(addr),
     }
-}
-
-fn walk(a: &Arena) -> Vec<Segment> {
-    let mut v = Vec::new();
-    a.walk(|s| v.push(s));
-    v
 }
 
 fn spans(a: &Arena) -> Vec<(u64, u64)> {

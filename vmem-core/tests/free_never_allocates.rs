@@ -3,15 +3,16 @@
 //! need more magazines than the caches have and the meta source refuses
 //! every page. What finds no room in a magazine goes back to its slab.
 
-use std::alloc::{GlobalAlloc, Layout, alloc_zeroed};
+use std::alloc::{GlobalAlloc, Layout};
 use std::hint::spin_loop;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use vmem_core::{
     Arena, ArenaConfig, CacheConfig, FixedCpu, GlobalHeap, HeapMeta, MetaSource, ObjectCache,
-    Policy, QuantumCaches, Segment, SizeClasses,
+    Policy, QuantumCaches, SizeClasses,
 };
+use vmem_testkit::{buffer, walk};
 
 /// Meta pages from the heap, counting every request, and refusing them all
 /// once told to.
@@ -83,21 +84,6 @@ unsafe impl lock_api::RawMutex for CountingLock {
     unsafe fn unlock(&self) {
         self.0.store(false, Ordering::Release);
     }
-}
-
-fn walk<R: lock_api::RawMutex>(arena: &Arena<'_, R>) -> Vec<Segment> {
-    let mut out = Vec::new();
-    arena.walk(|s| out.push(s));
-    out
-}
-
-/// A leaked, page-aligned host buffer: memory-mode arenas hand out its addresses.
-fn buffer(bytes: usize) -> u64 {
-    let layout = Layout::from_size_align(bytes, 4096).unwrap();
-    // SAFETY: non-zero size; the buffer is leaked, so it lives for the test.
-    let p = unsafe { alloc_zeroed(layout) };
-    assert!(!p.is_null());
-    p as u64
 }
 
 /// CPUs the frees run on: never the one that allocated the object, so the

@@ -6,13 +6,11 @@
 //! free segment per span (and importing arenas no spans at all).
 
 use std::collections::BTreeMap;
-use std::ptr::NonNull;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use proptest::prelude::*;
-use vmem_core::{
-    Arena, ArenaConfig, Constraints, ErrorKind, HeapMeta, MetaSource, Policy, Segment, SegmentKind,
-};
+use vmem_core::{Arena, ArenaConfig, Constraints, ErrorKind, HeapMeta, Policy, SegmentKind};
+use vmem_testkit::placement::Request;
+use vmem_testkit::{PageBudget, walk};
 
 const Q: u64 = 16;
 
@@ -54,39 +52,15 @@ impl Model {
             .any(|&(s, e)| s <= addr && addr + size <= e)
     }
 
-    /// Brute force: whether any free range holds a placement meeting `c`.
+    /// Whether any free range holds a placement of `size` meeting `c`.
     fn has_placement(&self, size: u64, c: &Constraints) -> bool {
-        self.free_ranges()
-            .iter()
-            .any(|&(s, e)| first_placement(s, e, size, c).is_some())
+        Request::new(size, c, Q).fits_somewhere(&self.free_ranges())
     }
-}
-
-fn align_of(c: &Constraints) -> u64 {
-    if c.align == 0 { Q } else { c.align }
-}
-
-fn meets(r: u64, size: u64, c: &Constraints) -> bool {
-    let crosses = c.nocross != 0 && r / c.nocross != (r + size - 1) / c.nocross;
-    r % align_of(c) == c.phase && !crosses && r >= c.min && (c.max == 0 || r + size <= c.max)
-}
-
-/// The lowest placement in `[s, e)`, by stepping through every aligned start.
-fn first_placement(s: u64, e: u64, size: u64, c: &Constraints) -> Option<u64> {
-    let align = align_of(c);
-    let mut r = s - s % align + c.phase;
-    while r + size <= e {
-        if r >= s && meets(r, size, c) {
-            return Some(r);
-        }
-        r += align;
-    }
-    None
 }
 
 /// The rules the spec states for bad parameters, applied independently.
 fn expected_param_error(size: u64, c: &Constraints) -> Option<ErrorKind> {
-    let align = align_of(c);
+    let align = if c.align == 0 { Q } else { c.align };
     if size == 0 {
         return Some(ErrorKind::ZeroSize);
     }
@@ -104,16 +78,11 @@ fn expected_param_error(size: u64, c: &Constraints) -> Option<ErrorKind> {
     if c.nocross != 0 && (align > c.nocross || c.phase + size > c.nocross) {
         return Some(ErrorKind::Overconstrained);
     }
-    if c.max != 0 && first_placement(c.min, c.max, size, c).is_none() {
+    let request = Request::new(size, c, Q);
+    if c.max != 0 && request.place_in(request.min, request.max).is_none() {
         return Some(ErrorKind::Overconstrained);
     }
     None
-}
-
-fn walk(arena: &Arena<'_>) -> Vec<Segment> {
-    let mut out = Vec::new();
-    arena.walk(|s| out.push(s));
-    out
 }
 
 /// Invariants read off the walk: spans tiled exactly, free segments
@@ -309,7 +278,7 @@ fn run(arena: &Arena<'_>, mut model: Model, ops: &[Op], tags_may_run_out: bool) 
                 match arena.xalloc(size, &c, policy) {
                     Ok(r) => {
                         assert_eq!(expected, None);
-                        assert!(meets(r, size, &c), "{r:#x} {size:#x} {c:?}");
+                        assert!(Request::new(size, &c, Q).meets(r), "{r:#x} {size:#x} {c:?}");
                         assert!(model.is_free(r, size));
                         model.live.insert(r, (size, true));
                         None
@@ -426,28 +395,6 @@ proptest! {
     }
 }
 
-/// A meta source that gives out a fixed number of pages, then none.
-struct Limited {
-    left: AtomicUsize,
-}
-
-impl MetaSource for Limited {
-    fn alloc_pages(&self, pages: usize) -> Option<NonNull<u8>> {
-        self.left
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                n.checked_sub(pages)
-            })
-            .ok()?;
-        HeapMeta.alloc_pages(pages)
-    }
-
-    unsafe fn free_pages(&self, base: NonNull<u8>, pages: usize) {
-        self.left.fetch_add(pages, Ordering::AcqRel);
-        // SAFETY: passed through from the caller's contract.
-        unsafe { HeapMeta.free_pages(base, pages) }
-    }
-}
-
 proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
@@ -455,7 +402,7 @@ proptest! {
     /// cleanly with `NoSpace`, change nothing, and frees always work.
     #[test]
     fn running_out_of_tags_fails_cleanly(pages in 1usize..3, ops in prop::collection::vec(op(), 1..400)) {
-        let meta = Limited { left: AtomicUsize::new(pages) };
+        let meta = PageBudget::new(pages);
         {
             let arena: Arena = Arena::create(ArenaConfig::new("tight", Q).meta(&meta).static_tags(false)).unwrap();
             let mut ops = ops;
@@ -467,7 +414,7 @@ proptest! {
             let mut model = run(&arena, Model::default(), &ops, true);
             free_all(&arena, &mut model);
         }
-        prop_assert_eq!(meta.left.load(Ordering::Acquire), pages, "every page went back");
+        prop_assert_eq!(meta.left(), pages, "every page went back");
     }
 }
 

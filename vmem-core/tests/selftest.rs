@@ -9,26 +9,11 @@
 use std::thread;
 
 use vmem_core::{Arena, ArenaConfig, Constraints, ErrorKind, HeapMeta, Policy};
+use vmem_testkit::SplitMix64;
 
-/// SplitMix64: a small, deterministic generator.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn policy(&mut self) -> Policy {
-        [Policy::InstantFit, Policy::BestFit, Policy::NextFit][self.below(3) as usize]
-    }
+/// One of the three policies, drawn from `rng`.
+fn policy(rng: &mut SplitMix64) -> Policy {
+    *rng.pick(&[Policy::InstantFit, Policy::BestFit, Policy::NextFit])
 }
 
 #[derive(Clone, Copy)]
@@ -66,7 +51,7 @@ fn long_random_run_over_a_tree_of_arenas() {
     let ids: Arena =
         Arena::create(ArenaConfig::new("ids", 1).span(1, 30_000).meta(&HeapMeta)).unwrap();
     let arenas: [&Arena; 3] = [&va, &heap, &ids];
-    let mut rng = Rng(0x5eed);
+    let mut rng = SplitMix64::new(0x5eed);
     let mut live: Vec<Live> = Vec::new();
     let (mut allocs, mut fails) = (0u64, 0u64);
     let total = ops();
@@ -94,7 +79,7 @@ fn long_random_run_over_a_tree_of_arenas() {
                     },
                     ..Constraints::NONE
                 };
-                arena.xalloc(size, &c, rng.policy()).inspect(|&r| {
+                arena.xalloc(size, &c, policy(&mut rng)).inspect(|&r| {
                     assert_eq!(r % c.align, c.phase);
                     if let (Some(first), Some(last)) = (
                         r.checked_div(c.nocross),
@@ -104,7 +89,7 @@ fn long_random_run_over_a_tree_of_arenas() {
                     }
                 })
             } else {
-                arena.alloc(size, rng.policy())
+                arena.alloc(size, policy(&mut rng))
             };
             match result {
                 Ok(addr) => {
@@ -185,13 +170,13 @@ fn threads_share_arenas() {
         for t in 0..4u64 {
             let (va, heap) = (&va, &heap);
             s.spawn(move || {
-                let mut rng = Rng(t + 1);
+                let mut rng = SplitMix64::new(t + 1);
                 let mut live = Vec::new();
                 for _ in 0..rounds {
                     let arena = if rng.below(2) == 0 { va } else { heap };
                     if rng.below(2) == 0 || live.is_empty() {
                         let size = PAGE * (1 + rng.below(32));
-                        let addr = arena.alloc(size, rng.policy()).unwrap();
+                        let addr = arena.alloc(size, policy(&mut rng)).unwrap();
                         live.push((std::ptr::eq(arena, va), addr, size));
                     } else {
                         let (on_va, addr, size) =

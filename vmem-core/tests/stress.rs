@@ -26,6 +26,7 @@ use vmem_core::{
     Arena, ArenaConfig, ArenaMeta, CacheConfig, Constraints, CpuId, ErrorKind, HeapMeta,
     ObjectCache, Policy, QuantumCaches, Segment,
 };
+use vmem_testkit::walk;
 
 thread_local! {
     static CPU: Cell<usize> = const { Cell::new(0) };
@@ -56,12 +57,6 @@ fn rounds() -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(20_000)
-}
-
-fn walk(arena: &Arena<'_>) -> Vec<Segment> {
-    let mut out = Vec::new();
-    arena.walk(|s| out.push(s));
-    out
 }
 
 fn pattern(addr: u64, size: u64) -> impl Iterator<Item = (u64, u8)> {

@@ -11,7 +11,6 @@
 //!   arena imported, and destroying an arena an object cache is built on,
 //!   are refused and change nothing.
 
-use std::alloc::{Layout, alloc_zeroed};
 use std::ops::Range;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -21,9 +20,10 @@ use std::thread;
 use std::time::Duration;
 
 use vmem_core::{
-    Arena, ArenaConfig, ArenaMeta, CPU0, CacheConfig, ErrorKind, HeapMeta, Importer, META_PAGE,
-    MetaSource, ObjectCache, Policy, Segment, SegmentKind, Source,
+    Arena, ArenaConfig, ArenaMeta, CPU0, CacheConfig, ErrorKind, HeapMeta, Importer, MetaSource,
+    ObjectCache, Policy, Segment, SegmentKind, Source,
 };
+use vmem_testkit::walk;
 
 const Q: u64 = 0x1000;
 
@@ -56,15 +56,12 @@ fn leak<T>(value: T) -> &'static T {
     Box::leak(Box::new(value))
 }
 
-/// `bytes` of zeroed host memory aligned to a meta page, never freed: the
+/// `bytes` of zeroed host memory aligned to a meta page (a page), never freed: the
 /// integers of the tree's root, so meta pages from any arena of the tree
 /// are real memory.
 fn buffer(bytes: usize) -> Range<u64> {
-    let layout = Layout::from_size_align(bytes, META_PAGE).unwrap();
-    // SAFETY: the layout has a non-zero size.
-    let base = unsafe { alloc_zeroed(layout) };
-    assert!(!base.is_null());
-    base as u64..base as u64 + bytes as u64
+    let base = vmem_testkit::buffer(bytes);
+    base..base + bytes as u64
 }
 
 /// A parent's meta source that takes pages from an arena under the parent
@@ -112,12 +109,6 @@ impl MetaSource for FromDescendant {
             _ => unsafe { HeapMeta.free_pages(base, pages) },
         }
     }
-}
-
-fn walk(arena: &Arena<'_>) -> Vec<Segment> {
-    let mut out = Vec::new();
-    arena.walk(|s| out.push(s));
-    out
 }
 
 /// A tree `depth` arenas deep under a root whose meta source allocates from

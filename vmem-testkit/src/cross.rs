@@ -1,8 +1,7 @@
 //! Two threads freeing each other's objects, and the same work on one
 //! thread: the machinery of the `two_threads` workload, shared by
 //! `vmem-core/benches/cache.rs` and the `vmem-bench` binary (`bench/`), so
-//! both measure the same code. Include it after `heaps.rs` (it uses its
-//! `Shared` and `Local` traits through the includer's `heaps` module).
+//! both measure the same code, over the allocators of [`heaps`](crate::heaps).
 
 use std::cell::Cell;
 use std::hint::{black_box, spin_loop};
@@ -13,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use vmem_core::CpuId;
 
-use super::heaps::{Local, Shared};
+use crate::heaps::{Local, Shared};
 
 /// Objects each thread allocates per round in `two_threads`.
 pub const BATCH: usize = 1024;
@@ -49,6 +48,7 @@ impl CpuId for ThreadCpu {
     }
 }
 
+/// The one [`ThreadCpu`] the caches of the two-thread runs are given.
 pub static THREAD_CPU: ThreadCpu = ThreadCpu;
 
 /// A reusable barrier that spins (then yields), so a round's hand-over costs

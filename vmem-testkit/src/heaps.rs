@@ -1,7 +1,7 @@
 //! The allocators the heap benchmarks compare, driven one way: vmem-core's
 //! caches and size classes, talc, linked_list_allocator,
 //! buddy_system_allocator, rlsf and the system allocator, each over its own
-//! 64 MiB host buffer. Included by `vmem-core/benches/cache.rs` and by the
+//! 64 MiB host buffer. Used by `vmem-core/benches/cache.rs` and by the
 //! `vmem-bench` binary (`bench/`), so both measure the same code.
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -25,16 +25,14 @@ fn layout() -> Layout {
     Layout::from_size_align(OBJ, ALIGN).expect("64-byte layout")
 }
 
-/// A leaked, page-aligned host buffer of [`HEAP`] bytes.
-fn buffer() -> NonNull<u8> {
-    let layout = Layout::from_size_align(HEAP, 4096).expect("buffer layout");
-    // SAFETY: the layout has a non-zero size; the buffer is never freed.
-    NonNull::new(unsafe { std::alloc::alloc(layout) }).expect("64 MiB host buffer")
+/// A fresh leaked, page-aligned host buffer of [`HEAP`] bytes.
+fn host_buffer() -> NonNull<u8> {
+    object(crate::buffer(HEAP) as usize)
 }
 
-/// A memory-mode arena whose one span is a fresh [`buffer`].
+/// A memory-mode arena whose one span is a fresh [`host_buffer`].
 fn memory_arena(name: &str) -> &'static Arena<'static> {
-    let base = buffer().as_ptr() as u64;
+    let base = crate::buffer(HEAP);
     let arena = Arena::create(
         ArenaConfig::new(name, QUANTUM)
             .span(base, HEAP as u64)
@@ -46,7 +44,7 @@ fn memory_arena(name: &str) -> &'static Arena<'static> {
 
 /// A memory-mode cache of 64-byte objects over a fresh arena; `magazine`
 /// overrides the default magazine size (0 turns magazines off).
-pub(crate) fn vmem_cache(
+pub fn vmem_cache(
     name: &str,
     magazine: Option<u32>,
     cpu: &'static dyn CpuId,
@@ -63,7 +61,7 @@ pub(crate) fn vmem_cache(
 }
 
 /// Size classes over a fresh memory-mode arena.
-pub(crate) fn vmem_kmalloc(cpu: &'static dyn CpuId) -> Kmalloc {
+pub fn vmem_kmalloc(cpu: &'static dyn CpuId) -> Kmalloc {
     let arena = memory_arena("kmalloc");
     // SAFETY: as in `vmem_cache`.
     let classes = unsafe { SizeClasses::new(arena, &HeapMeta, cpu, false) }.expect("size classes");
@@ -71,7 +69,7 @@ pub(crate) fn vmem_kmalloc(cpu: &'static dyn CpuId) -> Kmalloc {
 }
 
 /// An allocator of 64-byte objects that threads can share.
-pub(crate) trait Shared: Sync {
+pub trait Shared: Sync {
     /// A new object's address.
     fn alloc(&self) -> usize;
     /// Frees an object.
@@ -82,7 +80,7 @@ pub(crate) trait Shared: Sync {
 }
 
 /// An allocator of 64-byte objects with a `&mut self` API.
-pub(crate) trait Local: Send {
+pub trait Local: Send {
     /// A new object's address.
     fn alloc(&mut self) -> usize;
     /// Frees an object.
@@ -110,7 +108,7 @@ impl Shared for ObjectCache<'_> {
 }
 
 /// vmem's size classes.
-pub(crate) struct Kmalloc(pub(crate) SizeClasses<'static>);
+pub struct Kmalloc(pub SizeClasses<'static>);
 
 impl Shared for Kmalloc {
     #[inline]
@@ -130,7 +128,7 @@ impl Shared for Kmalloc {
 }
 
 /// The system allocator.
-pub(crate) struct SystemAlloc;
+pub struct SystemAlloc;
 
 impl Shared for SystemAlloc {
     #[inline]
@@ -148,15 +146,71 @@ impl Shared for SystemAlloc {
     }
 }
 
-/// talc 5 over its own buffer, acquiring nothing more (`Manual`).
-pub(crate) struct TalcHeap(Talc<Manual, DefaultBinning>);
+/// An object's address from a peer's answer, which is `None` when the
+/// peer's 64 MiB are used up (the benchmarks never get there).
+fn address(p: Option<NonNull<u8>>, peer: &str) -> usize {
+    match p {
+        Some(p) => p.as_ptr() as usize,
+        None => panic!("{peer} out of memory"),
+    }
+}
 
-impl TalcHeap {
-    pub(crate) fn new() -> Self {
+/// The pointer a peer takes back for the address `p` it handed out.
+fn object(p: usize) -> NonNull<u8> {
+    NonNull::new(p as *mut u8).expect("non-null object")
+}
+
+/// talc 5 over its own buffer, acquiring nothing more (`Manual`).
+pub struct TalcHeap(Talc<Manual, DefaultBinning>);
+
+/// linked_list_allocator over its own buffer.
+pub struct LinkedListHeap(linked_list_allocator::Heap);
+
+/// buddy_system_allocator over its own buffer (orders up to 2^31 bytes).
+pub struct BuddyHeap(buddy_system_allocator::Heap<32>);
+
+/// rlsf's TLSF over its own buffer: 24 first-level classes of 16 second-level
+/// ones, so blocks up to 512 MiB.
+pub struct TlsfHeap(rlsf::Tlsf<'static, u32, u32, 24, 16>);
+
+impl Default for TalcHeap {
+    /// talc over a fresh buffer.
+    fn default() -> Self {
         let mut talc = Talc::new(Manual);
         // SAFETY: the leaked buffer is talc's alone from now on.
-        unsafe { talc.claim(buffer().as_ptr(), HEAP) }.expect("talc claim");
+        unsafe { talc.claim(host_buffer().as_ptr(), HEAP) }.expect("talc claim");
         TalcHeap(talc)
+    }
+}
+
+impl Default for LinkedListHeap {
+    /// linked_list_allocator over a fresh buffer.
+    fn default() -> Self {
+        let mut heap = linked_list_allocator::Heap::empty();
+        // SAFETY: the leaked buffer is the heap's alone from now on.
+        unsafe { heap.init(host_buffer().as_ptr(), HEAP) };
+        LinkedListHeap(heap)
+    }
+}
+
+impl Default for BuddyHeap {
+    /// buddy_system_allocator over a fresh buffer.
+    fn default() -> Self {
+        let mut heap = buddy_system_allocator::Heap::<32>::new();
+        // SAFETY: the leaked buffer is the heap's alone from now on.
+        unsafe { heap.init(host_buffer().as_ptr() as usize, HEAP) };
+        BuddyHeap(heap)
+    }
+}
+
+impl Default for TlsfHeap {
+    /// rlsf over a fresh buffer.
+    fn default() -> Self {
+        let mut tlsf = rlsf::Tlsf::new();
+        let block = NonNull::slice_from_raw_parts(host_buffer(), HEAP);
+        // SAFETY: the leaked buffer is the TLSF's alone and outlives it.
+        unsafe { tlsf.insert_free_block_ptr(block) }.expect("rlsf pool");
+        TlsfHeap(tlsf)
     }
 }
 
@@ -164,10 +218,7 @@ impl Local for TalcHeap {
     #[inline]
     fn alloc(&mut self) -> usize {
         // SAFETY: the layout has a non-zero size.
-        match unsafe { self.0.allocate(layout()) } {
-            Some(p) => p.as_ptr() as usize,
-            None => panic!("talc out of memory"),
-        }
+        address(unsafe { self.0.allocate(layout()) }, "talc")
     }
 
     #[inline]
@@ -177,91 +228,44 @@ impl Local for TalcHeap {
     }
 }
 
-/// linked_list_allocator over its own buffer.
-pub(crate) struct LinkedListHeap(linked_list_allocator::Heap);
-
-impl LinkedListHeap {
-    pub(crate) fn new() -> Self {
-        let mut heap = linked_list_allocator::Heap::empty();
-        // SAFETY: the leaked buffer is the heap's alone from now on.
-        unsafe { heap.init(buffer().as_ptr(), HEAP) };
-        LinkedListHeap(heap)
-    }
-}
-
 impl Local for LinkedListHeap {
     #[inline]
     fn alloc(&mut self) -> usize {
-        match self.0.allocate_first_fit(layout()) {
-            Ok(p) => p.as_ptr() as usize,
-            Err(()) => panic!("linked_list_allocator out of memory"),
-        }
+        address(
+            self.0.allocate_first_fit(layout()).ok(),
+            "linked_list_allocator",
+        )
     }
 
     #[inline]
     unsafe fn free(&mut self, p: usize) {
-        let p = NonNull::new(p as *mut u8).expect("non-null object");
         // SAFETY: the caller passes back what `alloc` returned, same layout.
-        unsafe { self.0.deallocate(p, layout()) }
-    }
-}
-
-/// buddy_system_allocator over its own buffer (orders up to 2^31 bytes).
-pub(crate) struct BuddyHeap(buddy_system_allocator::Heap<32>);
-
-impl BuddyHeap {
-    pub(crate) fn new() -> Self {
-        let mut heap = buddy_system_allocator::Heap::<32>::new();
-        // SAFETY: the leaked buffer is the heap's alone from now on.
-        unsafe { heap.init(buffer().as_ptr() as usize, HEAP) };
-        BuddyHeap(heap)
+        unsafe { self.0.deallocate(object(p), layout()) }
     }
 }
 
 impl Local for BuddyHeap {
     #[inline]
     fn alloc(&mut self) -> usize {
-        match self.0.alloc(layout()) {
-            Ok(p) => p.as_ptr() as usize,
-            Err(()) => panic!("buddy_system_allocator out of memory"),
-        }
+        address(self.0.alloc(layout()).ok(), "buddy_system_allocator")
     }
 
     #[inline]
     unsafe fn free(&mut self, p: usize) {
-        let p = NonNull::new(p as *mut u8).expect("non-null object");
         // SAFETY: the caller passes back what `alloc` returned, same layout.
-        unsafe { self.0.dealloc(p, layout()) }
-    }
-}
-
-/// rlsf's TLSF over its own buffer: 24 first-level classes of 16 second-level
-/// ones, so blocks up to 512 MiB.
-pub(crate) struct TlsfHeap(rlsf::Tlsf<'static, u32, u32, 24, 16>);
-
-impl TlsfHeap {
-    pub(crate) fn new() -> Self {
-        let mut tlsf = rlsf::Tlsf::new();
-        let block = NonNull::slice_from_raw_parts(buffer(), HEAP);
-        // SAFETY: the leaked buffer is the TLSF's alone and outlives it.
-        unsafe { tlsf.insert_free_block_ptr(block) }.expect("rlsf pool");
-        TlsfHeap(tlsf)
+        unsafe { self.0.dealloc(object(p), layout()) }
     }
 }
 
 impl Local for TlsfHeap {
     #[inline]
     fn alloc(&mut self) -> usize {
-        match self.0.allocate(layout()) {
-            Some(p) => p.as_ptr() as usize,
-            None => panic!("rlsf out of memory"),
-        }
+        address(self.0.allocate(layout()), "rlsf")
     }
 
     #[inline]
     unsafe fn free(&mut self, p: usize) {
-        let p = NonNull::new(p as *mut u8).expect("non-null object");
         // SAFETY: the caller passes back what `alloc` returned, same alignment.
-        unsafe { self.0.deallocate(p, ALIGN) }
+        unsafe { self.0.deallocate(object(p), ALIGN) }
     }
 }
