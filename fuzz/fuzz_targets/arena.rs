@@ -25,8 +25,6 @@
 #![no_main]
 
 use std::collections::BTreeMap;
-use std::ptr::NonNull;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
@@ -34,6 +32,8 @@ use vmem_core::{
     Arena, ArenaConfig, Constraints, ErrorKind, HeapMeta, MetaSource, Policy, Result, Segment,
     SegmentKind, static_tags_available,
 };
+use vmem_testkit::placement::Request;
+use vmem_testkit::{PageBudget, walk};
 
 #[derive(Arbitrary, Debug)]
 struct Input {
@@ -190,40 +190,12 @@ enum Op {
     Destroy(Which),
 }
 
-/// A meta source that gives out a fixed number of pages, then none.
-struct Limited {
-    left: AtomicUsize,
-}
-
-impl MetaSource for Limited {
-    fn alloc_pages(&self, pages: usize) -> Option<NonNull<u8>> {
-        self.left
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                n.checked_sub(pages)
-            })
-            .ok()?;
-        HeapMeta.alloc_pages(pages)
-    }
-
-    unsafe fn free_pages(&self, base: NonNull<u8>, pages: usize) {
-        self.left.fetch_add(pages, Ordering::AcqRel);
-        // SAFETY: passed through from the caller's contract.
-        unsafe { HeapMeta.free_pages(base, pages) }
-    }
-}
-
 /// What the model knows of one arena: its live allocations
 /// (address -> rounded size, by xalloc). Spans and free segments are read
 /// off the walk, which is checked against the model after every step.
 struct Model {
     q: u64,
     live: BTreeMap<u64, (u64, bool)>,
-}
-
-fn walk(arena: &Arena<'_>) -> Vec<Segment> {
-    let mut out = Vec::new();
-    arena.walk(|s| out.push(s));
-    out
 }
 
 fn spans(segs: &[Segment]) -> impl Iterator<Item = &Segment> {
@@ -242,76 +214,9 @@ fn round_up(v: u64, q: u64) -> Option<u64> {
     Some(v.checked_add(q - 1)? / q * q)
 }
 
-/// The lowest `r` in `[lo, hi)` with `r % align == phase` whose
-/// `[r, r + size)` ends by `hi` and stays inside one `nocross` block.
-/// Derived from the definition: within a block the candidates are
-/// `block + phase + k * align`, so if the first candidate at or above `lo`
-/// crosses, the first one of the next block is the answer (it fits, as
-/// `phase + size <= nocross`).
-fn lowest_placement(
-    lo: u64,
-    hi: u64,
-    size: u64,
-    align: u64,
-    phase: u64,
-    nocross: u64,
-) -> Option<u64> {
-    let (lo, hi, size, align, phase, nocross) = (
-        u128::from(lo),
-        u128::from(hi),
-        u128::from(size),
-        u128::from(align),
-        u128::from(phase),
-        u128::from(nocross),
-    );
-    if phase >= align || (nocross != 0 && (align > nocross || phase + size > nocross)) {
-        return None;
-    }
-    let mut r = lo + (phase + align - lo % align) % align;
-    if nocross != 0 && r % nocross + size > nocross {
-        r = (r / nocross + 1) * nocross + phase;
-    }
-    (r + size <= hi).then_some(r as u64)
-}
-
-/// A request as the model sees it: size rounded, constraints resolved.
-struct Want {
-    size: u64,
-    align: u64,
-    phase: u64,
-    nocross: u64,
-    min: u64,
-    /// Exclusive end; `u64::MAX` for none (no segment ends past it).
-    max: u64,
-}
-
-impl Want {
-    fn meets(&self, r: u64) -> bool {
-        let end = u128::from(r) + u128::from(self.size);
-        let crosses = self.nocross != 0
-            && u128::from(r) / u128::from(self.nocross) != (end - 1) / u128::from(self.nocross);
-        r % self.align == self.phase && !crosses && r >= self.min && end <= u128::from(self.max)
-    }
-
-    fn place_in(&self, s: u64, e: u64) -> Option<u64> {
-        lowest_placement(
-            s.max(self.min),
-            e.min(self.max),
-            self.size,
-            self.align,
-            self.phase,
-            self.nocross,
-        )
-    }
-
-    fn fits_somewhere(&self, free: &[(u64, u64)]) -> bool {
-        free.iter().any(|&(s, e)| self.place_in(s, e).is_some())
-    }
-}
-
 /// The error kinds the parameters of `xalloc(size, c)` (or `alloc` when
 /// `c` is none) allow, and the request when they allow none.
-fn judge_request(size: u64, c: &Constraints, q: u64) -> (Vec<ErrorKind>, Option<Want>) {
+fn judge_request(size: u64, c: &Constraints, q: u64) -> (Vec<ErrorKind>, Option<Request>) {
     let mut kinds = Vec::new();
     if size == 0 {
         kinds.push(ErrorKind::ZeroSize);
@@ -322,14 +227,7 @@ fn judge_request(size: u64, c: &Constraints, q: u64) -> (Vec<ErrorKind>, Option<
     }
     let rounded = rounded.unwrap_or(0);
     if *c == Constraints::NONE {
-        let want = Want {
-            size: rounded,
-            align: q,
-            phase: 0,
-            nocross: 0,
-            min: 0,
-            max: u64::MAX,
-        };
+        let want = Request::new(rounded, c, q);
         return (kinds.clone(), kinds.is_empty().then_some(want));
     }
     let align = if c.align == 0 { q } else { c.align };
@@ -343,14 +241,7 @@ fn judge_request(size: u64, c: &Constraints, q: u64) -> (Vec<ErrorKind>, Option<
     {
         kinds.push(ErrorKind::BadConstraint);
     }
-    let want = Want {
-        size: rounded,
-        align,
-        phase: c.phase,
-        nocross: c.nocross,
-        min: c.min,
-        max: if c.max == 0 { u64::MAX } else { c.max },
-    };
+    let want = Request::new(rounded, c, q);
     if c.nocross != 0
         && (align > c.nocross || u128::from(c.phase) + u128::from(rounded) > u128::from(c.nocross))
     {
@@ -687,7 +578,7 @@ impl<'a> Run<'a> {
             let pq = self.pm.q;
             let align = q.max(pq);
             match round_up(import, pq) {
-                Some(import) => Want {
+                Some(import) => Request {
                     size: import,
                     align,
                     phase: 0,
@@ -892,9 +783,7 @@ fuzz_target!(|input: Input| {
     let static_before = static_tags_available();
     let pq = 1u64 << (input.parent_shift % 13);
     let cq = 1u64 << (input.child_shift % 13);
-    let limited = Limited {
-        left: AtomicUsize::new(input.tight.map_or(0, usize::from)),
-    };
+    let limited = PageBudget::new(input.tight.map_or(0, usize::from));
     let meta: &dyn MetaSource = if input.tight.is_some() {
         &limited
     } else {
@@ -953,7 +842,7 @@ fuzz_target!(|input: Input| {
     drop(child);
     drop(parent);
     assert_eq!(
-        limited.left.load(Ordering::Acquire),
+        limited.left(),
         input.tight.map_or(0, usize::from),
         "meta pages leaked"
     );

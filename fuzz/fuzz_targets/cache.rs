@@ -28,6 +28,7 @@ use vmem_core::{
     Arena, ArenaConfig, CacheConfig, ErrorKind, FixedCpu, HeapMeta, ObjectCache, Policy,
     QuantumCaches, Reserve, Segment, SegmentKind,
 };
+use vmem_testkit::walk;
 
 // Indices into the arenas: `ids` is 0.
 const IMP: usize = 1;
@@ -80,12 +81,6 @@ enum Op {
     ReserveFree(u16),
     ReserveDoubleFree(u16),
     DropReserve,
-}
-
-fn walk(arena: &Arena<'_>) -> Vec<Segment> {
-    let mut out = Vec::new();
-    arena.walk(|s| out.push(s));
-    out
 }
 
 /// A live object: its cache, and whether it came from the reserve.

@@ -42,6 +42,7 @@ use vmem_core::{
     Arena, ArenaConfig, CacheConfig, CpuId, HeapMeta, LoomLock, ObjectCache, Policy, QuantumCaches,
     Segment,
 };
+use vmem_testkit::walk;
 
 type ModelArena = Arena<'static, LoomLock>;
 type ModelCache = ObjectCache<'static, LoomLock>;
@@ -112,12 +113,6 @@ fn leak<T>(value: T) -> &'static T {
 unsafe fn reclaim<T>(value: &'static T) {
     // SAFETY: per the function's contract, the box is ours alone again.
     drop(unsafe { Box::from_raw(value as *const T as *mut T) });
-}
-
-fn walk(arena: &ModelArena) -> Vec<Segment> {
-    let mut out = Vec::new();
-    arena.walk(|s| out.push(s));
-    out
 }
 
 fn arena(name: &str, quantum: u64, base: u64, size: u64) -> ModelArena {

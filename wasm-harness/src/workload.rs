@@ -3,6 +3,8 @@
 
 use std::fmt::Write;
 
+use vmem_testkit::SplitMix64;
+
 /// A scenario of `operations` allocation commands (`alloc`, `xalloc`, and
 /// the frees that match them) over three arenas, the same text for the same
 /// arguments. About half the handles stay live at any time, so the arenas
@@ -33,7 +35,7 @@ pub fn churn(operations: usize) -> String {
         script.push_str(create);
         script.push('\n');
     }
-    let mut rng = SplitMix64(0x766d_656d);
+    let mut rng = SplitMix64::new(0x766d_656d);
     // Live handles: (name, arena index, whether xalloc made it).
     let mut live: Vec<(usize, usize, bool)> = Vec::new();
     let mut next_handle = 0usize;
@@ -65,23 +67,4 @@ pub fn churn(operations: usize) -> String {
         live.push((handle, arena, by_xalloc));
     }
     script
-}
-
-/// Steele, Lea and Flood's SplitMix64: a tiny generator with good output,
-/// so the workload needs no dependency.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..bound` (`bound > 0`), near enough for a workload.
-    fn below(&mut self, bound: u64) -> u64 {
-        self.next() % bound
-    }
 }
