@@ -2,7 +2,6 @@
 //! each other's objects, over the allocators `vmem-core/benches/cache.rs`
 //! measures too (both take them from `vmem_testkit::heaps`).
 
-use std::hint::black_box;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -21,26 +20,12 @@ fn pairs_of(mut pair: impl FnMut(), b: Budget) -> (f64, u64) {
 }
 
 fn shared<S: Shared>(name: &'static str, s: &S, b: Budget) -> (&'static str, f64, u64) {
-    let (ns, n) = pairs_of(
-        || {
-            let p = s.alloc();
-            // SAFETY: `p` was just allocated.
-            unsafe { s.free(black_box(p)) }
-        },
-        b,
-    );
+    let (ns, n) = pairs_of(|| s.pair(), b);
     (name, ns, n)
 }
 
 fn local<L: Local>(name: &'static str, mut l: L, b: Budget) -> (&'static str, f64, u64) {
-    let (ns, n) = pairs_of(
-        || {
-            let p = l.alloc();
-            // SAFETY: `p` was just allocated.
-            unsafe { l.free(black_box(p)) }
-        },
-        b,
-    );
+    let (ns, n) = pairs_of(|| l.pair(), b);
     (name, ns, n)
 }
 

@@ -82,34 +82,14 @@ fn configure(group: &mut BenchmarkGroup<'_, WallTime>) {
 
 /// Warms `alloc` (a few pairs), then times hot pairs.
 fn hot_shared<S: Shared>(group: &mut BenchmarkGroup<'_, WallTime>, name: &str, alloc: &S) {
-    for _ in 0..64 {
-        let p = alloc.alloc();
-        // SAFETY: allocated just above, freed once.
-        unsafe { alloc.free(p) };
-    }
-    group.bench_function(name, |b| {
-        b.iter(|| {
-            let p = alloc.alloc();
-            // SAFETY: allocated just above, freed once.
-            unsafe { alloc.free(black_box(p)) };
-        });
-    });
+    (0..64).for_each(|_| alloc.pair());
+    group.bench_function(name, |b| b.iter(|| alloc.pair()));
 }
 
 /// As [`hot_shared`], for a `&mut self` allocator (no lock).
 fn hot_local<L: Local>(group: &mut BenchmarkGroup<'_, WallTime>, name: &str, mut alloc: L) {
-    for _ in 0..64 {
-        let p = alloc.alloc();
-        // SAFETY: allocated just above, freed once.
-        unsafe { alloc.free(p) };
-    }
-    group.bench_function(name, |b| {
-        b.iter(|| {
-            let p = alloc.alloc();
-            // SAFETY: allocated just above, freed once.
-            unsafe { alloc.free(black_box(p)) };
-        });
-    });
+    (0..64).for_each(|_| alloc.pair());
+    group.bench_function(name, |b| b.iter(|| alloc.pair()));
 }
 
 fn hot_pair(c: &mut Criterion) {

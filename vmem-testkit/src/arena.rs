@@ -82,12 +82,8 @@ mod tests {
 
     #[test]
     fn walk_and_state_follow_the_arena() {
-        let arena: Arena = Arena::create(
-            ArenaConfig::new("t", 16)
-                .span(0x1000, 0x1000)
-                .meta(&HeapMeta),
-        )
-        .unwrap();
+        let config = ArenaConfig::new("t", 16).span(0x1000, 0x1000);
+        let arena: Arena = Arena::create(config.meta(&HeapMeta)).unwrap();
         let before = arena_state(&arena);
         let kinds = |a: &Arena| -> Vec<SegmentKind> { walk(a).iter().map(|s| s.kind).collect() };
         assert_eq!(

@@ -5,6 +5,7 @@
 //! `vmem-bench` binary (`bench/`), so both measure the same code.
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::hint::black_box;
 use std::ptr::NonNull;
 
 use talc::DefaultBinning;
@@ -77,6 +78,15 @@ pub trait Shared: Sync {
     /// # Safety
     /// `p` came from `self.alloc()` and was not freed since.
     unsafe fn free(&self, p: usize);
+
+    /// One hot pair: allocates an object and frees it at once (the address
+    /// through `black_box`, so the pair is not optimized away).
+    #[inline]
+    fn pair(&self) {
+        let p = self.alloc();
+        // SAFETY: allocated just above, freed once.
+        unsafe { self.free(black_box(p)) }
+    }
 }
 
 /// An allocator of 64-byte objects with a `&mut self` API.
@@ -88,6 +98,14 @@ pub trait Local: Send {
     /// # Safety
     /// `p` came from `self.alloc()` and was not freed since.
     unsafe fn free(&mut self, p: usize);
+
+    /// One hot pair, as [`Shared::pair`].
+    #[inline]
+    fn pair(&mut self) {
+        let p = self.alloc();
+        // SAFETY: allocated just above, freed once.
+        unsafe { self.free(black_box(p)) }
+    }
 }
 
 impl Shared for ObjectCache<'_> {
@@ -228,44 +246,36 @@ impl Local for TalcHeap {
     }
 }
 
-impl Local for LinkedListHeap {
-    #[inline]
-    fn alloc(&mut self) -> usize {
-        address(
-            self.0.allocate_first_fit(layout()).ok(),
-            "linked_list_allocator",
-        )
-    }
+/// [`Local`] for a peer heap kept in a one-field tuple struct, from the
+/// peer's own calls: `alloc` gives the object's address (and panics with
+/// the peer's name when its 64 MiB are used up), `free` hands the object
+/// back with the layout it was allocated with.
+macro_rules! local_heap {
+    ($heap:ty, $peer:literal, alloc: |$a:ident| $alloc:expr, free: |$f:ident, $p:ident| $free:expr) => {
+        impl Local for $heap {
+            #[inline]
+            fn alloc(&mut self) -> usize {
+                let $a = &mut self.0;
+                address($alloc, $peer)
+            }
 
-    #[inline]
-    unsafe fn free(&mut self, p: usize) {
-        // SAFETY: the caller passes back what `alloc` returned, same layout.
-        unsafe { self.0.deallocate(object(p), layout()) }
-    }
+            #[inline]
+            unsafe fn free(&mut self, p: usize) {
+                let ($f, $p) = (&mut self.0, object(p));
+                // SAFETY: the caller passes back what `alloc` returned, and
+                // the peer's call is given the layout `alloc` used.
+                unsafe { $free }
+            }
+        }
+    };
 }
 
-impl Local for BuddyHeap {
-    #[inline]
-    fn alloc(&mut self) -> usize {
-        address(self.0.alloc(layout()).ok(), "buddy_system_allocator")
-    }
-
-    #[inline]
-    unsafe fn free(&mut self, p: usize) {
-        // SAFETY: the caller passes back what `alloc` returned, same layout.
-        unsafe { self.0.dealloc(object(p), layout()) }
-    }
-}
-
-impl Local for TlsfHeap {
-    #[inline]
-    fn alloc(&mut self) -> usize {
-        address(self.0.allocate(layout()), "rlsf")
-    }
-
-    #[inline]
-    unsafe fn free(&mut self, p: usize) {
-        // SAFETY: the caller passes back what `alloc` returned, same alignment.
-        unsafe { self.0.deallocate(object(p), ALIGN) }
-    }
-}
+local_heap!(LinkedListHeap, "linked_list_allocator",
+    alloc: |heap| heap.allocate_first_fit(layout()).ok(),
+    free: |heap, p| heap.deallocate(p, layout()));
+local_heap!(BuddyHeap, "buddy_system_allocator",
+    alloc: |heap| heap.alloc(layout()).ok(),
+    free: |heap, p| heap.dealloc(p, layout()));
+local_heap!(TlsfHeap, "rlsf",
+    alloc: |tlsf| tlsf.allocate(layout()),
+    free: |tlsf, p| tlsf.deallocate(p, ALIGN));
