@@ -60,7 +60,6 @@
 //!
 //! (append e.g. `-- hot_pair` or `-- two_threads` to run one group only).
 
-use std::hint::black_box;
 use std::sync::Mutex;
 use std::time::Duration;
 
