@@ -185,6 +185,7 @@ extern crate alloc;
 extern crate std;
 
 mod arena;
+mod arena_meta;
 mod cache;
 mod constraint;
 mod cpu;
@@ -209,6 +210,7 @@ mod tag;
 pub use arena::{
     Arena, ArenaConfig, ArenaSize, DefaultLock, Policy, Segment, SegmentKind, Source, Stats,
 };
+pub use arena_meta::ArenaMeta;
 pub use cache::{CacheConfig, CacheStats, DEFAULT_MAGAZINE, ObjectCache, ObjectHook};
 pub use constraint::Constraints;
 pub use cpu::{CPU0, CpuId, FixedCpu, MAX_CPUS};
@@ -217,7 +219,7 @@ pub use fault::{FaultPlan, FaultSchedule, FaultSite, FaultyMeta};
 #[cfg(feature = "alloc")]
 pub use heap_meta::{CHUNK_PAGES, HeapMeta};
 pub use kmalloc::{GlobalHeap, SIZE_CLASSES, SizeClasses};
-pub use meta::{ArenaMeta, META_PAGE, MetaSource};
+pub use meta::{META_PAGE, MetaSource};
 pub use name::NAME_MAX;
 pub use qcache::{QCACHE_MAX_QUANTA, QuantumCaches};
 pub use reserve::Reserve;
