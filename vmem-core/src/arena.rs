@@ -5,7 +5,6 @@ use crate::sync::atomic::{AtomicUsize, Ordering};
 
 use lock_api::{Mutex, MutexGuard, RawMutex};
 
-use crate::cache::FreeError;
 use crate::constraint::{Constraints, Fit, round_up};
 use crate::error::{Error, ErrorKind, Result};
 use crate::fault::{ArenaFaults, FaultPlan, FaultSchedule, FaultSite};
@@ -13,14 +12,14 @@ use crate::freelist::{FreeLists, highbit};
 use crate::hash::{AllocHash, Table};
 use crate::meta::{MetaPages, MetaSource};
 use crate::name::{self, Name};
-use crate::qcache::QuantumCaches;
-use crate::slab::Backing;
 use crate::tag::{
     AllocBy, Importer, Kind, Link, TAGS_PER_PAGE, TagPtr, TagStock, next_leaving, page_slot,
     take_static_batch,
 };
 
+mod front;
 mod span_tree;
+pub(crate) use front::{Backing, FreeError, QuantumFront};
 use span_tree::SpanTree;
 
 /// The lock an arena uses unless its owner picks another: a spin lock.
@@ -162,7 +161,8 @@ pub struct ArenaConfig<'s> {
     import_min: u64,
     meta: Option<&'s dyn MetaSource>,
     static_tags: bool,
-    qcache: Option<&'s QuantumCaches<'s>>,
+    /// Set by the quantum cache layer's `ArenaConfig::qcache`.
+    pub(crate) qcache: Option<&'s dyn QuantumFront>,
 }
 
 impl<'s> ArenaConfig<'s> {
@@ -203,14 +203,6 @@ impl<'s> ArenaConfig<'s> {
         self
     }
 
-    /// Serves `alloc`/`free` of sizes up to `caches.max()` through these
-    /// quantum caches (made for this arena's quantum, serving no other
-    /// arena).
-    pub const fn qcache(mut self, caches: &'s QuantumCaches<'s>) -> Self {
-        self.qcache = Some(caches);
-        self
-    }
-
     /// Whether the arena may take tags from the static pool shared by all
     /// arenas (the default) when its meta source has none; turn it off to
     /// see the arena run out of tags.
@@ -232,7 +224,7 @@ pub struct Arena<'s, R: RawMutex = DefaultLock> {
     source: Option<&'s dyn Source>,
     meta: Option<&'s dyn MetaSource>,
     static_tags: bool,
-    qcache: Option<&'s QuantumCaches<'s>>,
+    qcache: Option<&'s dyn QuantumFront>,
     /// Who this arena is to its source.
     importer: Importer,
     children: AtomicUsize,
@@ -385,9 +377,10 @@ impl<'s, R: RawMutex> Arena<'s, R> {
     pub fn alloc(&self, size: u64, policy: Policy) -> Result<u64> {
         let fit = Fit::plain(size, self.quantum)?;
         if policy != Policy::NextFit
-            && let Some(cache) = self.qcache.and_then(|qc| qc.cache_for(fit.size))
+            && let Some(front) = self.qcache
+            && let Some(result) = front.alloc(fit.size, &QcacheSlabs(self))
         {
-            match cache.alloc(&QcacheSlabs(self)) {
+            match result {
                 Ok(addr) => return Ok(addr),
                 // No slab could be had: the arena itself may still hold a
                 // segment of this size.
@@ -411,9 +404,10 @@ impl<'s, R: RawMutex> Arena<'s, R> {
     pub fn free(&self, addr: u64, size: u64) -> Result<()> {
         if size != 0
             && let Ok(rounded) = round_up(size, self.quantum)
-            && let Some(cache) = self.qcache.and_then(|qc| qc.cache_for(rounded))
+            && let Some(front) = self.qcache
+            && let Some(result) = front.free(addr, rounded)
         {
-            match cache.free(addr) {
+            match result {
                 Ok(()) => return Ok(()),
                 // Not in the cache's slabs: allocated from the arena directly.
                 Err(FreeError::NotOurs(_)) => {}
@@ -431,12 +425,10 @@ impl<'s, R: RawMutex> Arena<'s, R> {
     /// tag pages) with the lock held, plus one move per tag in use on a
     /// page that goes.
     pub fn reap(&self) -> Result<()> {
-        let mut result = Ok(());
-        for cache in self.qcache.iter().flat_map(|qc| qc.caches.iter()) {
-            if let Err(e) = cache.purge(&QcacheSlabs(self)) {
-                result = Err(e);
-            }
-        }
+        let result = match self.qcache {
+            Some(front) => front.purge(&QcacheSlabs(self)),
+            None => Ok(()),
+        };
         // Pages given back to a meta source that allocates from this arena
         // free tags here in turn: go again until no page leaves.
         if let Some(meta) = self.meta {
@@ -452,8 +444,8 @@ impl<'s, R: RawMutex> Arena<'s, R> {
         result
     }
 
-    /// The arena's quantum caches, if it has them.
-    pub fn qcaches(&self) -> Option<&'s QuantumCaches<'s>> {
+    /// The quantum caches in front of the arena, if it has them.
+    pub(crate) fn quantum_front(&self) -> Option<&'s dyn QuantumFront> {
         self.qcache
     }
 
@@ -568,8 +560,8 @@ impl<'s, R: RawMutex> Arena<'s, R> {
     /// limit [`ObjectCache::check`](crate::ObjectCache::check) states (exact
     /// only while they are quiet).
     pub fn check(&self) -> Result<()> {
-        for cache in self.qcache.iter().flat_map(|qc| qc.caches.iter()) {
-            cache.check()?;
+        if let Some(front) = self.qcache {
+            front.check()?;
         }
         let mut inner = self.inner.lock();
         inner.check(self.quantum)
@@ -642,6 +634,23 @@ impl<'s, R: RawMutex> Arena<'s, R> {
     /// Forgets an object cache [`Arena::cache_built`] counted.
     pub(crate) fn cache_gone(&self) {
         self.caches.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// A slab of `size` integers for an object cache built on the arena,
+    /// aligned to `align` when that is above the quantum.
+    pub(crate) fn alloc_slab(&self, size: u64, align: u64) -> Result<u64> {
+        let fit = if align <= self.quantum {
+            Fit::plain(size, self.quantum)?
+        } else {
+            Fit::new(size, &Constraints::aligned(align), self.quantum)?
+        };
+        self.allocate(&fit, Policy::InstantFit, AllocBy::Cache)
+    }
+
+    /// Gives back a slab [`Arena::alloc_slab`] handed out.
+    pub(crate) fn free_slab(&self, base: u64, size: u64) {
+        // The slab came from this arena whole, so the free cannot be refused.
+        let _ = self.release_segment(base, size, AllocBy::Cache);
     }
 
     /// Takes the lock with at least [`TAGS_PER_OP`] spare tags, refilling
@@ -976,22 +985,6 @@ impl<R: RawMutex> Backing for QcacheSlabs<'_, '_, R> {
     fn slab_free(&self, base: u64, size: u64, _align: u64) {
         // The slab came from this arena whole, so the free cannot be refused.
         let _ = self.0.release_segment(base, size, AllocBy::QCache);
-    }
-}
-
-impl<R: RawMutex> Backing for Arena<'_, R> {
-    fn slab_alloc(&self, size: u64, align: u64) -> Result<u64> {
-        let fit = if align <= self.quantum {
-            Fit::plain(size, self.quantum)?
-        } else {
-            Fit::new(size, &Constraints::aligned(align), self.quantum)?
-        };
-        self.allocate(&fit, Policy::InstantFit, AllocBy::Cache)
-    }
-
-    fn slab_free(&self, base: u64, size: u64, _align: u64) {
-        // The slab came from this arena whole, so the free cannot be refused.
-        let _ = self.release_segment(base, size, AllocBy::Cache);
     }
 }
 

@@ -10,13 +10,13 @@ use core::ptr::NonNull;
 
 use lock_api::RawMutex;
 
-use crate::arena::Arena;
+use crate::arena::{Arena, Backing, FreeError};
 use crate::cpu::{CpuId, MAX_CPUS};
 use crate::error::{Error, ErrorKind, Result};
 use crate::magazine::{CpuMags, CpuSlot, Depot, MAG_ROUNDS, MagLink, Magazine, mag};
 use crate::meta::{MetaPages, MetaSource};
 use crate::name::{self, Name};
-use crate::slab::{Backing, MAX_OBJS, SlabLayer};
+use crate::slab::{MAX_OBJS, SlabLayer};
 use crate::sync::{Mutex, MutexGuard};
 
 /// A constructor or destructor: called with the object's address.
@@ -182,21 +182,6 @@ pub struct CacheStats {
     /// so after a full reap of an unused cache it is 0. Kept for reuse, it
     /// may stay higher after a failed call that took a page.
     pub meta_pages: u64,
-}
-
-/// Why a free failed: `NotOurs` lets a quantum cache hand the free to its
-/// arena instead.
-pub(crate) enum FreeError {
-    NotOurs(Error),
-    Refused(Error),
-}
-
-impl FreeError {
-    pub(crate) fn error(self) -> Error {
-        match self {
-            FreeError::NotOurs(e) | FreeError::Refused(e) => e,
-        }
-    }
 }
 
 /// Everything of a cache but its arena, which callers pass in: quantum

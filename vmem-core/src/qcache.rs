@@ -10,7 +10,9 @@
 use crate::sync::atomic::{AtomicBool, Ordering};
 
 use arrayvec::ArrayVec;
+use lock_api::RawMutex;
 
+use crate::arena::{Arena, ArenaConfig, Backing, FreeError, QuantumFront};
 use crate::cache::{CacheConfig, CacheCore, CacheStats, DEFAULT_MAGAZINE};
 use crate::constraint::round_up;
 use crate::cpu::CpuId;
@@ -26,7 +28,7 @@ pub const QCACHE_MAX_QUANTA: u64 = 16;
 pub struct QuantumCaches<'a> {
     quantum: u64,
     max: u64,
-    pub(crate) caches: ArrayVec<CacheCore<'a>, { QCACHE_MAX_QUANTA as usize }>,
+    caches: ArrayVec<CacheCore<'a>, { QCACHE_MAX_QUANTA as usize }>,
     claimed: AtomicBool,
 }
 
@@ -91,23 +93,77 @@ impl<'a> QuantumCaches<'a> {
         self.caches.iter().map(|c| (c.size(), c.stats()))
     }
 
-    /// Marks the storage as serving one arena; false if it already does.
-    pub(crate) fn claim(&self) -> bool {
-        !self.claimed.swap(true, Ordering::AcqRel)
-    }
-
     /// The cache for `size` (already rounded to the quantum), if one serves it.
-    pub(crate) fn cache_for(&self, size: u64) -> Option<&CacheCore<'a>> {
+    fn cache_for(&self, size: u64) -> Option<&CacheCore<'a>> {
         if size == 0 || size > self.max {
             return None;
         }
         self.caches
             .get(usize::try_from((size / self.quantum).checked_sub(1)?).ok()?)
     }
+}
 
-    /// Objects users hold across all the caches.
-    pub(crate) fn in_use(&self) -> u64 {
+// SAFETY: `QuantumCaches` is the one implementor, and only `ArenaConfig::qcache`
+// below hands an arena its front, as a `&QuantumCaches`.
+unsafe impl QuantumFront for QuantumCaches<'_> {
+    fn quantum(&self) -> u64 {
+        self.quantum
+    }
+
+    fn claim(&self) -> bool {
+        !self.claimed.swap(true, Ordering::AcqRel)
+    }
+
+    fn in_use(&self) -> u64 {
         self.caches.iter().map(|c| c.stats().in_use).sum()
+    }
+
+    fn alloc(&self, size: u64, slabs: &dyn Backing) -> Option<Result<u64>> {
+        Some(self.cache_for(size)?.alloc(slabs))
+    }
+
+    fn free(&self, addr: u64, size: u64) -> Option<core::result::Result<(), FreeError>> {
+        Some(self.cache_for(size)?.free(addr))
+    }
+
+    fn purge(&self, slabs: &dyn Backing) -> Result<()> {
+        let mut result = Ok(());
+        for cache in &self.caches {
+            if let Err(e) = cache.purge(slabs) {
+                result = Err(e);
+            }
+        }
+        result
+    }
+
+    fn check(&self) -> Result<()> {
+        for cache in &self.caches {
+            cache.check()?;
+        }
+        Ok(())
+    }
+}
+
+impl<'s> ArenaConfig<'s> {
+    /// Serves `alloc`/`free` of sizes up to `caches.max()` through these
+    /// quantum caches (made for this arena's quantum, serving no other
+    /// arena).
+    pub const fn qcache(mut self, caches: &'s QuantumCaches<'s>) -> Self {
+        self.qcache = Some(caches);
+        self
+    }
+}
+
+impl<'s, R: RawMutex> Arena<'s, R> {
+    /// The arena's quantum caches, if it has them.
+    pub fn qcaches(&self) -> Option<&'s QuantumCaches<'s>> {
+        self.quantum_front().map(|front| {
+            let front: *const dyn QuantumFront = front;
+            // SAFETY: `QuantumCaches` is the only implementor of the unsafe
+            // trait `QuantumFront`, so the front `ArenaConfig::qcache` handed
+            // the arena is the `&'s QuantumCaches<'s>` it was given.
+            unsafe { &*front.cast::<QuantumCaches<'s>>() }
+        })
     }
 }
 

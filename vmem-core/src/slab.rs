@@ -13,6 +13,9 @@
 use core::mem::size_of;
 use core::ptr::NonNull;
 
+use lock_api::RawMutex;
+
+use crate::arena::{Arena, Backing};
 use crate::error::{Error, ErrorKind, Result};
 use crate::meta::{META_PAGE, MetaPages, MetaSource, RecordPool};
 
@@ -24,12 +27,16 @@ const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
 
 type SlabLink = Option<NonNull<SlabRec>>;
 
-/// Where a cache's slabs come from.
-pub(crate) trait Backing {
-    /// A slab of `size` integers aligned to `align`.
-    fn slab_alloc(&self, size: u64, align: u64) -> Result<u64>;
-    /// Gives a slab back.
-    fn slab_free(&self, base: u64, size: u64, align: u64);
+/// Every arena backs the caches built on it: their slabs are its
+/// segments, marked as a cache's.
+impl<R: RawMutex> Backing for Arena<'_, R> {
+    fn slab_alloc(&self, size: u64, align: u64) -> Result<u64> {
+        self.alloc_slab(size, align)
+    }
+
+    fn slab_free(&self, base: u64, size: u64, _align: u64) {
+        self.free_slab(base, size);
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
