@@ -117,6 +117,8 @@ impl Inner {
     /// arena links it: the segment list, the rotor, and its freelist or
     /// the hash.
     fn move_tag(&mut self, old: TagPtr, new: TagPtr) {
+        debug_assert!(!old.is_span(), "span markers are pinned, never moved");
+        debug_assert!(self.linked(old), "moving a tag that is not linked");
         new.set_start(old.start());
         new.set_size(old.size());
         new.set_kind(old.kind());
@@ -145,6 +147,42 @@ impl Inner {
         }
     }
 
+    /// Whether `tag`'s neighbours in the segment list (or its ends) point
+    /// back at it.
+    fn linked(&self, tag: TagPtr) -> bool {
+        let back = match tag.seg_prev() {
+            Some(prev) => prev.seg_next() == Some(tag),
+            None => self.seg_head == Some(tag),
+        };
+        let forward = match tag.seg_next() {
+            Some(next) => next.seg_prev() == Some(tag),
+            None => self.seg_tail == Some(tag),
+        };
+        back && forward
+    }
+
+    /// Whether the segment `seg` lies in its span, as far as its neighbours
+    /// tell: it starts where its span marker starts or where the segment
+    /// before it ends, ends within a span marker before it, and ends where
+    /// a segment after it starts.
+    fn tiles(&self, seg: TagPtr) -> bool {
+        let after_prev = match seg.seg_prev() {
+            Some(span) if span.is_span() => span.start() == seg.start() && seg.end() <= span.end(),
+            Some(prev) => prev.end() == seg.start(),
+            None => false,
+        };
+        let before_next = match seg.seg_next() {
+            Some(next) if !next.is_span() => next.start() == seg.end(),
+            _ => true,
+        };
+        after_prev && before_next
+    }
+
+    /// Whether `start` and `size` are multiples of the quantum.
+    fn quantum_multiples(&self, start: u64, size: u64) -> bool {
+        (start | size) & (self.quantum - 1) == 0
+    }
+
     #[cfg(test)]
     pub(super) fn span_steps(&self) -> u64 {
         self.span_tree.steps()
@@ -163,6 +201,14 @@ impl Inner {
     /// Links `tag` into the segment list right after `prev` (at the head
     /// when `prev` is none).
     fn seg_insert_after(&mut self, prev: Link, tag: TagPtr) {
+        debug_assert!(
+            prev.is_none_or(|prev| self.linked(prev) && prev.start() <= tag.start()),
+            "inserting after a tag that is not linked or lies above the new one"
+        );
+        debug_assert!(
+            tag.size() > 0 && self.quantum_multiples(tag.start(), tag.size()),
+            "inserting an empty tag or one off the quantum"
+        );
         let next = match prev {
             Some(prev) => prev.seg_next(),
             None => self.seg_head,
@@ -182,6 +228,8 @@ impl Inner {
     /// Unlinks `tag` from the segment list and gives it back, moving the
     /// rotor to `heir` if it pointed at `tag`.
     fn seg_destroy(&mut self, tag: TagPtr, heir: Link) {
+        debug_assert!(self.linked(tag), "destroying a tag that is not linked");
+        debug_assert!(heir != Some(tag), "the rotor's heir is the tag destroyed");
         let prev = tag.seg_prev();
         let next = tag.seg_next();
         match prev {
@@ -201,6 +249,10 @@ impl Inner {
     /// Adds a span with one free segment covering it, and returns that
     /// segment.
     pub(super) fn insert_span(&mut self, base: u64, size: u64, imported: bool) -> Result<TagPtr> {
+        debug_assert!(
+            size > 0 && self.quantum_multiples(base, size) && base.checked_add(size).is_some(),
+            "span is empty, off the quantum or past 2^64"
+        );
         let end = base + size;
         // Spans do not overlap, so the new one overlaps some span exactly
         // when it overlaps the last one starting below its end.
@@ -228,6 +280,18 @@ impl Inner {
 
     /// Removes a span whose one free segment `seg` covers it.
     pub(super) fn remove_span(&mut self, span: TagPtr, seg: TagPtr) {
+        debug_assert!(
+            span.is_span() && seg.is_free() && seg.seg_prev() == Some(span),
+            "removing a span that is not followed by a free segment"
+        );
+        debug_assert!(
+            (seg.start(), seg.size()) == (span.start(), span.size()),
+            "removing a span that is not wholly free"
+        );
+        debug_assert!(
+            self.linked(seg),
+            "removing a span whose segment is not linked"
+        );
         self.free.remove(seg);
         self.free_segments -= 1;
         self.span_tree.remove(span);
@@ -252,6 +316,10 @@ impl Inner {
     fn remove_all_spans(&mut self, mut release: impl FnMut(u64, u64)) {
         self.span_tree.clear();
         // The segment list starts with a span marker, its segments follow.
+        debug_assert!(
+            self.seg_head.is_none_or(|head| head.is_span()),
+            "segment list does not start with a span marker"
+        );
         while let Some(span) = self.seg_head {
             let imported = span.kind() == (Kind::Span { imported: true });
             let (base, size) = (span.start(), span.size());
@@ -277,9 +345,15 @@ impl Inner {
         self.rotor = None;
     }
 
+    /// Gives a free segment a new extent, moving it to another freelist only
     /// when its size class changes.
     #[inline]
     fn reshape_free(&mut self, seg: TagPtr, start: u64, size: u64) {
+        debug_assert!(seg.is_free(), "reshaping a segment that is not free");
+        debug_assert!(
+            size > 0 && self.quantum_multiples(start, size),
+            "free segment reshaped to nothing or off the quantum"
+        );
         if highbit(size) == highbit(seg.size()) {
             seg.set_start(start);
             seg.set_size(size);
@@ -296,6 +370,18 @@ impl Inner {
     #[inline]
     pub(super) fn carve(&mut self, seg: TagPtr, addr: u64, size: u64, by: AllocBy) -> TagPtr {
         let (start, end) = (seg.start(), seg.end());
+        debug_assert!(seg.is_free(), "carving a segment that is not free");
+        debug_assert!(
+            size > 0
+                && self.quantum_multiples(addr, size)
+                && addr >= start
+                && addr.checked_add(size).is_some_and(|stop| stop <= end),
+            "allocation is empty, off the quantum or outside its segment"
+        );
+        debug_assert!(
+            self.linked(seg) && self.tiles(seg),
+            "carving a segment that is not linked or not in its span"
+        );
         let taken = if addr == start && addr + size < end {
             // The common case: the free remainder keeps the segment's tag,
             // and usually its place on its freelist, so only the new tag and
@@ -341,6 +427,18 @@ impl Inner {
     /// when its span is imported and now wholly free the span is removed and
     /// returned for release.
     pub(super) fn free_segment(&mut self, seg: TagPtr) -> Option<(u64, u64)> {
+        debug_assert!(
+            matches!(seg.kind(), Kind::Alloc(_)),
+            "freeing a segment that is not allocated"
+        );
+        debug_assert!(
+            self.quantum_multiples(seg.start(), seg.size()),
+            "freeing a segment off the quantum"
+        );
+        debug_assert!(
+            self.linked(seg) && self.tiles(seg),
+            "freeing a segment that is not linked or not in its span"
+        );
         self.hash.remove(seg);
         let size = seg.size();
         self.bytes_alloc -= size;
