@@ -122,17 +122,7 @@ impl Inner {
         new.set_start(old.start());
         new.set_size(old.size());
         new.set_kind(old.kind());
-        let (prev, next) = (old.seg_prev(), old.seg_next());
-        new.set_seg_prev(prev);
-        new.set_seg_next(next);
-        match prev {
-            Some(prev) => prev.set_seg_next(Some(new)),
-            None => self.seg_head = Some(new),
-        }
-        match next {
-            Some(next) => next.set_seg_prev(Some(new)),
-            None => self.seg_tail = Some(new),
-        }
+        self.link(old.seg_prev(), new, old.seg_next());
         if self.rotor == Some(old) {
             self.rotor = Some(new);
         }
@@ -213,6 +203,12 @@ impl Inner {
             Some(prev) => prev.seg_next(),
             None => self.seg_head,
         };
+        self.link(prev, tag, next);
+    }
+
+    /// Puts `tag` between `prev` and `next` in the segment list (`None`:
+    /// at that end of the list), pointing them and it at each other.
+    fn link(&mut self, prev: Link, tag: TagPtr, next: Link) {
         tag.set_seg_prev(prev);
         tag.set_seg_next(next);
         match prev {

@@ -10,6 +10,17 @@ fn arena(base: u64, size: u64) -> Arena<'static> {
     Arena::create(ArenaConfig::new("test", Q).span(base, size).meta(&HeapMeta)).unwrap()
 }
 
+/// An arena named `name` importing from `parent`, at least `import_min`
+/// integers at a time.
+fn child<'p>(name: &str, parent: &'p dyn Source, import_min: u64) -> Arena<'p> {
+    Arena::create(
+        ArenaConfig::new(name, Q)
+            .source(parent, import_min)
+            .meta(&HeapMeta),
+    )
+    .unwrap()
+}
+
 fn segments(arena: &Arena<'_>) -> Vec<(u64, u64, SegmentKind)> {
     let mut out = Vec::new();
     arena.walk(|s| out.push((s.start, s.size, s.kind)));
@@ -256,18 +267,8 @@ fn xalloc_meets_every_constraint() {
 #[test]
 fn child_imports_and_releases_two_levels_deep() {
     let root = arena(0x4000_0000, 0x100_0000);
-    let mid: Arena = Arena::create(
-        ArenaConfig::new("mid", Q)
-            .source(&root, 0x10_0000)
-            .meta(&HeapMeta),
-    )
-    .unwrap();
-    let leaf: Arena = Arena::create(
-        ArenaConfig::new("leaf", Q)
-            .source(&mid, 0x4000)
-            .meta(&HeapMeta),
-    )
-    .unwrap();
+    let mid: Arena = child("mid", &root, 0x10_0000);
+    let leaf: Arena = child("leaf", &mid, 0x4000);
     let x = leaf.alloc(0x1000, Policy::InstantFit).unwrap();
     let y = leaf.alloc(0x6000, Policy::InstantFit).unwrap();
     assert_eq!(
@@ -309,12 +310,7 @@ fn child_imports_and_releases_two_levels_deep() {
 #[test]
 fn failed_imports_change_nothing() {
     let root = arena(0, 0x10000);
-    let child: Arena = Arena::create(
-        ArenaConfig::new("child", Q)
-            .source(&root, 0)
-            .meta(&HeapMeta),
-    )
-    .unwrap();
+    let child: Arena = child("child", &root, 0);
     child.fail_imports(1);
     assert_eq!(
         kind(child.alloc(Q, Policy::InstantFit)),
@@ -341,12 +337,7 @@ fn failed_imports_change_nothing() {
 #[test]
 fn destroy_refuses_live_allocations_then_releases_spans() {
     let root = arena(0, 0x100000);
-    let child: Arena = Arena::create(
-        ArenaConfig::new("child", Q)
-            .source(&root, 0x8000)
-            .meta(&HeapMeta),
-    )
-    .unwrap();
+    let child: Arena = child("child", &root, 0x8000);
     child.add_span(0x200000, 0x1000).unwrap();
     let x = child.alloc(0x2000, Policy::InstantFit).unwrap();
     assert_eq!(kind(child.destroy()), ErrorKind::InUse);
@@ -365,12 +356,7 @@ fn destroy_refuses_live_allocations_then_releases_spans() {
 fn dropping_a_child_gives_back_its_spans_and_detaches() {
     let root = arena(0, 0x100000);
     {
-        let child: Arena = Arena::create(
-            ArenaConfig::new("child", Q)
-                .source(&root, 0)
-                .meta(&HeapMeta),
-        )
-        .unwrap();
+        let child: Arena = child("child", &root, 0);
         child.alloc(0x3000, Policy::InstantFit).unwrap();
         assert_eq!(root.size().alloc, 0x3000);
     }
@@ -754,12 +740,7 @@ fn defect_8_import_cost_does_not_grow_with_spans() {
     a.check().unwrap();
     // Releasing an imported span (a child's span wholly free again).
     let parent = arena(0x4000_0000, (N + 1) * Q);
-    let child: Arena = Arena::create(
-        ArenaConfig::new("child", Q)
-            .source(&parent, Q)
-            .meta(&HeapMeta),
-    )
-    .unwrap();
+    let child: Arena = child("child", &parent, Q);
     let addrs: Vec<u64> = (0..N)
         .map(|_| child.alloc(Q, Policy::InstantFit).unwrap())
         .collect();
