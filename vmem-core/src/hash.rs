@@ -30,6 +30,19 @@
 //! doubled. When the last allocated segment leaves, the hash goes back to
 //! its table inside the arena and gives its pages back, so an arena that
 //! empties holds no hash pages.
+//!
+//! The slab layer's hash (in `slab.rs`) picks buckets the same way
+//! ([`bucket_index`]) and differs in the rest because its keys and its
+//! numbers differ. A free here names a segment's exact start, so a bucket
+//! caches its first start and a hit reads no tag; a slab must be found
+//! from any address inside it, so the slab hash keys slab-size blocks,
+//! registers each slab under the blocks of its first and last integers,
+//! and compares ranges on the records it reads anyway. An arena's
+//! allocated segments are as many as its users make, every call of the
+//! arena waits on its one lock, and the lock is dropped to fetch tables,
+//! so this hash grows a few buckets per call; a cache holds one slab per
+//! many objects, and grows its hash whole under its slab lock, where it
+//! takes slab records from the same meta source.
 
 use core::mem::size_of;
 use core::ptr::NonNull;
@@ -51,8 +64,16 @@ pub(crate) const MIGRATE_SEGMENTS: usize = 32;
 /// Most buckets of the new table one call empties before use (one page).
 const CLEAR_BUCKETS: usize = META_PAGE / size_of::<Bucket>();
 
-/// Fibonacci hashing: the high bits of `addr * 2^64/phi` spread any stride.
+/// Fibonacci hashing: the high bits of `key * 2^64/phi` spread any stride.
 const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// The bucket of `key` in a table of `1 << bits` buckets (`bits` from 1 to
+/// 63), by Fibonacci hashing: the allocated-segment hash's and the slab
+/// hash's one way of picking a bucket.
+#[inline(always)]
+pub(crate) fn bucket_index(key: u64, bits: u32) -> usize {
+    (key.wrapping_mul(GOLDEN) >> (64 - bits)) as usize
+}
 
 /// A bucket table handed over by the meta source.
 #[derive(Clone, Copy, Debug)]
@@ -151,7 +172,7 @@ impl Level {
 
     #[inline(always)]
     fn index(self, addr: u64) -> usize {
-        (addr.wrapping_mul(GOLDEN) >> (64 - self.bits)) as usize
+        bucket_index(addr, self.bits)
     }
 
     fn buckets(self) -> usize {

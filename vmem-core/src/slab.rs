@@ -17,13 +17,13 @@ use lock_api::RawMutex;
 
 use crate::arena::{Arena, Backing};
 use crate::error::{Error, ErrorKind, Result};
+use crate::hash::bucket_index;
 use crate::meta::{META_PAGE, MetaPages, MetaSource, RecordPool};
 
 /// Most objects one slab holds.
 pub(crate) const MAX_OBJS: usize = 512;
 const WORDS: usize = MAX_OBJS / 64;
 const INLINE_BUCKETS: usize = 16;
-const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
 
 type SlabLink = Option<NonNull<SlabRec>>;
 
@@ -192,8 +192,13 @@ impl SlabLayer {
         list.count -= 1;
     }
 
+    /// The bucket of a slab-size block. The buckets are picked as the
+    /// allocated-segment hash picks its own; the rest differs because a
+    /// slab is found from any address inside it and slabs are few (see
+    /// `hash.rs`): blocks rather than exact starts, and a table rehashed
+    /// whole rather than a few buckets per call.
     fn index(&self, block: u64) -> usize {
-        (block.wrapping_mul(GOLDEN) >> (64 - self.bits)) as usize
+        bucket_index(block, self.bits)
     }
 
     fn bucket(&mut self, index: usize) -> &mut SlabLink {
