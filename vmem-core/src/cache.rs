@@ -1070,22 +1070,55 @@ mod tests {
         assert_eq!(layout(no_touch(24).align(16), 1).unwrap(), (32, 256, 8));
         assert_eq!(layout(no_touch(24), 4096).unwrap(), (24, 4096, 170));
         // No slab holds more than MAX_OBJS objects.
-        assert_eq!(layout(no_touch(1), 4096).unwrap(), (1, 4096, MAX_OBJS as u32));
+        assert_eq!(
+            layout(no_touch(1), 4096).unwrap(),
+            (1, 4096, MAX_OBJS as u32)
+        );
         // Memory mode aligns to 8; debug adds the red zone and buffer tag.
         assert_eq!(layout(memory(20), 8).unwrap(), (24, 256, 10));
         assert_eq!(layout(memory(20).debug(true), 8).unwrap(), (40, 512, 12));
-        assert_eq!(layout(memory(20).debug(true).align(64), 8).unwrap(), (64, 512, 8));
-        assert_eq!(layout(no_touch(20).debug(true), 1).unwrap(), (20, 256, 12), "no-touch has no red zone");
+        assert_eq!(
+            layout(memory(20).debug(true).align(64), 8).unwrap(),
+            (64, 512, 8)
+        );
+        assert_eq!(
+            layout(no_touch(20).debug(true), 1).unwrap(),
+            (20, 256, 12),
+            "no-touch has no red zone"
+        );
         // Refusals.
         assert_eq!(kind(layout(no_touch(0), 1)), ErrorKind::ZeroSize);
-        assert_eq!(kind(layout(no_touch(8).align(3), 1)), ErrorKind::BadConstraint);
-        assert_eq!(kind(layout(no_touch(8).align(0), 1)), ErrorKind::BadConstraint);
-        assert_eq!(kind(layout(memory(u64::MAX - 3).debug(true), 8)), ErrorKind::Overflow);
-        assert_eq!(kind(layout(no_touch(u64::MAX).align(2), 1)), ErrorKind::Overflow);
-        assert_eq!(kind(layout(no_touch(1 << 61), 1)), ErrorKind::Overflow, "8 slots pass 2^64");
-        assert_eq!(kind(layout(no_touch((1 << 60) + 1), 1)), ErrorKind::Overflow);
+        assert_eq!(
+            kind(layout(no_touch(8).align(3), 1)),
+            ErrorKind::BadConstraint
+        );
+        assert_eq!(
+            kind(layout(no_touch(8).align(0), 1)),
+            ErrorKind::BadConstraint
+        );
+        assert_eq!(
+            kind(layout(memory(u64::MAX - 3).debug(true), 8)),
+            ErrorKind::Overflow
+        );
+        assert_eq!(
+            kind(layout(no_touch(u64::MAX).align(2), 1)),
+            ErrorKind::Overflow
+        );
+        assert_eq!(
+            kind(layout(no_touch(1 << 61), 1)),
+            ErrorKind::Overflow,
+            "8 slots pass 2^64"
+        );
+        assert_eq!(
+            kind(layout(no_touch((1 << 60) + 1), 1)),
+            ErrorKind::Overflow
+        );
         let forced = CacheCore::new(&no_touch(100), 1, Some(64));
-        assert_eq!(kind(forced.map(|_| ())), ErrorKind::Overflow, "a slot larger than a forced slab");
+        assert_eq!(
+            kind(forced.map(|_| ())),
+            ErrorKind::Overflow,
+            "a slot larger than a forced slab"
+        );
     }
 
     #[test]
@@ -1181,7 +1214,10 @@ mod tests {
         assert_eq!(cache.alloc().unwrap(), x);
         cache.free(x).unwrap();
         assert_eq!(cache.stats().magazine_hits, 1);
-        assert_eq!((BUILT.load(Ordering::Relaxed), TORN.load(Ordering::Relaxed)), (2, 2));
+        assert_eq!(
+            (BUILT.load(Ordering::Relaxed), TORN.load(Ordering::Relaxed)),
+            (2, 2)
+        );
         cache.check().unwrap();
     }
 
@@ -1199,7 +1235,11 @@ mod tests {
             (redzone, 0u64, ErrorKind::Corrupt),
             (tag, 0, ErrorKind::Corrupt),
             (tag, cache.core.tag(x, TAG_FREE), ErrorKind::BadFree),
-            (tag, cache.core.tag(x + 8, TAG_ALLOCATED), ErrorKind::Corrupt),
+            (
+                tag,
+                cache.core.tag(x + 8, TAG_ALLOCATED),
+                ErrorKind::Corrupt,
+            ),
         ] {
             let kept = read::<u64>(addr);
             write(addr, value);
@@ -1249,7 +1289,11 @@ mod tests {
             FreeError::NotOurs(e) => ("not ours", e.kind()),
             FreeError::Refused(e) => ("refused", e.kind()),
         });
-        assert_eq!(double, Some(("refused", ErrorKind::BadFree)), "x is this cache's");
+        assert_eq!(
+            double,
+            Some(("refused", ErrorKind::BadFree)),
+            "x is this cache's"
+        );
         let s = cache.stats();
         assert_eq!((s.allocs, s.frees, s.in_use), (1, 1, 0));
         cache.check().unwrap();
@@ -1270,8 +1314,16 @@ mod tests {
         let s = cache.stats();
         assert_eq!((s.allocs, s.alloc_fails, s.in_use, s.slabs), (10, 1, 10, 1));
         assert_eq!(
-            CacheStats { alloc_fails: 0, magazine_misses: 0, ..s },
-            CacheStats { alloc_fails: 0, magazine_misses: 0, ..before },
+            CacheStats {
+                alloc_fails: 0,
+                magazine_misses: 0,
+                ..s
+            },
+            CacheStats {
+                alloc_fails: 0,
+                magazine_misses: 0,
+                ..before
+            },
             "a refused allocation counts, and changes nothing else"
         );
         cache.check().unwrap();
@@ -1281,13 +1333,24 @@ mod tests {
         let s = cache.stats();
         assert_eq!((s.frees, s.in_use), (10, 0));
         assert_eq!(s.free_magazine_hits + s.free_magazine_misses, 10);
-        assert_eq!(cache.alloc().unwrap(), objs[9], "the last freed, from a magazine");
+        assert_eq!(
+            cache.alloc().unwrap(),
+            objs[9],
+            "the last freed, from a magazine"
+        );
         assert_eq!(cache.stats().magazine_hits, 1);
         cache.free(objs[9]).unwrap();
         cache.reap().unwrap();
         let s = cache.stats();
-        assert_eq!((s.slabs, s.slabs_created, s.slabs_destroyed, s.reaps), (0, 1, 1, 1));
-        assert_eq!((s.meta_pages, s.magazines, meta.out()), (0, 0, 0), "a reap gives every page back");
+        assert_eq!(
+            (s.slabs, s.slabs_created, s.slabs_destroyed, s.reaps),
+            (0, 1, 1, 1)
+        );
+        assert_eq!(
+            (s.meta_pages, s.magazines, meta.out()),
+            (0, 0, 0),
+            "a reap gives every page back"
+        );
         assert_eq!(arena.size().alloc, 0);
         cache.check().unwrap();
     }

@@ -232,7 +232,11 @@ mod tests {
             lists.insert(segment(&mut stock, start, size));
         }
         assert_eq!(lists.first_sure_fit(1), Some(3));
-        assert_eq!(lists.first_sure_fit(8), Some(3), "a power of two fits its own list");
+        assert_eq!(
+            lists.first_sure_fit(8),
+            Some(3),
+            "a power of two fits its own list"
+        );
         assert_eq!(lists.first_sure_fit(9), Some(6), "list 3 only might hold 9");
         assert_eq!(lists.first_sure_fit(64), Some(6));
         assert_eq!(lists.first_sure_fit(65), None, "list 6 only might hold 65");

@@ -657,7 +657,10 @@ mod tests {
         hash.remove(segs[2]);
         assert_eq!(hash.bucket(false, bucket), (None, true));
         assert_eq!(hash.count, 0);
-        assert!(hash.settle().0.iter().all(Option::is_none), "the inline table stays");
+        assert!(
+            hash.settle().0.iter().all(Option::is_none),
+            "the inline table stays"
+        );
         stock.dispose(Some(&meta));
     }
 
@@ -671,11 +674,17 @@ mod tests {
         assert_eq!(hash.claim_growth(), None, "2 * buckets is no overload");
         live.extend(fill(&mut hash, &mut stock, 0x100_0000, 1));
         grow(&mut hash, &tables);
-        assert_eq!((hash.buckets(), hash.resizes), (META_PAGE / size_of::<Bucket>(), 1));
+        assert_eq!(
+            (hash.buckets(), hash.resizes),
+            (META_PAGE / size_of::<Bucket>(), 1)
+        );
         // Installing moved nothing: every segment is still found.
         consistent(&mut hash, &live);
         // 33 segments take two calls at 32 a call.
-        assert!(hash.settle().0.iter().all(Option::is_none), "the inline table is no page");
+        assert!(
+            hash.settle().0.iter().all(Option::is_none),
+            "the inline table is no page"
+        );
         assert!(hash.draining.is_some());
         consistent(&mut hash, &live);
         assert!(hash.settle().0.iter().all(Option::is_none));
@@ -706,12 +715,19 @@ mod tests {
                 unsafe { retired.give_back(Some(&tables)) };
                 break;
             }
-            assert!(retired.0.iter().all(Option::is_none), "nothing back mid-drain");
+            assert!(
+                retired.0.iter().all(Option::is_none),
+                "nothing back mid-drain"
+            );
             assert!(hash.cursor - cursor <= MIGRATE_BUCKETS);
         }
         assert!(calls as usize >= old_buckets / MIGRATE_BUCKETS);
         assert!(hash.most_moved <= MIGRATE_SEGMENTS);
-        assert_eq!((tables.out(), hash.resizes), (4, 2), "the old table went back");
+        assert_eq!(
+            (tables.out(), hash.resizes),
+            (4, 2),
+            "the old table went back"
+        );
         for seg in live {
             hash.remove(seg);
         }
@@ -755,7 +771,11 @@ mod tests {
         let base = meta.alloc_pages(pages).unwrap();
         // SAFETY: fresh pages from the meta source.
         let back = unsafe { hash.install(Table { base, pages }) };
-        assert_eq!(back.map(|t| (t.base, t.pages)), Some((base, pages)), "no longer wanted");
+        assert_eq!(
+            back.map(|t| (t.base, t.pages)),
+            Some((base, pages)),
+            "no longer wanted"
+        );
         assert_eq!((hash.buckets(), hash.resizes), (INLINE_BUCKETS, 0));
         // SAFETY: handed back unused.
         unsafe { meta.free_pages(base, pages) };
@@ -764,7 +784,10 @@ mod tests {
         live.extend(fill(&mut hash, &mut stock, 0x10_0000, 1));
         hash.claim_growth().unwrap();
         let tiny = meta.alloc_pages(1).unwrap();
-        let small = Table { base: tiny, pages: 1 };
+        let small = Table {
+            base: tiny,
+            pages: 1,
+        };
         // SAFETY: fresh pages; but a table of 256 buckets is larger than 16.
         assert!(unsafe { hash.install(small) }.is_none());
         while hash.draining.is_some() {
@@ -774,7 +797,12 @@ mod tests {
         hash.claim_growth().unwrap();
         let same = meta.alloc_pages(1).unwrap();
         // SAFETY: fresh pages, no larger than the table in use.
-        let back = unsafe { hash.install(Table { base: same, pages: 1 }) };
+        let back = unsafe {
+            hash.install(Table {
+                base: same,
+                pages: 1,
+            })
+        };
         assert!(back.is_some(), "a table no larger is no growth");
         assert_eq!(hash.resizes, 1);
         // SAFETY: handed back unused.
@@ -814,7 +842,10 @@ mod tests {
         // SAFETY: both tables came from `tables`.
         unsafe { retired.give_back(Some(&tables)) };
         assert_eq!(tables.out(), 0);
-        assert_eq!((hash.buckets(), hash.resizes, hash.count), (INLINE_BUCKETS, 2, 0));
+        assert_eq!(
+            (hash.buckets(), hash.resizes, hash.count),
+            (INLINE_BUCKETS, 2, 0)
+        );
         assert!(hash.draining.is_none());
         assert_eq!(hash.buckets_in(true), 0);
         stock.dispose(Some(&tags));

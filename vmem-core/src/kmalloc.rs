@@ -250,7 +250,11 @@ mod tests {
             let smallest = SIZE_CLASSES.iter().copied().find(|&c| c >= size);
             assert_eq!(Some(class), smallest, "size {size}");
         }
-        assert!(SIZE_CLASSES.windows(2).all(|w| w[0] < w[1] && w[0] % 8 == 0));
+        assert!(
+            SIZE_CLASSES
+                .windows(2)
+                .all(|w| w[0] < w[1] && w[0] % 8 == 0)
+        );
         assert_eq!(SIZE_CLASSES.last(), Some(&8192));
     }
 
@@ -265,9 +269,22 @@ mod tests {
             let next = SIZE_CLASSES.get(i + 1).copied();
             let below = if i == 0 { 1 } else { SIZE_CLASSES[i - 1] + 1 };
             for align in [1, 8] {
-                assert_eq!(class_of(&classes, below, align), Some(class), "{below} bytes");
-                assert_eq!(class_of(&classes, class, align), Some(class), "{class} bytes");
-                assert_eq!(class_of(&classes, class + 1, align), next, "{} bytes", class + 1);
+                assert_eq!(
+                    class_of(&classes, below, align),
+                    Some(class),
+                    "{below} bytes"
+                );
+                assert_eq!(
+                    class_of(&classes, class, align),
+                    Some(class),
+                    "{class} bytes"
+                );
+                assert_eq!(
+                    class_of(&classes, class + 1, align),
+                    next,
+                    "{} bytes",
+                    class + 1
+                );
             }
         }
         assert_eq!(class_of(&classes, u64::MAX, 1), None);
@@ -279,7 +296,11 @@ mod tests {
         assert_eq!(class_of(&classes, 100, 64), Some(128));
         assert_eq!(class_of(&classes, 8, Q), Some(Q));
         assert_eq!(class_of(&classes, 6000, Q), Some(8192));
-        assert_eq!(class_of(&classes, 8, 2 * Q), None, "beyond the quantum: the arena");
+        assert_eq!(
+            class_of(&classes, 8, 2 * Q),
+            None,
+            "beyond the quantum: the arena"
+        );
         // Debug caches keep only 8-byte alignment: the rest is the arena's.
         // SAFETY: as above.
         let debug = unsafe { SizeClasses::new(&arena, &HeapMeta, &cpu, true) }.unwrap();
@@ -295,13 +316,20 @@ mod tests {
         // SAFETY: the arena hands out addresses in `memory`.
         let classes = unsafe { SizeClasses::new(&arena, &HeapMeta, &cpu, false) }.unwrap();
         let big = classes.alloc(8193, 8).unwrap();
-        assert_eq!(arena.size().alloc, 3 * Q, "8193 bytes rounded to the quantum");
+        assert_eq!(
+            arena.size().alloc,
+            3 * Q,
+            "8193 bytes rounded to the quantum"
+        );
         assert!(classes.caches().iter().all(|c| c.stats().slabs == 0));
         let aligned = classes.alloc(8, 4 * Q).unwrap();
         assert_eq!(aligned % (4 * Q), 0);
         assert_eq!(arena.size().alloc, 4 * Q);
         // Each is freed the way it was allocated.
-        assert_eq!(arena.free(aligned, Q).unwrap_err().kind(), ErrorKind::BadFree);
+        assert_eq!(
+            arena.free(aligned, Q).unwrap_err().kind(),
+            ErrorKind::BadFree
+        );
         classes.free(aligned, 8, 4 * Q).unwrap();
         classes.free(big, 8193, 8).unwrap();
         assert_eq!(arena.size().alloc, 0);

@@ -432,7 +432,10 @@ mod tests {
         let per_page = RecordPool::<Rec>::PER_PAGE;
         let mut records: Vec<NonNull<Rec>> =
             (0..=per_page).map(|_| pool.take(&meta).unwrap()).collect();
-        assert_eq!((pool.page_count, pool.in_use, meta.out()), (2, per_page + 1, 2));
+        assert_eq!(
+            (pool.page_count, pool.in_use, meta.out()),
+            (2, per_page + 1, 2)
+        );
         let first_page = page_start(records[0]);
         for (i, &r) in records[..per_page].iter().enumerate() {
             assert_eq!(page_start(r), first_page, "record {i} is on the first page");
@@ -466,7 +469,10 @@ mod tests {
             .map(|_| pool.take(&meta).unwrap())
             .collect();
         assert_eq!(pool.take(&meta), None, "the budget is spent");
-        assert_eq!((pool.page_count, pool.in_use), (1, RecordPool::<Rec>::PER_PAGE));
+        assert_eq!(
+            (pool.page_count, pool.in_use),
+            (1, RecordPool::<Rec>::PER_PAGE)
+        );
         pool.give(r);
         for r in more {
             pool.give(r);
@@ -480,8 +486,9 @@ mod tests {
         let meta = Budget::new(3);
         let mut pool = RecordPool::<Rec>::new();
         let per_page = RecordPool::<Rec>::PER_PAGE;
-        let records: Vec<NonNull<Rec>> =
-            (0..2 * per_page + 1).map(|_| pool.take(&meta).unwrap()).collect();
+        let records: Vec<NonNull<Rec>> = (0..2 * per_page + 1)
+            .map(|_| pool.take(&meta).unwrap())
+            .collect();
         let first = page_start(records[0]);
         let (kept, last) = (records[per_page + 3], records[2 * per_page]);
         // Free the first page's records and all but one of the second's;
@@ -496,7 +503,11 @@ mod tests {
         pool.take_empty_pages(&mut out);
         assert!(!out.is_empty());
         out.give_back(&meta);
-        assert_eq!((pool.page_count, meta.out()), (2, 2), "only the first page left");
+        assert_eq!(
+            (pool.page_count, meta.out()),
+            (2, 2),
+            "only the first page left"
+        );
         // The spare records left are on the pages that stayed.
         let mut again = Vec::new();
         for _ in 0..per_page - 1 {

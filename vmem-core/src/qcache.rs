@@ -150,14 +150,22 @@ mod tests {
         let qc = QuantumCaches::new(Q, QCACHE_MAX_QUANTA * Q, &HeapMeta, &cpu).unwrap();
         assert_eq!((qc.max(), qc.quantum(), qc.caches.len()), (16 * Q, Q, 16));
         for n in 1..=QCACHE_MAX_QUANTA {
-            assert_eq!(qc.cache_for(n * Q).map(CacheCore::size), Some(n * Q), "{n} quanta");
+            assert_eq!(
+                qc.cache_for(n * Q).map(CacheCore::size),
+                Some(n * Q),
+                "{n} quanta"
+            );
         }
-        for beyond in [0, (QCACHE_MAX_QUANTA + 1) * Q, u64::MAX & !(Q - 1)] {
+        for beyond in [0, (QCACHE_MAX_QUANTA + 1) * Q, !(Q - 1)] {
             assert!(qc.cache_for(beyond).is_none(), "{beyond:#x} is the arena's");
         }
         let slab = CacheCore::qcache_slab_size(16 * Q, Q).unwrap();
         for (size, stats) in qc.stats() {
-            assert_eq!((stats.chunk, stats.slab_size), (size, slab), "no-touch, reference slabs");
+            assert_eq!(
+                (stats.chunk, stats.slab_size),
+                (size, slab),
+                "no-touch, reference slabs"
+            );
         }
         assert!(qc.caches.iter().all(|c| c.verifies() && !c.memory_mode()));
         // A maximum between multiples rounds up to the quantum.
@@ -172,12 +180,28 @@ mod tests {
     fn a_bad_quantum_or_maximum_is_refused() {
         let cpu = FixedCpu::new(0);
         let new = |quantum, max| QuantumCaches::new(quantum, max, &HeapMeta, &cpu);
-        assert_eq!(kind(new(3 * Q, Q)), ErrorKind::BadConstraint, "quantum not a power of two");
+        assert_eq!(
+            kind(new(3 * Q, Q)),
+            ErrorKind::BadConstraint,
+            "quantum not a power of two"
+        );
         assert_eq!(kind(new(0, Q)), ErrorKind::BadConstraint);
         assert_eq!(kind(new(Q, 0)), ErrorKind::ZeroSize);
-        assert_eq!(kind(new(Q, 16 * Q + 1)), ErrorKind::BadConstraint, "17 quanta after rounding");
-        assert_eq!(kind(new(Q, u64::MAX)), ErrorKind::Overflow, "rounding passes 2^64");
-        assert_eq!(kind(new(1 << 62, 1 << 62)), ErrorKind::Overflow, "slabs pass 2^64");
+        assert_eq!(
+            kind(new(Q, 16 * Q + 1)),
+            ErrorKind::BadConstraint,
+            "17 quanta after rounding"
+        );
+        assert_eq!(
+            kind(new(Q, u64::MAX)),
+            ErrorKind::Overflow,
+            "rounding passes 2^64"
+        );
+        assert_eq!(
+            kind(new(1 << 62, 1 << 62)),
+            ErrorKind::Overflow,
+            "slabs pass 2^64"
+        );
     }
 
     #[test]
@@ -212,7 +236,11 @@ mod tests {
         let small = arena.alloc(4 * Q - 1, Policy::InstantFit).unwrap();
         assert_eq!(qc.in_use(), 1);
         let slab = CacheCore::qcache_slab_size(4 * Q, Q).unwrap();
-        assert_eq!(alloc_segments(&arena), vec![slab], "one slab, no segment of its own");
+        assert_eq!(
+            alloc_segments(&arena),
+            vec![slab],
+            "one slab, no segment of its own"
+        );
         let big = arena.alloc(4 * Q + 1, Policy::InstantFit).unwrap();
         let next = arena.alloc(Q, Policy::NextFit).unwrap();
         let x = arena

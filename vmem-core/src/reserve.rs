@@ -170,7 +170,12 @@ mod tests {
 
     /// An arena of `objects` 64-integer objects' room.
     fn arena(objects: u64) -> Arena<'static> {
-        Arena::create(ArenaConfig::new("a", 64).span(0, 64 * objects).meta(&HeapMeta)).unwrap()
+        Arena::create(
+            ArenaConfig::new("a", 64)
+                .span(0, 64 * objects)
+                .meta(&HeapMeta),
+        )
+        .unwrap()
     }
 
     #[test]
@@ -185,7 +190,11 @@ mod tests {
             assert_eq!(meta.out(), pages, "{count} objects");
             assert_eq!(cache.stats().in_use, count as u64);
             drop(reserve);
-            assert_eq!((meta.out(), cache.stats().in_use), (0, 0), "all back on drop");
+            assert_eq!(
+                (meta.out(), cache.stats().in_use),
+                (0, 0),
+                "all back on drop"
+            );
         }
         cache.check().unwrap();
     }
@@ -199,7 +208,11 @@ mod tests {
         let before = (arena.size(), cache.stats());
         let meta = Budget::new(1);
         assert_eq!(kind(Reserve::new(&cache, 0, &meta)), ErrorKind::ZeroSize);
-        assert_eq!(kind(Reserve::new(&cache, 16, &Budget::new(0))), ErrorKind::NoSpace, "no page for the list");
+        assert_eq!(
+            kind(Reserve::new(&cache, 16, &Budget::new(0))),
+            ErrorKind::NoSpace,
+            "no page for the list"
+        );
         // Sixteen more than the arena has room for: the fill fails
         // partway, and the slabs it made go back.
         assert_eq!(kind(Reserve::new(&cache, 16, &meta)), ErrorKind::NoSpace);
@@ -207,7 +220,11 @@ mod tests {
         let after = (arena.size(), cache.stats());
         assert_eq!(after.0, before.0, "the arena is as it was");
         let counts = |s: CacheStats| (s.in_use, s.slabs, s.depot_empty, s.magazines);
-        assert_eq!(counts(after.1), counts(before.1), "so is the cache, depot and all");
+        assert_eq!(
+            counts(after.1),
+            counts(before.1),
+            "so is the cache, depot and all"
+        );
         cache.check().unwrap();
         arena.check().unwrap();
         // Fifteen fit.
@@ -227,19 +244,47 @@ mod tests {
         let allocs = cache.stats().allocs;
         let a = reserve.alloc().unwrap();
         let b = reserve.alloc().unwrap();
-        assert_eq!((reserve.available(), cache.stats().allocs), (0, allocs), "the cache untouched");
+        assert_eq!(
+            (reserve.available(), cache.stats().allocs),
+            (0, allocs),
+            "the cache untouched"
+        );
         let c = reserve.alloc().unwrap();
-        assert_eq!(cache.stats().allocs, allocs + 1, "empty, it falls back to the cache");
+        assert_eq!(
+            cache.stats().allocs,
+            allocs + 1,
+            "empty, it falls back to the cache"
+        );
         reserve.free(a).unwrap();
-        assert_eq!(kind(reserve.free(a)), ErrorKind::BadFree, "already in the reserve");
+        assert_eq!(
+            kind(reserve.free(a)),
+            ErrorKind::BadFree,
+            "already in the reserve"
+        );
         assert_eq!(reserve.available(), 1);
         reserve.free(c).unwrap();
-        assert_eq!((reserve.available(), cache.stats().frees), (2, 0), "refilled before the cache");
+        assert_eq!(
+            (reserve.available(), cache.stats().frees),
+            (2, 0),
+            "refilled before the cache"
+        );
         reserve.free(b).unwrap();
-        assert_eq!((reserve.available(), cache.stats().frees), (2, 1), "full: to the cache");
+        assert_eq!(
+            (reserve.available(), cache.stats().frees),
+            (2, 1),
+            "full: to the cache"
+        );
         // With debug checks, an object no user holds is refused too.
-        assert_eq!(kind(reserve.free(b)), ErrorKind::BadFree, "freed to the cache already");
-        assert_eq!(kind(reserve.free(64 * 63)), ErrorKind::BadFree, "not the cache's");
+        assert_eq!(
+            kind(reserve.free(b)),
+            ErrorKind::BadFree,
+            "freed to the cache already"
+        );
+        assert_eq!(
+            kind(reserve.free(64 * 63)),
+            ErrorKind::BadFree,
+            "not the cache's"
+        );
         assert_eq!(reserve.available(), 2);
         cache.check().unwrap();
         drop(reserve);

@@ -703,7 +703,9 @@ mod tests {
         let (meta, backing) = (Budget::new(1), Integers::new(0x1000, 0));
         // Ten objects of 24 in a slab of 256: the last 16 integers are no object.
         let mut layer = SlabLayer::new(24, 256, 10, 8);
-        let objs: Vec<(u64, bool)> = (0..11).map(|_| layer.alloc(&backing, &meta).unwrap()).collect();
+        let objs: Vec<(u64, bool)> = (0..11)
+            .map(|_| layer.alloc(&backing, &meta).unwrap())
+            .collect();
         let [first, second] = backing.slabs()[..] else {
             panic!("two slabs, not {:?}", backing.slabs())
         };
@@ -714,7 +716,11 @@ mod tests {
         assert_eq!(objs[10], (second, true));
         assert_eq!((layer.slabs(), layer.counts.created, layer.out), (2, 2, 11));
         assert_eq!(layer.check().unwrap(), (11, 0));
-        assert_eq!(kind(layer.free(first + 240)), ErrorKind::BadFree, "past the last object");
+        assert_eq!(
+            kind(layer.free(first + 240)),
+            ErrorKind::BadFree,
+            "past the last object"
+        );
         // A freed object is the next one handed out, from the partial slab.
         layer.free(first + 48).unwrap();
         assert_eq!(layer.alloc(&backing, &meta).unwrap(), (first + 48, false));
@@ -737,8 +743,15 @@ mod tests {
             .collect();
         objs.sort_unstable();
         assert_eq!(objs, (0..MAX_OBJS as u64).collect::<Vec<_>>());
-        assert_eq!((layer.slabs(), layer.lists[1].count), (1, 1), "one full slab");
-        assert_eq!(layer.alloc(&backing, &meta).unwrap(), (MAX_OBJS as u64, true));
+        assert_eq!(
+            (layer.slabs(), layer.lists[1].count),
+            (1, 1),
+            "one full slab"
+        );
+        assert_eq!(
+            layer.alloc(&backing, &meta).unwrap(),
+            (MAX_OBJS as u64, true)
+        );
         layer.check().unwrap();
         layer.release_all(&backing);
         assert_eq!((layer.slabs(), layer.out), (0, 0));
@@ -767,7 +780,10 @@ mod tests {
             assert_eq!(layer.check().unwrap(), before, "{why}");
         }
         assert_eq!(layer.out, 1);
-        assert!(layer.check_out(obj, true).is_ok(), "out of its slab, held by no user");
+        assert!(
+            layer.check_out(obj, true).is_ok(),
+            "out of its slab, held by no user"
+        );
         assert_eq!(kind(layer.check_out(base + 16, false)), ErrorKind::Corrupt);
         assert_eq!(kind(layer.check_out(end, false)), ErrorKind::Corrupt);
         layer.free(obj).unwrap();
@@ -806,7 +822,11 @@ mod tests {
         let mut back = MetaPages::new();
         layer.take_empty_pages(&mut back);
         back.give_back(&meta);
-        assert_eq!((layer.meta_pages(), meta.out()), (0, 0), "records and table went back");
+        assert_eq!(
+            (layer.meta_pages(), meta.out()),
+            (0, 0),
+            "records and table went back"
+        );
         assert!(backing.slabs().is_empty());
         // Emptied, the layer works as new.
         let (obj, fresh) = layer.alloc(&backing, &meta).unwrap();
@@ -826,12 +846,19 @@ mod tests {
         meta.grant(1);
         backing.refuse.set(true);
         assert_eq!(kind(layer.alloc(&backing, &meta)), ErrorKind::NoSpace);
-        assert_eq!((layer.slabs(), layer.records.in_use, layer.counts.created), (0, 0, 0));
+        assert_eq!(
+            (layer.slabs(), layer.records.in_use, layer.counts.created),
+            (0, 0, 0)
+        );
         assert_eq!(layer.check().unwrap(), (0, 0));
         backing.refuse.set(false);
         let (obj, fresh) = layer.alloc(&backing, &meta).unwrap();
         assert!(fresh);
-        assert_eq!(meta.out(), 1, "the record page taken before was kept for this");
+        assert_eq!(
+            meta.out(),
+            1,
+            "the record page taken before was kept for this"
+        );
         layer.free(obj).unwrap();
         layer.reap(&backing);
         layer.dispose(&meta);
@@ -845,16 +872,32 @@ mod tests {
         let (a, _) = layer.alloc(&backing, &meta).unwrap();
         let (b, _) = layer.alloc(&backing, &meta).unwrap();
         layer.mark_user(a).unwrap();
-        assert_eq!(kind(layer.mark_user(a)), ErrorKind::Corrupt, "handed out twice");
+        assert_eq!(
+            kind(layer.mark_user(a)),
+            ErrorKind::Corrupt,
+            "handed out twice"
+        );
         assert_eq!(kind(layer.free(a)), ErrorKind::Corrupt, "a user holds it");
         assert_eq!(layer.check().unwrap(), (2, 1));
-        assert_eq!(kind(layer.unmark_user(b)), ErrorKind::BadFree, "no user holds b");
+        assert_eq!(
+            kind(layer.unmark_user(b)),
+            ErrorKind::BadFree,
+            "no user holds b"
+        );
         layer.unmark_user(a).unwrap();
-        assert_eq!(kind(layer.unmark_user(a)), ErrorKind::BadFree, "double free");
+        assert_eq!(
+            kind(layer.unmark_user(a)),
+            ErrorKind::BadFree,
+            "double free"
+        );
         assert_eq!(layer.check().unwrap(), (2, 0));
         layer.free(a).unwrap();
         layer.free(b).unwrap();
-        assert_eq!(kind(layer.mark_user(a)), ErrorKind::Corrupt, "a free object");
+        assert_eq!(
+            kind(layer.mark_user(a)),
+            ErrorKind::Corrupt,
+            "a free object"
+        );
         layer.reap(&backing);
         layer.dispose(&meta);
     }
@@ -863,15 +906,23 @@ mod tests {
     fn reap_since_returns_only_the_empty_slabs_made_after_the_mark() {
         let (meta, backing) = (Budget::new(1), Integers::new(0, 0));
         let mut layer = SlabLayer::new(8, 64, 8, 8);
-        let old: Vec<u64> = (0..8).map(|_| layer.alloc(&backing, &meta).unwrap().0).collect();
+        let old: Vec<u64> = (0..8)
+            .map(|_| layer.alloc(&backing, &meta).unwrap().0)
+            .collect();
         let mark = layer.counts.created;
-        let new: Vec<u64> = (0..16).map(|_| layer.alloc(&backing, &meta).unwrap().0).collect();
+        let new: Vec<u64> = (0..16)
+            .map(|_| layer.alloc(&backing, &meta).unwrap().0)
+            .collect();
         for obj in old.iter().chain(&new) {
             layer.free(*obj).unwrap();
         }
         let first = backing.slabs()[0];
         layer.reap_since(mark, &backing);
-        assert_eq!(backing.slabs(), vec![first], "the slab from before the mark stays");
+        assert_eq!(
+            backing.slabs(),
+            vec![first],
+            "the slab from before the mark stays"
+        );
         assert_eq!((layer.slabs(), layer.counts.destroyed), (1, 2));
         layer.check().unwrap();
         layer.reap(&backing);

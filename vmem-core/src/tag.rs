@@ -611,9 +611,15 @@ mod tests {
         let mut seen: Vec<usize> = spares(&stock).iter().map(|t| t.addr()).collect();
         for &addr in &seen {
             let record = page_record(TagPtr(NonNull::new(addr as *mut Tag).unwrap())).unwrap();
-            assert!(record.addr().is_multiple_of(META_PAGE), "the record heads its page");
+            assert!(
+                record.addr().is_multiple_of(META_PAGE),
+                "the record heads its page"
+            );
             let slot = (addr - record.addr()) / size_of::<Tag>();
-            assert!((1..=TAGS_PER_PAGE).contains(&slot), "slot {slot} is a tag's, not the record's");
+            assert!(
+                (1..=TAGS_PER_PAGE).contains(&slot),
+                "slot {slot} is a tag's, not the record's"
+            );
             assert_eq!(page_slot(record, slot).addr(), addr);
         }
         seen.sort_unstable();
@@ -630,7 +636,9 @@ mod tests {
         let a = stock.take(0x1000, 0x20, Kind::Free).unwrap();
         a.set_seg_next(Some(a));
         stock.give_back(a);
-        let b = stock.take(0x2000, 0x40, Kind::Span { imported: true }).unwrap();
+        let b = stock
+            .take(0x2000, 0x40, Kind::Span { imported: true })
+            .unwrap();
         assert_eq!(a, b, "the tag given back is the next one taken");
         assert_eq!((b.start(), b.size(), b.end()), (0x2000, 0x40, 0x2040));
         assert_eq!(b.kind(), Kind::Span { imported: true });
@@ -646,8 +654,15 @@ mod tests {
         }
         assert_eq!(taken.len(), TAGS_PER_PAGE);
         assert_eq!((stock.spare_count, stock.count_spare(usize::MAX)), (0, 0));
-        assert_eq!(stock.take(0, 1, Kind::Free), None, "an empty stock has none");
-        assert_eq!(stock.owned, TAGS_PER_PAGE, "an empty stock still owns its tags");
+        assert_eq!(
+            stock.take(0, 1, Kind::Free),
+            None,
+            "an empty stock has none"
+        );
+        assert_eq!(
+            stock.owned, TAGS_PER_PAGE,
+            "an empty stock still owns its tags"
+        );
         for tag in taken {
             stock.give_back(tag);
         }
@@ -663,7 +678,10 @@ mod tests {
         assert!(count <= STATIC_BATCH);
         let mut stock = TagStock::new();
         stock.add_batch(batch, count);
-        assert_eq!((stock.owned, stock.spare_count, stock.page_count), (count, count, 0));
+        assert_eq!(
+            (stock.owned, stock.spare_count, stock.page_count),
+            (count, count, 0)
+        );
         let tags = spares(&stock);
         assert_eq!(tags.len(), count);
         for &tag in &tags {
@@ -696,7 +714,9 @@ mod tests {
             out
         };
         let (newest, oldest) = (records[0], records[2]);
-        let used: Vec<TagPtr> = (0..5).map(|i| stock.take(i, 1, Kind::Free).unwrap()).collect();
+        let used: Vec<TagPtr> = (0..5)
+            .map(|i| stock.take(i, 1, Kind::Free).unwrap())
+            .collect();
         assert!(used.iter().all(|&t| page_record(t) == Some(newest)));
         // One page holds the five tags in use and four spare: two leave.
         assert!(stock.count_spare_per_page());
@@ -704,8 +724,16 @@ mod tests {
         assert_eq!(oldest.size() as usize, TAGS_PER_PAGE);
         let emptying = stock.plan_emptying(4).unwrap();
         assert_eq!(emptying.count, 2);
-        assert_eq!(stock.spare_count, TAGS_PER_PAGE - 5, "the leaving pages' spares left too");
-        assert!(spares(&stock).iter().all(|&t| page_record(t) == Some(newest)));
+        assert_eq!(
+            stock.spare_count,
+            TAGS_PER_PAGE - 5,
+            "the leaving pages' spares left too"
+        );
+        assert!(
+            spares(&stock)
+                .iter()
+                .all(|&t| page_record(t) == Some(newest))
+        );
         let mut out = MetaPages::new();
         stock.finish_emptying(emptying, &mut out);
         assert_eq!((stock.page_count, stock.owned), (1, TAGS_PER_PAGE));
@@ -722,13 +750,22 @@ mod tests {
 
         // A pinned page stays, though an unpinned one is busier.
         let mut stock = tag_stock(&meta, 2);
-        let (busy, idle) = (stock.pages.unwrap(), stock.pages.unwrap().list_next().unwrap());
-        let used: Vec<TagPtr> = (0..3).map(|i| stock.take(i, 1, Kind::Free).unwrap()).collect();
+        let (busy, idle) = (
+            stock.pages.unwrap(),
+            stock.pages.unwrap().list_next().unwrap(),
+        );
+        let used: Vec<TagPtr> = (0..3)
+            .map(|i| stock.take(i, 1, Kind::Free).unwrap())
+            .collect();
         assert!(used.iter().all(|&t| page_record(t) == Some(busy)));
         assert!(stock.count_spare_per_page());
         stock.pin(page_slot(idle, 1));
         let emptying = stock.plan_emptying(0).unwrap();
-        assert_eq!(emptying.first(), Some(busy), "the busy page leaves; its tags must move");
+        assert_eq!(
+            emptying.first(),
+            Some(busy),
+            "the busy page leaves; its tags must move"
+        );
         assert_eq!(next_leaving(busy), None);
         let mut out = MetaPages::new();
         stock.finish_emptying(emptying, &mut out);
@@ -743,8 +780,14 @@ mod tests {
         let meta = Budget::new(0);
         let arena: Arena =
             Arena::create(ArenaConfig::new("dry", 1).meta(&meta).static_tags(false)).unwrap();
-        assert_eq!(arena.add_span(0, 1 << 20).unwrap_err().kind(), ErrorKind::NoSpace);
-        assert_eq!(arena.alloc(1, Policy::InstantFit).unwrap_err().kind(), ErrorKind::NoSpace);
+        assert_eq!(
+            arena.add_span(0, 1 << 20).unwrap_err().kind(),
+            ErrorKind::NoSpace
+        );
+        assert_eq!(
+            arena.alloc(1, Policy::InstantFit).unwrap_err().kind(),
+            ErrorKind::NoSpace
+        );
         let mut segments = 0;
         arena.walk(|_| segments += 1);
         assert_eq!((segments, arena.size().total, meta.out()), (0, 0, 0));

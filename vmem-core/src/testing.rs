@@ -40,7 +40,9 @@ impl Budget {
 impl MetaSource for Budget {
     fn alloc_pages(&self, pages: usize) -> Option<NonNull<u8>> {
         self.left
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(pages))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                n.checked_sub(pages)
+            })
             .ok()?;
         let Some(base) = HeapMeta.alloc_pages(pages) else {
             self.left.fetch_add(pages, Ordering::AcqRel);
@@ -63,7 +65,9 @@ impl MetaSource for Budget {
 pub(crate) fn tag_stock(meta: &dyn MetaSource, pages: usize) -> TagStock {
     let mut stock = TagStock::new();
     for _ in 0..pages {
-        let page = meta.alloc_pages(1).expect("the test's meta source has a page");
+        let page = meta
+            .alloc_pages(1)
+            .expect("the test's meta source has a page");
         // SAFETY: a fresh META_PAGE-aligned page from a meta source, now the
         // stock's.
         unsafe { stock.add_page(page) };
