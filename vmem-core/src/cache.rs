@@ -1025,7 +1025,7 @@ mod tests {
 
     use super::*;
     use crate::testing::{Budget, Memory};
-    use crate::{ArenaConfig, FixedCpu, HeapMeta, Policy};
+    use crate::{Arena, ArenaConfig, ErrorKind, FixedCpu, HeapMeta, Policy, Result};
 
     fn kind<T: core::fmt::Debug>(r: Result<T>) -> ErrorKind {
         r.unwrap_err().kind()

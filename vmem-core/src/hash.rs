@@ -779,24 +779,21 @@ mod tests {
         assert_eq!((hash.buckets(), hash.resizes), (INLINE_BUCKETS, 0));
         // SAFETY: handed back unused.
         unsafe { meta.free_pages(base, pages) };
-        // No longer fetching: the next overload asks again; a table no
-        // larger than the one in use is refused.
+        // No longer fetching: the next overload asks again, and a page of
+        // 256 buckets is growth over the 16 inline ones.
         live.extend(fill(&mut hash, &mut stock, 0x10_0000, 1));
-        hash.claim_growth().unwrap();
-        let tiny = meta.alloc_pages(1).unwrap();
-        let small = Table {
-            base: tiny,
-            pages: 1,
-        };
-        // SAFETY: fresh pages; but a table of 256 buckets is larger than 16.
-        assert!(unsafe { hash.install(small) }.is_none());
+        let pages = hash.claim_growth().unwrap();
+        let base = meta.alloc_pages(pages).unwrap();
+        // SAFETY: fresh pages from the meta source.
+        assert!(unsafe { hash.install(Table { base, pages }) }.is_none());
         while hash.draining.is_some() {
             let _ = hash.settle();
         }
+        // Overloaded again, a table no larger than the one in use is refused.
         live.extend(fill(&mut hash, &mut stock, 0x20_0000, 2 * 256 + 1 - 33));
         hash.claim_growth().unwrap();
         let same = meta.alloc_pages(1).unwrap();
-        // SAFETY: fresh pages, no larger than the table in use.
+        // SAFETY: fresh pages from the meta source.
         let back = unsafe {
             hash.install(Table {
                 base: same,
@@ -805,6 +802,8 @@ mod tests {
         };
         assert!(back.is_some(), "a table no larger is no growth");
         assert_eq!(hash.resizes, 1);
+        assert!(hash.claim_growth().is_some(), "and the hash asks again");
+        hash.refused();
         // SAFETY: handed back unused.
         unsafe { meta.free_pages(same, 1) };
         consistent(&mut hash, &live);

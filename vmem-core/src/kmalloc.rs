@@ -225,7 +225,8 @@ where
 mod tests {
     use super::*;
     use crate::testing::Memory;
-    use crate::{ArenaConfig, FixedCpu, HeapMeta};
+    use crate::{Arena, ArenaConfig, ErrorKind, FixedCpu, HeapMeta, ObjectCache};
+    use lock_api::RawMutex;
 
     const Q: u64 = 4096;
 
