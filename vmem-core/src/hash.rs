@@ -51,7 +51,12 @@ pub(crate) const MIGRATE_SEGMENTS: usize = 32;
 /// Most buckets of the new table one call empties before use (one page).
 const CLEAR_BUCKETS: usize = META_PAGE / size_of::<Bucket>();
 
-/// Fibonacci hashing: the high bits of `addr * 2^64/phi` spread any stride.
+/// Fibonacci hashing: the high bits of `addr * 2^64/phi` index the table, so
+/// addresses that differ only in high bits, or that come a power of two
+/// apart, still land in different buckets. Not evenly: as many addresses as
+/// there are buckets, 2^0 to 2^20 apart, use at least a quarter of the
+/// buckets (the unit test `buckets_spread_power_of_two_strides_and_stay_in_the_table`
+/// holds that); a hash of the low bits would put them all in one.
 const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
 
 /// A bucket table handed over by the meta source.
