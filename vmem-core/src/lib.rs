@@ -206,6 +206,8 @@ pub mod scenario;
 mod slab;
 mod sync;
 mod tag;
+#[cfg(test)]
+mod testing;
 
 pub use arena::{
     Arena, ArenaConfig, ArenaSize, DefaultLock, Policy, Segment, SegmentKind, Source, Stats,

@@ -185,3 +185,132 @@ impl core::fmt::Debug for QuantumCaches<'_> {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Arena, ArenaConfig, FixedCpu, HeapMeta, Policy, SegmentKind};
+
+    const Q: u64 = 4096;
+
+    fn kind<T>(r: Result<T>) -> ErrorKind {
+        match r {
+            Ok(_) => panic!("expected a refusal"),
+            Err(e) => e.kind(),
+        }
+    }
+
+    #[test]
+    fn each_multiple_of_the_quantum_up_to_the_max_has_its_own_cache() {
+        let cpu = FixedCpu::new(0);
+        let qc = QuantumCaches::new(Q, QCACHE_MAX_QUANTA * Q, &HeapMeta, &cpu).unwrap();
+        assert_eq!((qc.max(), qc.quantum(), qc.caches.len()), (16 * Q, Q, 16));
+        for n in 1..=QCACHE_MAX_QUANTA {
+            assert_eq!(
+                qc.cache_for(n * Q).map(CacheCore::size),
+                Some(n * Q),
+                "{n} quanta"
+            );
+        }
+        for beyond in [0, (QCACHE_MAX_QUANTA + 1) * Q, !(Q - 1)] {
+            assert!(qc.cache_for(beyond).is_none(), "{beyond:#x} is the arena's");
+        }
+        let slab = CacheCore::qcache_slab_size(16 * Q, Q).unwrap();
+        for (size, stats) in qc.stats() {
+            assert_eq!(
+                (stats.chunk, stats.slab_size),
+                (size, slab),
+                "no-touch, reference slabs"
+            );
+        }
+        assert!(qc.caches.iter().all(|c| c.verifies() && !c.memory_mode()));
+        // A maximum between multiples rounds up to the quantum.
+        let qc = QuantumCaches::new(Q, Q + 1, &HeapMeta, &cpu).unwrap();
+        assert_eq!((qc.max(), qc.caches.len()), (2 * Q, 2));
+        assert!(qc.cache_for(3 * Q).is_none());
+        let qc = QuantumCaches::new(1, 16, &HeapMeta, &cpu).unwrap();
+        assert_eq!(qc.cache_for(16).map(CacheCore::size), Some(16));
+    }
+
+    #[test]
+    fn a_bad_quantum_or_maximum_is_refused() {
+        let cpu = FixedCpu::new(0);
+        let new = |quantum, max| QuantumCaches::new(quantum, max, &HeapMeta, &cpu);
+        assert_eq!(
+            kind(new(3 * Q, Q)),
+            ErrorKind::BadConstraint,
+            "quantum not a power of two"
+        );
+        assert_eq!(kind(new(0, Q)), ErrorKind::BadConstraint);
+        assert_eq!(kind(new(Q, 0)), ErrorKind::ZeroSize);
+        assert_eq!(
+            kind(new(Q, 16 * Q + 1)),
+            ErrorKind::BadConstraint,
+            "17 quanta after rounding"
+        );
+        assert_eq!(
+            kind(new(Q, u64::MAX)),
+            ErrorKind::Overflow,
+            "rounding passes 2^64"
+        );
+        assert_eq!(
+            kind(new(1 << 62, 1 << 62)),
+            ErrorKind::Overflow,
+            "slabs pass 2^64"
+        );
+    }
+
+    #[test]
+    fn storage_is_claimed_by_one_arena_only() {
+        let cpu = FixedCpu::new(0);
+        let qc = QuantumCaches::new(Q, Q, &HeapMeta, &cpu).unwrap();
+        assert!(qc.claim());
+        assert!(!qc.claim());
+    }
+
+    #[test]
+    fn sizes_beyond_the_max_next_fit_and_xalloc_go_to_the_arena() {
+        let cpu = FixedCpu::new(0);
+        let qc = QuantumCaches::new(Q, 4 * Q, &HeapMeta, &cpu).unwrap();
+        let arena: Arena = Arena::create(
+            ArenaConfig::new("a", Q)
+                .span(0, 1 << 24)
+                .meta(&HeapMeta)
+                .qcache(&qc),
+        )
+        .unwrap();
+        let alloc_segments = |arena: &Arena| {
+            let mut sizes = Vec::new();
+            arena.walk(|s| {
+                if let SegmentKind::Alloc = s.kind {
+                    sizes.push(s.size)
+                }
+            });
+            sizes.sort_unstable();
+            sizes
+        };
+        let small = arena.alloc(4 * Q - 1, Policy::InstantFit).unwrap();
+        assert_eq!(qc.in_use(), 1);
+        let slab = CacheCore::qcache_slab_size(4 * Q, Q).unwrap();
+        assert_eq!(
+            alloc_segments(&arena),
+            vec![slab],
+            "one slab, no segment of its own"
+        );
+        let big = arena.alloc(4 * Q + 1, Policy::InstantFit).unwrap();
+        let next = arena.alloc(Q, Policy::NextFit).unwrap();
+        let x = arena
+            .xalloc(Q, &crate::Constraints::aligned(Q), Policy::BestFit)
+            .unwrap();
+        assert_eq!(qc.in_use(), 1, "none of these went to a cache");
+        assert_eq!(alloc_segments(&arena), vec![Q, Q, 5 * Q, slab]);
+        arena.free(next, Q).unwrap();
+        arena.xfree(x, Q).unwrap();
+        arena.free(big, 4 * Q + 1).unwrap();
+        arena.free(small, 4 * Q).unwrap();
+        assert_eq!(qc.in_use(), 0);
+        arena.check().unwrap();
+        arena.reap().unwrap();
+        assert_eq!(alloc_segments(&arena), Vec::<u64>::new());
+    }
+}
