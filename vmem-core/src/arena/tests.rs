@@ -129,12 +129,10 @@ fn spans_refuse_overlap_misalignment_overflow_and_zero() {
     a.add_span(0x20000, 0x1000).unwrap();
     a.add_span(0x0, 0x10000).unwrap();
     a.add_span(u64::MAX - 0xfff - 0x1000, 0x1000).unwrap();
-    let spans: Vec<u64> = segments(&a)
-        .iter()
-        .filter(|s| s.2 == SPAN)
-        .map(|s| s.0)
-        .collect();
-    assert_eq!(spans, vec![0x0, 0x10000, 0x20000, u64::MAX - 0x1fff]);
+    assert_eq!(
+        span_starts(&a),
+        vec![0x0, 0x10000, 0x20000, u64::MAX - 0x1fff]
+    );
     // Adjacent spans stay apart: segments never coalesce across them.
     let x = a.alloc(0x10000, Policy::BestFit).unwrap();
     let y = a.alloc(0x10000, Policy::BestFit).unwrap();
@@ -821,11 +819,7 @@ fn spans_overlapping_anywhere_are_refused_and_adjacent_ones_taken() {
         a.add_span(base, size).unwrap();
         a.check().unwrap();
     }
-    let starts: Vec<u64> = segments(&a)
-        .into_iter()
-        .filter(|s| s.2 == SPAN)
-        .map(|s| s.0)
-        .collect();
+    let starts = span_starts(&a);
     assert_eq!(
         starts,
         [
@@ -839,6 +833,15 @@ fn spans_overlapping_anywhere_are_refused_and_adjacent_ones_taken() {
     assert!(a.contains(0x60_0000, Q).unwrap());
     assert!(!a.contains(0x60_1000, Q).unwrap());
     assert!(!a.contains(Q, Q).unwrap());
+}
+
+/// The starts of the arena's spans, in list order.
+fn span_starts(arena: &Arena<'_>) -> Vec<u64> {
+    segments(arena)
+        .into_iter()
+        .filter(|s| s.2 == SPAN)
+        .map(|s| s.0)
+        .collect()
 }
 
 /// Removes the span starting at `start`, which must be wholly free.
@@ -864,11 +867,7 @@ fn spans_removed_in_any_order_leave_the_rest_in_order() {
         remove_free_span(&a, i * 2 * Q);
         left.remove(&(i * 2 * Q));
         a.check().unwrap();
-        let starts: Vec<u64> = segments(&a)
-            .into_iter()
-            .filter(|s| s.2 == SPAN)
-            .map(|s| s.0)
-            .collect();
+        let starts = span_starts(&a);
         assert_eq!(starts, left.iter().copied().collect::<Vec<_>>());
     }
     assert_eq!(a.inner.lock().span_tree.depth(), 0);
