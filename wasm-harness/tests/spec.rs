@@ -8,11 +8,11 @@
 //! output, or a `jsonl` block without its scenario, fails the test. Other
 //! fenced blocks (`text`, `sh`, ...) are not examples.
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::path::Path;
 
 use similar::TextDiff;
-use vmem_core::ErrorKind;
 use wasm_harness::{run_native, run_wasm};
 
 /// An example: where it stands on the page, the scenario, and its output.
@@ -185,24 +185,6 @@ fn the_examples_show_every_command_and_every_error_kind() {
         "reserve_alloc",
         "reserve_free",
     ];
-    // `Corrupt` is left out: only a bug in the crate gives it.
-    const KINDS: [ErrorKind; 15] = [
-        ErrorKind::Parse,
-        ErrorKind::UnknownArena,
-        ErrorKind::UnknownCache,
-        ErrorKind::UnknownHandle,
-        ErrorKind::DuplicateName,
-        ErrorKind::ZeroSize,
-        ErrorKind::Misaligned,
-        ErrorKind::BadConstraint,
-        ErrorKind::Overconstrained,
-        ErrorKind::Overflow,
-        ErrorKind::NoSpace,
-        ErrorKind::BadFree,
-        ErrorKind::Overlap,
-        ErrorKind::InUse,
-        ErrorKind::ImportFailed,
-    ];
     let examples = page_examples();
     let lines: Vec<&str> = examples.iter().flat_map(|e| e.expected.lines()).collect();
     for command in COMMANDS {
@@ -213,12 +195,53 @@ fn the_examples_show_every_command_and_every_error_kind() {
             "no example on the page runs `{command}` successfully"
         );
     }
-    for kind in KINDS {
+    // `Corrupt` is left out: only a bug in the crate gives it.
+    for kind in listed_kinds(&page()).iter().filter(|k| *k != "Corrupt") {
         assert!(
-            lines.iter().any(|l| field(l, "kind") == Some(kind.name())),
+            lines.iter().any(|l| field(l, "kind") == Some(kind)),
             "no example on the page shows the error kind {kind}"
         );
     }
+}
+
+/// The kinds the first column of the page's table under `## Error kinds`
+/// names.
+fn listed_kinds(page: &str) -> BTreeSet<String> {
+    page.lines()
+        .skip_while(|l| *l != "## Error kinds")
+        .skip(1)
+        .take_while(|l| !l.starts_with("## "))
+        .filter_map(|l| l.strip_prefix("| `"))
+        .filter_map(|l| l.split_once('`'))
+        .map(|(kind, _)| kind.to_string())
+        .collect()
+}
+
+/// The page's table of error kinds is the closed set: the kinds of the
+/// misuse page (whose test shows a case of every `ErrorKind` there), no
+/// more and no fewer.
+#[test]
+fn the_page_lists_every_error_kind() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/src/misuse.md");
+    let misuse = fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    // Its rows: | # | bad input | `Kind` | `case` |
+    let shown: BTreeSet<String> = misuse
+        .lines()
+        .filter_map(|l| {
+            let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+            match cells.as_slice() {
+                ["", n, _, kind, _, ""] if n.parse::<u32>().is_ok() => {
+                    Some(kind.trim_matches('`').to_string())
+                }
+                _ => None,
+            }
+        })
+        .collect();
+    assert!(
+        shown.len() > 10,
+        "the misuse page's tables were not read: {shown:?}"
+    );
+    assert_eq!(listed_kinds(&page()), shown);
 }
 
 #[test]
