@@ -159,6 +159,7 @@ fn catalogue() -> Vec<(Layer, Vec<Case>)> {
         .collect()
 }
 
+/// The closed set of error kinds; the catalogue shows a case of each.
 pub const ALL_KINDS: [ErrorKind; 16] = [
     ErrorKind::Parse,
     ErrorKind::UnknownArena,
