@@ -70,6 +70,18 @@ impl Layer {
         }
     }
 
+    /// The file that holds the layer's cases, under `vmem-core/tests/misuse/`.
+    fn file(self) -> &'static str {
+        match self {
+            Layer::Arena => "arena.rs",
+            Layer::Xalloc => "xalloc.rs",
+            Layer::Cache => "cache.rs",
+            Layer::Reserve => "reserve.rs",
+            Layer::SizeClasses => "size_classes.rs",
+            Layer::Scenario => "scenario.rs",
+        }
+    }
+
     fn title(self) -> &'static str {
         match self {
             Layer::Arena => "Arenas: spans, alloc, free, destroy, quantum caches",
@@ -334,7 +346,7 @@ fn the_docs_page_is_the_catalogue() {
         return;
     }
     panic!(
-        "docs/src/misuse.md is out of date with vmem-core/tests/misuse.rs \
+        "docs/src/misuse.md is out of date with vmem-core/tests/misuse/ \
          (- the page, + the cases):\n{}\nRun `VMEM_BLESS=1 cargo test -p vmem-core --test misuse` \
          to rewrite it, and review the change.",
         diff(old, &new)

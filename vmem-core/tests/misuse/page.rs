@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use crate::{Case, Layer, scenario};
 
-pub const BEGIN: &str = "<!-- misuse-catalogue:begin (generated from vmem-core/tests/misuse.rs: run VMEM_BLESS=1 cargo test -p vmem-core --test misuse; do not edit by hand) -->";
+pub const BEGIN: &str = "<!-- misuse-catalogue:begin (generated from vmem-core/tests/misuse/: run VMEM_BLESS=1 cargo test -p vmem-core --test misuse; do not edit by hand) -->";
 pub const END: &str = "<!-- misuse-catalogue:end -->";
 
 /// The generated part of the page: one table per layer.
@@ -25,7 +25,11 @@ pub fn render(catalogue: &[(Layer, Vec<Case>)]) -> String {
             out.push_str(scenario::WORLD);
             out.push_str("```\n\n");
         }
-        out.push_str("| # | Bad input | Error kind | Case in `misuse.rs` |\n");
+        let _ = writeln!(
+            out,
+            "| # | Bad input | Error kind | Case in `misuse/{}` |",
+            layer.file()
+        );
         out.push_str("| ---: | --- | --- | --- |\n");
         for (i, case) in cases.iter().enumerate() {
             let _ = writeln!(
