@@ -12,7 +12,9 @@
 
 use core::sync::atomic::AtomicU64;
 
-use crate::paging::DIRECT_BASE;
+use x86_64::PhysAddr;
+
+use crate::layout::DIRECT_BASE;
 
 /// TSC at the first instruction after `.bss` was zeroed.
 #[unsafe(no_mangle)]
@@ -20,7 +22,7 @@ pub static ENTRY_TSC: AtomicU64 = AtomicU64::new(0);
 
 // The boot page tables: one PML4, one PDPT and four page directories of
 // 2 MiB pages for 0..4 GiB; PML4 slots 0 and 256 share the PDPT.
-const _: () = assert!(DIRECT_BASE == 0xffff_8000_0000_0000);
+const _: () = assert!(DIRECT_BASE.as_u64() == 0xffff_8000_0000_0000);
 
 core::arch::global_asm!(
     r#"
@@ -174,12 +176,12 @@ impl MemRange {
 /// What the loader handed over, copied out of guest RAM before any of it
 /// is handed out.
 pub struct BootInfo {
-    pub start_info: u64,
+    pub start_info: PhysAddr,
     pub memmap: [MemRange; MEMMAP_MAX],
     pub memmap_len: usize,
     /// Where the loader put its data (start info, map, command line), to
     /// keep out of `phys` along with the kernel image.
-    pub loader_ranges: [(u64, u64); 3],
+    pub loader_ranges: [(PhysAddr, u64); 3],
     cmdline: [u8; CMDLINE_MAX],
     cmdline_len: usize,
 }
@@ -191,7 +193,8 @@ impl BootInfo {
     /// # Safety
     /// `start_info` is the address the loader passed in `ebx`, and the low
     /// 4 GiB are identity mapped.
-    pub unsafe fn copy_from(start_info: u64) -> Result<BootInfo, &'static str> {
+    pub unsafe fn copy_from(start_info: PhysAddr) -> Result<BootInfo, &'static str> {
+        let start_info = start_info.as_u64();
         let read32 = |off: u64| {
             // SAFETY: inside the 56-byte start info the caller vouched for.
             unsafe { core::ptr::read_unaligned((start_info + off) as *const u32) }
@@ -214,13 +217,13 @@ impl BootInfo {
             return Err("no memory map in hvm_start_info (version 0 loader)");
         }
         let mut info = BootInfo {
-            start_info,
+            start_info: PhysAddr::new(start_info),
             memmap: [MemRange::default(); MEMMAP_MAX],
             memmap_len: memmap_entries.min(MEMMAP_MAX),
             loader_ranges: [
-                (start_info, 56),
-                (memmap_paddr, memmap_entries as u64 * 24),
-                (0, 0),
+                (PhysAddr::new(start_info), 56),
+                (PhysAddr::new(memmap_paddr), memmap_entries as u64 * 24),
+                (PhysAddr::zero(), 0),
             ],
             cmdline: [0; CMDLINE_MAX],
             cmdline_len: 0,
@@ -253,7 +256,7 @@ impl BootInfo {
                 info.cmdline[info.cmdline_len] = byte;
                 info.cmdline_len += 1;
             }
-            info.loader_ranges[2] = (cmdline_paddr, info.cmdline_len as u64 + 1);
+            info.loader_ranges[2] = (PhysAddr::new(cmdline_paddr), info.cmdline_len as u64 + 1);
         }
         Ok(info)
     }

@@ -2,18 +2,17 @@
 //! through the `device` arena, and a PCI host bridge (q35) or none
 //! (microvm).
 
+use x86_64::VirtAddr;
 use x86_64::instructions::port::Port;
 
 use crate::kmem::map_device;
-
-const LAPIC: u64 = 0xfee0_0000;
-const IOAPIC: u64 = 0xfec0_0000;
+use crate::layout::{IOAPIC, LAPIC, PAGE};
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Devices {
     /// Virtual address of the LAPIC's registers, if mapped.
-    pub lapic: Option<u64>,
-    pub ioapic: Option<u64>,
+    pub lapic: Option<VirtAddr>,
+    pub ioapic: Option<VirtAddr>,
     /// Vendor and device of PCI 00:00.0, if there is a PCI bus.
     pub host_bridge: Option<(u16, u16)>,
 }
@@ -35,8 +34,8 @@ impl Devices {
         // version are read-only registers.
         Some(unsafe {
             (
-                core::ptr::read_volatile((base + 0x20) as *const u32),
-                core::ptr::read_volatile((base + 0x30) as *const u32),
+                core::ptr::read_volatile((base + 0x20u64).as_ptr::<u32>()),
+                core::ptr::read_volatile((base + 0x30u64).as_ptr::<u32>()),
             )
         })
     }
@@ -48,8 +47,8 @@ impl Devices {
             // SAFETY: the IOAPIC page is mapped uncached at `base`; selecting
             // and reading a register has no other effect.
             unsafe {
-                core::ptr::write_volatile(base as *mut u32, reg);
-                core::ptr::read_volatile((base + 0x10) as *const u32)
+                core::ptr::write_volatile(base.as_mut_ptr::<u32>(), reg);
+                core::ptr::read_volatile((base + 0x10u64).as_ptr::<u32>())
             }
         };
         Some((read(0), read(1)))
@@ -64,8 +63,8 @@ pub fn probe() -> Devices {
         Port::<u32>::new(0xcfc).read()
     };
     Devices {
-        lapic: map_device(LAPIC, 4096).ok(),
-        ioapic: map_device(IOAPIC, 4096).ok(),
+        lapic: map_device(LAPIC, PAGE).ok(),
+        ioapic: map_device(IOAPIC, PAGE).ok(),
         host_bridge: (id != u32::MAX).then_some((id as u16, (id >> 16) as u16)),
     }
 }

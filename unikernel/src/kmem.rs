@@ -16,14 +16,16 @@ use core::fmt;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use vmem_core::{
-    Arena, ArenaConfig, CPU0, Error, ErrorKind, GlobalHeap, Importer, Policy, QCACHE_MAX_QUANTA,
-    QuantumCaches, SizeClasses, Source,
+    Arena, ArenaConfig, CPU0, GlobalHeap, Importer, Policy, QCACHE_MAX_QUANTA, QuantumCaches,
+    SizeClasses, Source,
 };
-use x86_64::structures::paging::PageTableFlags as Flags;
+use x86_64::structures::paging::page::PageRange;
+use x86_64::structures::paging::{Page, PageTableFlags as Flags, PhysFrame, Size4KiB};
+use x86_64::{PhysAddr, VirtAddr};
 
-use crate::paging::{
-    self, DEVICE_BASE, DEVICE_SIZE, DIRECT_BASE, KERNEL_VA_BASE, KERNEL_VA_SIZE, PAGE,
-};
+use crate::error::MemError;
+use crate::layout::{DEVICE_BASE, DEVICE_SIZE, KERNEL_VA_BASE, KERNEL_VA_SIZE, PAGE, virt_to_phys};
+use crate::paging;
 use crate::phys::{PHYS_META, phys, try_phys};
 
 static KERNEL_VA: spin::Once<Arena<'static>> = spin::Once::new();
@@ -82,36 +84,44 @@ struct BackedPages;
 static BACKED_PAGES: BackedPages = BackedPages;
 
 impl BackedPages {
-    /// Unmaps `[base, base + size)` page by page, frees the frames, and
-    /// frees the page tables that emptied.
-    fn unback(base: u64, size: u64) {
-        for va in (base..base + size).step_by(PAGE as usize) {
-            if let Some(frame) = paging::unmap(va) {
+    /// Backs `page` with a frame of `phys` and maps it.
+    fn back(page: Page<Size4KiB>) -> Result<(), MemError> {
+        let frame =
+            PhysFrame::containing_address(PhysAddr::new(phys().alloc(PAGE, Policy::InstantFit)?));
+        paging::map(page, frame, Flags::WRITABLE).inspect_err(|_| {
+            let _ = phys().free(frame.start_address().as_u64(), PAGE);
+        })
+    }
+
+    /// Unmaps `pages` one by one, frees the frames, and frees the page
+    /// tables that emptied.
+    fn unback(pages: PageRange) {
+        for page in pages {
+            if let Some(frame) = paging::unmap(page) {
                 PAGES_UNMAPPED.fetch_add(1, Ordering::Relaxed);
-                // The frame came from `phys().alloc` in `import`.
-                let _ = phys().free(frame, PAGE);
+                // The frame came from `phys().alloc` in `back`.
+                let _ = phys().free(frame.start_address().as_u64(), PAGE);
             }
         }
-        if size > 0 {
-            paging::free_empty_tables(base, size);
-        }
+        paging::free_empty_tables(pages);
     }
+}
+
+/// The pages of `[base, base + size)`, an arena's range.
+fn pages(base: u64, size: u64) -> PageRange {
+    let first = Page::containing_address(VirtAddr::new(base));
+    Page::range(first, first + size / PAGE)
 }
 
 impl Source for BackedPages {
     fn import(&self, _importer: Importer, size: u64, _align: u64) -> vmem_core::Result<u64> {
         let base = kmem_va().alloc(size, Policy::InstantFit)?;
-        for va in (base..base + size).step_by(PAGE as usize) {
-            let mapped = phys().alloc(PAGE, Policy::InstantFit).and_then(|frame| {
-                paging::map(va, frame, Flags::WRITABLE).map_err(|_| {
-                    let _ = phys().free(frame, PAGE);
-                    Error::new(ErrorKind::NoSpace, "no frame for a page table")
-                })
-            });
-            if let Err(e) = mapped {
-                Self::unback(base, va - base);
+        let range = pages(base, size);
+        for page in range {
+            if let Err(e) = Self::back(page) {
+                Self::unback(Page::range(range.start, page));
                 let _ = kmem_va().free(base, size);
-                return Err(e);
+                return Err(e.into());
             }
             PAGES_MAPPED.fetch_add(1, Ordering::Relaxed);
         }
@@ -121,16 +131,16 @@ impl Source for BackedPages {
     // `BACKED_PAGES` is private to this module and kmem_default its only
     // importer, so the importer needs no check.
     fn release(&self, _importer: Importer, base: u64, size: u64) -> vmem_core::Result<()> {
-        Self::unback(base, size);
+        Self::unback(pages(base, size));
         kmem_va().free(base, size)
     }
 }
 
 /// Makes the virtual arenas (after `phys` and the kernel's page tables).
-pub fn init() -> vmem_core::Result<()> {
+pub fn init() -> Result<(), MemError> {
     let kernel_va = Arena::create(
         ArenaConfig::new("kernel_va", PAGE)
-            .span(KERNEL_VA_BASE, KERNEL_VA_SIZE)
+            .span(KERNEL_VA_BASE.as_u64(), KERNEL_VA_SIZE)
             .meta(&PHYS_META),
     )?;
     let kernel_va = KERNEL_VA.call_once(|| kernel_va);
@@ -151,7 +161,7 @@ pub fn init() -> vmem_core::Result<()> {
     KMEM_DEFAULT.call_once(|| kmem_default);
     let device = Arena::create(
         ArenaConfig::new("device", PAGE)
-            .span(DEVICE_BASE, DEVICE_SIZE)
+            .span(DEVICE_BASE.as_u64(), DEVICE_SIZE)
             .meta(&PHYS_META),
     )?;
     DEVICE.call_once(|| device);
@@ -178,52 +188,69 @@ pub fn kmem_va_qcaches() -> &'static QuantumCaches<'static> {
 }
 
 /// Maps `size` bytes of MMIO at physical `base` uncached into the device
-/// arena, returning the virtual address.
-pub fn map_device(base: u64, size: u64) -> vmem_core::Result<u64> {
+/// arena, returning the virtual address of its first page.
+pub fn map_device(base: PhysAddr, size: u64) -> Result<VirtAddr, MemError> {
     let size = size.next_multiple_of(PAGE);
     let va = device().alloc(size, Policy::InstantFit)?;
-    for off in (0..size).step_by(PAGE as usize) {
-        let flags = Flags::WRITABLE | Flags::NO_CACHE | Flags::WRITE_THROUGH;
-        if paging::map(va + off, base + off, flags).is_err() {
-            for done in (0..off).step_by(PAGE as usize) {
-                paging::unmap(va + done);
+    let range = pages(va, size);
+    let frame = PhysFrame::containing_address(base);
+    let flags = Flags::WRITABLE | Flags::NO_CACHE | Flags::WRITE_THROUGH;
+    for (i, page) in range.enumerate() {
+        if let Err(e) = paging::map(page, frame + i as u64, flags) {
+            for done in Page::range(range.start, page) {
+                paging::unmap(done);
             }
             let _ = device().free(va, size);
-            return Err(Error::new(ErrorKind::NoSpace, "no frame for a page table"));
+            return Err(e);
         }
     }
-    Ok(va)
+    Ok(range.start.start_address())
 }
 
-/// A kernel stack from `kernel_va`: `pages` mapped pages above one
-/// unmapped guard page.
+/// A kernel stack from `kernel_va`: mapped pages above one unmapped guard
+/// page.
 #[derive(Clone, Copy, Debug)]
 pub struct Stack {
     pub name: &'static str,
-    pub guard: u64,
-    pub top: u64,
+    pub guard: Page<Size4KiB>,
+    /// The address above the stack's highest byte: its first push goes
+    /// below.
+    pub top: VirtAddr,
 }
 
 const STACKS_MAX: usize = 4;
 static STACKS: spin::Mutex<[Option<Stack>; STACKS_MAX]> = spin::Mutex::new([None; STACKS_MAX]);
 
+/// The stack `kmain` moves to, once it has.
+pub static MAIN_STACK: spin::Once<Stack> = spin::Once::new();
+
 impl Stack {
-    pub fn new(name: &'static str, pages: u64) -> vmem_core::Result<Stack> {
+    /// A stack of `pages` mapped pages, each backed by a frame of `phys`.
+    pub fn new(name: &'static str, pages: u64) -> Result<Stack, MemError> {
         let guard = kernel_va().alloc((pages + 1) * PAGE, Policy::InstantFit)?;
-        for i in 1..=pages {
+        let guard = Page::containing_address(VirtAddr::new(guard));
+        for page in Page::range(guard + 1, guard + 1 + pages) {
             let frame = phys().alloc(PAGE, Policy::InstantFit)?;
-            paging::map(guard + i * PAGE, frame, Flags::WRITABLE)
-                .map_err(|_| Error::new(ErrorKind::NoSpace, "no frame for a page table"))?;
+            paging::map(
+                page,
+                PhysFrame::containing_address(PhysAddr::new(frame)),
+                Flags::WRITABLE,
+            )?;
         }
         let stack = Stack {
             name,
             guard,
-            top: guard + (pages + 1) * PAGE,
+            top: (guard + 1 + pages).start_address(),
         };
         if let Some(slot) = STACKS.lock().iter_mut().find(|s| s.is_none()) {
             *slot = Some(stack);
         }
         Ok(stack)
+    }
+
+    /// The stack's lowest mapped address, just above the guard page.
+    pub fn bottom(&self) -> VirtAddr {
+        (self.guard + 1).start_address()
     }
 }
 
@@ -232,20 +259,20 @@ impl Stack {
 /// pointer is in the guard page or just above it, and the fault address or
 /// the stack pointer is in the guard page. (A stray read of a guard page
 /// from higher up the stack, as the `fault` word makes, is not one.)
-pub fn overflowed(addr: u64, rsp: u64) -> Option<Stack> {
+pub fn overflowed(addr: VirtAddr, rsp: VirtAddr) -> Option<Stack> {
     let stacks = STACKS.try_lock()?;
     stacks.iter().flatten().copied().find(|s| {
-        let guard = s.guard..s.guard + PAGE;
-        (s.guard..=s.guard + 2 * PAGE).contains(&rsp)
+        let guard = s.guard.start_address()..s.bottom();
+        (s.guard.start_address()..=s.bottom() + PAGE).contains(&rsp)
             && (guard.contains(&addr) || guard.contains(&rsp))
     })
 }
 
 /// Who owns an address, for the page-fault report.
-pub struct Owner(u64);
+pub struct Owner(VirtAddr);
 
 impl Owner {
-    pub fn of(addr: u64) -> Owner {
+    pub fn of(addr: VirtAddr) -> Owner {
         Owner(addr)
     }
 }
@@ -255,23 +282,22 @@ impl fmt::Display for Owner {
         let addr = self.0;
         if let Some(stacks) = STACKS.try_lock() {
             for s in stacks.iter().flatten() {
-                if (s.guard..s.guard + PAGE).contains(&addr) {
+                if Page::containing_address(addr) == s.guard {
                     return write!(
                         f,
                         "kernel_va: the guard page below kernel stack '{}' ({:#x}..{:#x}): a stack overflow or a stray pointer",
                         s.name,
-                        s.guard + PAGE,
+                        s.bottom(),
                         s.top
                     );
                 }
             }
         }
-        if addr < PAGE {
+        if addr.as_u64() < PAGE {
             return write!(f, "nothing: a null pointer");
         }
-        if (DIRECT_BASE..KERNEL_VA_BASE).contains(&addr) {
-            let pa = addr - DIRECT_BASE;
-            let inside = try_phys().is_some_and(|p| p.contains(pa, 1).unwrap_or(false));
+        if let Some(pa) = virt_to_phys(addr) {
+            let inside = try_phys().is_some_and(|p| p.contains(pa.as_u64(), 1).unwrap_or(false));
             return write!(
                 f,
                 "the direct map: physical {pa:#x}, {}",
@@ -290,10 +316,44 @@ impl fmt::Display for Owner {
             return write!(f, "unknown (the virtual arenas do not exist yet)");
         };
         for arena in order {
-            if arena.contains(addr, 1).unwrap_or(false) {
+            if arena.contains(addr.as_u64(), 1).unwrap_or(false) {
                 return write!(f, "arena '{}'", arena.name());
             }
         }
         write!(f, "no arena")
     }
+}
+
+/// What the checker found broken: in which arena (none: the heap's
+/// caches), and what.
+#[derive(Clone, Copy, Debug)]
+pub struct CheckFailure {
+    arena: Option<&'static str>,
+    error: vmem_core::Error,
+}
+
+impl fmt::Display for CheckFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.arena {
+            Some(name) => write!(f, "checker: arena {name}: {}", self.error),
+            None => write!(f, "checker: heap caches: {}", self.error),
+        }
+    }
+}
+
+/// The arena checker on every arena, and the heap caches' checker. Takes
+/// nothing from the heap, which may be exhausted.
+pub fn check_all() -> Result<(), CheckFailure> {
+    for arena in arenas() {
+        arena.check().map_err(|error| CheckFailure {
+            arena: Some(arena.name()),
+            error,
+        })?;
+    }
+    if let Some(classes) = HEAP.classes() {
+        classes
+            .check()
+            .map_err(|error| CheckFailure { arena: None, error })?;
+    }
+    Ok(())
 }

@@ -3,9 +3,19 @@
 //! virtual arenas and the heap, prints a report, runs the in-kernel tests
 //! when the command line says `test` (or exhausts every arena with
 //! `pressure`, or faults on purpose with `fault` and `overflow`), and exits
-//! with a verdict through isa-debug-exit. See `boot` for the entry, `phys`,
-//! `paging` and `kmem` for the memory subsystem, `cpu` for the exception
-//! reports.
+//! with a verdict through isa-debug-exit. See `boot` for the entry,
+//! `layout` for the address space, `phys`, `paging` and `kmem` for the
+//! memory subsystem, `cpu` and `exception` for the exception reports.
+//!
+//! The modules' floors, each importing only from those below it:
+//!
+//! 1. `layout`, `error`, `console`, `cpu`, `boot`: the address space, the
+//!    memory layer's error, the serial port, the CPU's tables, the loader's
+//!    data;
+//! 2. `paging`: the page tables (frames from the arena `build` is handed);
+//! 3. `phys`, then `kmem`: the arenas, the heap and the kernel stacks;
+//! 4. `devices`, `time`, `trace`;
+//! 5. `exception`, `report`, `tests`, `pressure`: reports and tests.
 
 #![no_std]
 #![no_main]
@@ -16,7 +26,10 @@ mod boot;
 mod console;
 mod cpu;
 mod devices;
+mod error;
+mod exception;
 mod kmem;
+mod layout;
 mod paging;
 mod phys;
 mod pressure;
@@ -25,26 +38,18 @@ mod tests;
 mod time;
 mod trace;
 
+use core::fmt::Display;
 use core::sync::atomic::Ordering;
 
 use boot::BootInfo;
 use console::{Verdict, exit};
-use kmem::Stack;
-
-unsafe extern "C" {
-    static __kernel_start: u8;
-    static __kernel_end: u8;
-}
+use kmem::{MAIN_STACK, Stack};
+use layout::{DOUBLE_FAULT_STACK_PAGES, MAIN_STACK_PAGES};
+use x86_64::PhysAddr;
 
 static BOOT: spin::Once<BootInfo> = spin::Once::new();
-static MAIN_STACK: spin::Once<Stack> = spin::Once::new();
 
-/// Pages of the main kernel stack (the heap's size classes, some 55 KiB,
-/// are built on it by value) and of the double-fault stack.
-const MAIN_STACK_PAGES: u64 = 64;
-const DOUBLE_FAULT_STACK_PAGES: u64 = 4;
-
-fn fail(what: &str) -> ! {
+fn fail(what: impl Display) -> ! {
     println!("boot failed: {what}");
     println!("verdict: FAIL");
     exit(Verdict::Fail)
@@ -59,22 +64,21 @@ extern "C" fn kmain(start_info: u32) -> ! {
     cpu::enable_write_back();
     // SAFETY: the loader passed this address in ebx, and the boot tables
     // identity map the low 4 GiB.
-    let boot = match unsafe { BootInfo::copy_from(u64::from(start_info)) } {
+    let boot = match unsafe { BootInfo::copy_from(PhysAddr::new(u64::from(start_info))) } {
         Ok(boot) => BOOT.call_once(|| boot),
         Err(e) => fail(e),
     };
-    let image_start = &raw const __kernel_start as u64;
-    let image_end = &raw const __kernel_end as u64;
+    let image = layout::kernel_image();
     let [a, b, c] = boot.loader_ranges;
-    let excluded = [(image_start, image_end - image_start), a, b, c];
+    let excluded = [(image.start, image.end - image.start), a, b, c];
     if let Err(e) = phys::init(boot.memmap(), &excluded) {
-        fail(e.what());
+        fail(e);
     }
-    if let Err(e) = paging::build(boot.memmap(), image_start, image_end) {
+    if let Err(e) = paging::build(boot.memmap(), image, phys::phys()) {
         fail(e);
     }
     if let Err(e) = kmem::init() {
-        fail(e.what());
+        fail(e);
     }
     let Ok(df) = Stack::new("double fault", DOUBLE_FAULT_STACK_PAGES) else {
         fail("no double-fault stack")
@@ -92,7 +96,7 @@ extern "C" fn kmain(start_info: u32) -> ! {
             "xor ebp, ebp",
             "call {next}",
             "ud2",
-            top = in(reg) stack.top,
+            top = in(reg) stack.top.as_u64(),
             next = sym kmain_on_stack,
             options(noreturn)
         )
@@ -103,16 +107,20 @@ extern "C" fn kmain(start_info: u32) -> ! {
 extern "C" fn kmain_on_stack() -> ! {
     let boot = BOOT.get().expect("set by kmain");
     trace::init(boot.has_word("trace"));
-    cpu::FAULT_IN_REPORT.store(boot.has_word("fault-in-report"), Ordering::Relaxed);
+    exception::FAULT_IN_REPORT.store(boot.has_word("fault-in-report"), Ordering::Relaxed);
     // ci/boot says which accelerator it chose; every timing printed names it.
     let clock = time::Clock::calibrate(time::Accel::from_word(boot.value_of("accel")));
     let devices = devices::probe();
     if boot.has_word("fault") {
-        let guard = MAIN_STACK.get().expect("set by kmain").guard;
+        let guard = MAIN_STACK
+            .get()
+            .expect("set by kmain")
+            .guard
+            .start_address();
         println!("fault: reading the guard page below the kernel stack at {guard:#x}");
         // SAFETY: deliberately not safe: the page is unmapped, and the
         // page-fault handler ends the run with its report.
-        let value = unsafe { core::ptr::read_volatile(guard as *const u64) };
+        let value = unsafe { core::ptr::read_volatile(guard.as_ptr::<u64>()) };
         println!("fault: the read returned {value:#x}: the guard page is mapped");
         exit(Verdict::Fail);
     }
@@ -121,9 +129,9 @@ extern "C" fn kmain_on_stack() -> ! {
         println!(
             "overflow: recursing on kernel stack '{}' ({:#x}..{:#x}) toward its guard page at {:#x}",
             stack.name,
-            stack.guard + paging::PAGE,
+            stack.bottom(),
             stack.top,
-            stack.guard
+            stack.guard.start_address()
         );
         let depth = recurse(0);
         println!("overflow: the recursion came back ({depth}): no guard page stopped it");

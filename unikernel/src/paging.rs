@@ -3,39 +3,36 @@
 //! identity mapped with 4 KiB pages (so page 0 stays unmapped), and
 //! 4 KiB mappings made on demand for the virtual arenas.
 //!
-//! Page-table frames come from `phys` by `xalloc` through `TableFrames`,
-//! never from the heap, so mapping a heap page never recurses into the
-//! heap; `free_empty_tables` gives a table back when unmapping empties it. While the boot tables are live only the low 4 GiB are reachable
-//! through the direct-map base, so frames are taken below 4 GiB until the
-//! kernel's own tables are loaded.
+//! Page-table frames come by `xalloc` from the arena `build` is handed
+//! (`phys`) through `TableFrames`, never from the heap, so mapping a heap
+//! page never recurses into the heap; `free_empty_tables` gives a table
+//! back when unmapping empties it. While the boot tables are live only
+//! the low 4 GiB are reachable through the direct-map base, so frames are
+//! taken below 4 GiB until the kernel's own tables are loaded.
+//!
+//! The page tables sit below the arenas: they name none of them, and
+//! reach `phys` only through the reference `build` keeps.
 
+use core::ops::Range;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use vmem_core::{Constraints, Policy};
+use vmem_core::{Arena, Constraints, Policy};
 use x86_64::registers::control::{Cr3, Cr3Flags};
-use x86_64::structures::paging::mapper::{CleanUp, MapToError, Translate};
+use x86_64::structures::paging::mapper::{CleanUp, Translate};
+use x86_64::structures::paging::page::PageRange;
 use x86_64::structures::paging::{
-    FrameAllocator, FrameDeallocator, Mapper, OffsetPageTable, Page, PageTable,
+    FrameAllocator, FrameDeallocator, Mapper, OffsetPageTable, Page, PageSize, PageTable,
     PageTableFlags as Flags, PhysFrame, Size1GiB, Size2MiB, Size4KiB,
 };
 use x86_64::{PhysAddr, VirtAddr};
 
 use crate::boot::MemRange;
-use crate::phys::phys;
-
-/// Where all of RAM appears (PML4 slot 256).
-pub const DIRECT_BASE: u64 = 0xffff_8000_0000_0000;
-/// The kernel's virtual range for `kernel_va` (PML4 slot 384).
-pub const KERNEL_VA_BASE: u64 = 0xffff_c000_0000_0000;
-pub const KERNEL_VA_SIZE: u64 = 64 << 30;
-/// MMIO mappings for the `device` arena (PML4 slot 416).
-pub const DEVICE_BASE: u64 = 0xffff_d000_0000_0000;
-pub const DEVICE_SIZE: u64 = 1 << 30;
-
-pub const PAGE: u64 = 4096;
+use crate::cpu;
+use crate::error::MemError;
+use crate::layout::{BOOT_MAPPED_END, DIRECT_BASE, PAGE, phys_to_virt};
 
 /// Bytes one last-level page table maps.
-const TABLE_REACH: u64 = 2 << 20;
+const TABLE_REACH: u64 = Size2MiB::SIZE;
 
 static BOOT_TABLES: AtomicBool = AtomicBool::new(true);
 /// Page-table frames taken from `phys` and not given back.
@@ -44,17 +41,15 @@ pub static TABLE_FRAMES: AtomicU64 = AtomicU64::new(0);
 /// The kernel's address space, once `build` has loaded it.
 static KERNEL_MAP: spin::Mutex<Option<OffsetPageTable<'static>>> = spin::Mutex::new(None);
 
-/// The direct-map address of physical `addr`.
-pub fn phys_to_virt(addr: u64) -> u64 {
-    DIRECT_BASE + addr
-}
+/// Where page-table frames come from (`phys`), set by `build`.
+static TABLE_SOURCE: spin::Once<&'static Arena<'static>> = spin::Once::new();
 
 /// Where frames the kernel must reach at once may lie: anywhere once the
 /// kernel's tables are live, below 4 GiB while the boot tables are.
 pub fn reachable() -> Constraints {
     Constraints {
         max: if BOOT_TABLES.load(Ordering::Acquire) {
-            1 << 32
+            BOOT_MAPPED_END.as_u64()
         } else {
             0
         },
@@ -62,27 +57,31 @@ pub fn reachable() -> Constraints {
     }
 }
 
-/// Page-table frames, zeroed, from `phys`.
+/// Page-table frames, zeroed, from the arena `build` was handed.
 pub struct TableFrames;
 
 // SAFETY: each frame is a fresh 4 KiB allocation from `phys`, used by
 // nothing else until the page tables give it back (`free_empty_tables`).
 unsafe impl FrameAllocator<Size4KiB> for TableFrames {
     fn allocate_frame(&mut self) -> Option<PhysFrame<Size4KiB>> {
-        let addr = phys().xalloc(PAGE, &reachable(), Policy::InstantFit).ok()?;
+        let source = TABLE_SOURCE.get()?;
+        let addr = source.xalloc(PAGE, &reachable(), Policy::InstantFit).ok()?;
         TABLE_FRAMES.fetch_add(1, Ordering::Relaxed);
         PhysFrame::from_start_address(PhysAddr::new(addr)).ok()
     }
 }
 
 /// Builds the kernel's page tables and loads them: the direct map of every
-/// RAM range in `memmap`, and the kernel image `[image_start, image_end)`
-/// at its physical address.
-pub fn build(memmap: &[MemRange], image_start: u64, image_end: u64) -> Result<(), &'static str> {
-    let pml4 = TableFrames
-        .allocate_frame()
-        .ok_or("no frame for the PML4")?;
-    let pml4_ptr = phys_to_virt(pml4.start_address().as_u64()) as *mut PageTable;
+/// RAM range in `memmap`, and the kernel image at its physical address.
+/// Page-table frames come from `frames` (`phys`), now and from then on.
+pub fn build(
+    memmap: &[MemRange],
+    image: Range<PhysAddr>,
+    frames: &'static Arena<'static>,
+) -> Result<(), MemError> {
+    TABLE_SOURCE.call_once(|| frames);
+    let pml4 = TableFrames.allocate_frame().ok_or(MemError::NoTableFrame)?;
+    let pml4_ptr = phys_to_virt(pml4.start_address()).as_mut_ptr::<PageTable>();
     // SAFETY: a fresh frame below 4 GiB, reached through the boot tables'
     // direct-map alias, owned by the page tables from now on.
     let table = unsafe {
@@ -90,55 +89,32 @@ pub fn build(memmap: &[MemRange], image_start: u64, image_end: u64) -> Result<()
         &mut *pml4_ptr
     };
     // SAFETY: every table frame is reached at DIRECT_BASE + its address.
-    let mut map = unsafe { OffsetPageTable::new(table, VirtAddr::new(DIRECT_BASE)) };
+    let mut map = unsafe { OffsetPageTable::new(table, DIRECT_BASE) };
     let rw = Flags::PRESENT | Flags::WRITABLE;
-    let huge = crate::cpu::has_1g_pages();
+    let huge = cpu::has_1g_pages();
     for range in memmap
         .iter()
         .filter(|r| r.kind == MemRange::RAM && r.size > 0)
     {
-        let unit = if huge { 1 << 30 } else { 2 << 20 };
-        let mut addr = range.base & !(unit - 1);
-        while addr < range.end() {
-            let virt = VirtAddr::new(phys_to_virt(addr));
+        let unit = if huge { Size1GiB::SIZE } else { Size2MiB::SIZE };
+        let mut addr = PhysAddr::new(range.base).align_down(unit);
+        while addr.as_u64() < range.end() {
             // Neighbouring ranges may share a unit.
-            if map.translate_addr(virt).is_none() {
-                // SAFETY: the direct map aliases RAM nothing else maps at
-                // these addresses; the frames are not handed out by this.
-                let result = unsafe {
-                    if huge {
-                        map.map_to(
-                            Page::<Size1GiB>::containing_address(virt),
-                            PhysFrame::containing_address(PhysAddr::new(addr)),
-                            rw,
-                            &mut TableFrames,
-                        )
-                        .map(|f| f.ignore())
-                        .map_err(|_| ())
-                    } else {
-                        map.map_to(
-                            Page::<Size2MiB>::containing_address(virt),
-                            PhysFrame::containing_address(PhysAddr::new(addr)),
-                            rw,
-                            &mut TableFrames,
-                        )
-                        .map(|f| f.ignore())
-                        .map_err(|_| ())
-                    }
-                };
-                result.map_err(|()| "direct map: mapping failed")?;
+            if map.translate_addr(phys_to_virt(addr)).is_none() {
+                if huge {
+                    map_direct::<Size1GiB>(&mut map, addr, rw)?;
+                } else {
+                    map_direct::<Size2MiB>(&mut map, addr, rw)?;
+                }
             }
             addr += unit;
         }
     }
-    let mut addr = image_start;
-    while addr < image_end {
-        let frame = PhysFrame::<Size4KiB>::containing_address(PhysAddr::new(addr));
+    let first = PhysFrame::<Size4KiB>::containing_address(image.start);
+    let last = PhysFrame::containing_address(image.end - 1u64);
+    for frame in PhysFrame::range_inclusive(first, last) {
         // SAFETY: the kernel image, mapped where it runs now.
-        unsafe { map.identity_map(frame, rw, &mut TableFrames) }
-            .map_err(|_| "kernel image: mapping failed")?
-            .ignore();
-        addr += PAGE;
+        unsafe { map.identity_map(frame, rw, &mut TableFrames) }?.ignore();
     }
     // SAFETY: the new tables map the kernel image where it runs (code,
     // stack, statics) and the direct map, which is all the kernel uses.
@@ -148,43 +124,54 @@ pub fn build(memmap: &[MemRange], image_start: u64, image_end: u64) -> Result<()
     Ok(())
 }
 
-/// Maps the 4 KiB page at `virt` to the frame at `phys` with `flags` (plus
-/// present).
-pub fn map(virt: u64, phys: u64, flags: Flags) -> Result<(), MapToError<Size4KiB>> {
+/// Maps the `S`-sized page of the direct map that holds physical `addr`.
+fn map_direct<S: PageSize>(
+    map: &mut OffsetPageTable<'static>,
+    addr: PhysAddr,
+    flags: Flags,
+) -> Result<(), MemError>
+where
+    OffsetPageTable<'static>: Mapper<S>,
+{
+    let frame = PhysFrame::<S>::containing_address(addr);
+    let page = Page::<S>::containing_address(phys_to_virt(frame.start_address()));
+    // SAFETY: the direct map aliases RAM nothing else maps at these
+    // addresses; the frames are not handed out by this.
+    unsafe { map.map_to(page, frame, flags, &mut TableFrames) }?.ignore();
+    Ok(())
+}
+
+/// Maps `page` to `frame` with `flags` (plus present).
+pub fn map(page: Page<Size4KiB>, frame: PhysFrame<Size4KiB>, flags: Flags) -> Result<(), MemError> {
     let mut guard = KERNEL_MAP.lock();
-    let map = guard.as_mut().ok_or(MapToError::FrameAllocationFailed)?;
-    let page = Page::<Size4KiB>::containing_address(VirtAddr::new(virt));
-    let frame = PhysFrame::containing_address(PhysAddr::new(phys));
+    let map = guard.as_mut().ok_or(MemError::NoTableFrame)?;
     // SAFETY: callers map virtual ranges their arena handed them, which
     // nothing else maps, to frames they own.
     unsafe { map.map_to(page, frame, flags | Flags::PRESENT, &mut TableFrames) }?.flush();
     Ok(())
 }
 
-/// Unmaps the 4 KiB page at `virt`, flushes it from the TLB, and returns
-/// the frame it mapped.
-pub fn unmap(virt: u64) -> Option<u64> {
+/// Unmaps `page`, flushes it from the TLB, and returns the frame it
+/// mapped.
+pub fn unmap(page: Page<Size4KiB>) -> Option<PhysFrame<Size4KiB>> {
     let mut guard = KERNEL_MAP.lock();
     let map = guard.as_mut()?;
-    let page = Page::<Size4KiB>::containing_address(VirtAddr::new(virt));
     let (frame, flush) = map.unmap(page).ok()?;
     flush.flush();
-    Some(frame.start_address().as_u64())
+    Some(frame)
 }
 
 /// The physical address `virt` maps to, if any.
-pub fn translate(virt: u64) -> Option<u64> {
+pub fn translate(virt: VirtAddr) -> Option<PhysAddr> {
     let guard = KERNEL_MAP.lock();
-    let map = guard.as_ref()?;
-    map.translate_addr(VirtAddr::try_new(virt).ok()?)
-        .map(|p| p.as_u64())
+    guard.as_ref()?.translate_addr(virt)
 }
 
 /// Table frames one clean-up of a `TABLE_REACH` range can empty: its last-level
 /// table and the two above it. They go back to `phys` after the TLB flush.
 #[derive(Default)]
 struct EmptiedTables {
-    frames: [u64; 3],
+    frames: [Option<PhysFrame>; 3],
     count: usize,
 }
 
@@ -193,26 +180,29 @@ struct EmptiedTables {
 impl FrameDeallocator<Size4KiB> for EmptiedTables {
     unsafe fn deallocate_frame(&mut self, frame: PhysFrame<Size4KiB>) {
         if let Some(slot) = self.frames.get_mut(self.count) {
-            *slot = frame.start_address().as_u64();
+            *slot = Some(frame);
             self.count += 1;
         }
     }
 }
 
 /// Gives back to `phys` the page-table frames (last-level tables and the
-/// two levels above) that `[virt, virt + size)`, now unmapped, left with no
-/// entry in use. A table is freed the moment it empties, so the tables
-/// held are those the mapped pages need, and `TABLE_FRAMES` comes back to
-/// what it was once the same pages are mapped again.
-pub fn free_empty_tables(virt: u64, size: u64) {
-    let end = virt + size;
-    let mut chunk = virt & !(TABLE_REACH - 1);
+/// two levels above) that `pages`, now unmapped, left with no entry in
+/// use. A table is freed the moment it empties, so the tables held are
+/// those the mapped pages need, and `TABLE_FRAMES` comes back to what it
+/// was once the same pages are mapped again.
+pub fn free_empty_tables(pages: PageRange<Size4KiB>) {
+    if pages.is_empty() {
+        return;
+    }
+    let end = pages.end.start_address();
+    let mut chunk = pages.start.start_address().align_down(TABLE_REACH);
     while chunk < end {
-        let first = chunk.max(virt);
+        let first = chunk.max(pages.start.start_address());
         let last = (chunk + TABLE_REACH).min(end) - PAGE;
         let range = Page::range_inclusive(
-            Page::<Size4KiB>::containing_address(VirtAddr::new(first)),
-            Page::containing_address(VirtAddr::new(last)),
+            Page::<Size4KiB>::containing_address(first),
+            Page::containing_address(last),
         );
         let mut emptied = EmptiedTables::default();
         {
@@ -225,12 +215,14 @@ pub fn free_empty_tables(virt: u64, size: u64) {
             if emptied.count > 0 {
                 // INVLPG drops every paging-structure cache entry too, so no
                 // walk reaches the emptied tables once their frames are reused.
-                x86_64::instructions::tlb::flush(VirtAddr::new(first));
+                x86_64::instructions::tlb::flush(first);
             }
         }
-        for &frame in &emptied.frames[..emptied.count] {
-            // The frame came from `phys` by xalloc in `TableFrames`.
-            let _ = phys().xfree(frame, PAGE);
+        for frame in emptied.frames.iter().flatten() {
+            if let Some(source) = TABLE_SOURCE.get() {
+                // The frame came from the source by xalloc in `TableFrames`.
+                let _ = source.xfree(frame.start_address().as_u64(), PAGE);
+            }
             TABLE_FRAMES.fetch_sub(1, Ordering::Relaxed);
         }
         chunk += TABLE_REACH;

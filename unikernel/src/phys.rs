@@ -11,12 +11,12 @@ use core::ptr::NonNull;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use vmem_core::{Arena, ArenaConfig, MetaSource, Policy};
+use x86_64::{PhysAddr, VirtAddr};
 
 use crate::boot::MemRange;
-use crate::paging::{DIRECT_BASE, PAGE, phys_to_virt, reachable};
-
-/// RAM below this is left alone (real-mode data, the legacy holes).
-const LOW_MEMORY: u64 = 1 << 20;
+use crate::error::MemError;
+use crate::layout::{LOW_MEMORY, PAGE, phys_to_virt, virt_to_phys};
+use crate::paging::reachable;
 
 static PHYS: spin::Once<Arena<'static>> = spin::Once::new();
 
@@ -125,45 +125,53 @@ impl MetaSource for PhysMeta {
             let mut set_aside = SET_ASIDE.lock();
             let (frames, count) = &mut *set_aside;
             *count = count.checked_sub(1)?;
-            return NonNull::new(phys_to_virt(frames[*count]) as *mut u8);
+            return NonNull::new(phys_to_virt(PhysAddr::new(frames[*count])).as_mut_ptr());
         }
         let frame = take_frames(pages);
         top_up_set_aside();
         IN_META.store(false, Ordering::Release);
-        NonNull::new(phys_to_virt(frame?) as *mut u8)
+        NonNull::new(phys_to_virt(PhysAddr::new(frame?)).as_mut_ptr())
     }
 
     unsafe fn free_pages(&self, base: NonNull<u8>, pages: usize) {
-        let addr = base.as_ptr() as u64 - DIRECT_BASE;
-        // The pages came from `phys` by xalloc, so the free is not refused.
-        let _ = phys().xfree(addr, pages as u64 * PAGE);
+        // The pages came from `phys` by xalloc, through the direct map, so
+        // the free is not refused.
+        if let Some(addr) = virt_to_phys(VirtAddr::from_ptr(base.as_ptr())) {
+            let _ = phys().xfree(addr.as_u64(), pages as u64 * PAGE);
+        }
         META_PAGES.fetch_sub(pages as u64, Ordering::Relaxed);
     }
 }
 
 /// Makes `phys` from the RAM ranges of `memmap`, leaving out `excluded`
 /// ranges (`(base, size)`).
-pub fn init(memmap: &[MemRange], excluded: &[(u64, u64)]) -> Result<(), vmem_core::Error> {
+pub fn init(memmap: &[MemRange], excluded: &[(PhysAddr, u64)]) -> Result<(), MemError> {
     let arena = Arena::create(ArenaConfig::new("phys", PAGE).meta(&PHYS_OWN_META))?;
     let arena = PHYS.call_once(|| arena);
     for range in memmap.iter().filter(|r| r.kind == MemRange::RAM) {
-        add_ram(arena, range.base.max(LOW_MEMORY), range.end(), excluded)?;
+        add_ram(
+            arena,
+            range.base.max(LOW_MEMORY.as_u64()),
+            range.end(),
+            excluded,
+        )?;
     }
     Ok(())
 }
 
 /// Adds `[start, end)` minus the excluded ranges, each piece shrunk to
-/// whole pages.
+/// whole pages. (`start` and `end` are the arena's plain integers.)
 fn add_ram(
     arena: &Arena<'static>,
     start: u64,
     end: u64,
-    excluded: &[(u64, u64)],
+    excluded: &[(PhysAddr, u64)],
 ) -> Result<(), vmem_core::Error> {
     let overlap = excluded
         .iter()
-        .find(|&&(base, size)| size > 0 && base < end && start < base + size);
-    if let Some(&(base, size)) = overlap {
+        .map(|&(base, size)| (base.as_u64(), size))
+        .find(|&(base, size)| size > 0 && base < end && start < base + size);
+    if let Some((base, size)) = overlap {
         if start < base {
             add_ram(arena, start, base, excluded)?;
         }

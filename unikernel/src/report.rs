@@ -15,7 +15,8 @@ use crate::boot::{BootInfo, ENTRY_TSC};
 use crate::cpu::{self, rdtsc};
 use crate::devices::Devices;
 use crate::kmem::{self, HEAP, PAGES_MAPPED, PAGES_UNMAPPED};
-use crate::paging::{PAGE, TABLE_FRAMES};
+use crate::layout::{IOAPIC, LAPIC, PAGE};
+use crate::paging::TABLE_FRAMES;
 use crate::phys::phys;
 use crate::time::Clock;
 use crate::{println, trace};
@@ -160,8 +161,8 @@ pub fn print(boot: &BootInfo, clock: &Clock, devices: &Devices) {
     );
     match devices.lapic_regs() {
         Some((id, version)) => println!(
-            "local APIC    at 0xfee00000 (mapped at {:#x}): id {}, version {:#x}, {} LVT entries",
-            devices.lapic.unwrap_or(0),
+            "local APIC    at {LAPIC:#x} (mapped at {:#x}): id {}, version {:#x}, {} LVT entries",
+            devices.lapic.map_or(0, |va| va.as_u64()),
             id >> 24,
             version & 0xff,
             ((version >> 16) & 0xff) + 1
@@ -170,8 +171,8 @@ pub fn print(boot: &BootInfo, clock: &Clock, devices: &Devices) {
     }
     match devices.ioapic_regs() {
         Some((id, version)) => println!(
-            "IOAPIC        at 0xfec00000 (mapped at {:#x}): id {}, version {:#x}, {} pins",
-            devices.ioapic.unwrap_or(0),
+            "IOAPIC        at {IOAPIC:#x} (mapped at {:#x}): id {}, version {:#x}, {} pins",
+            devices.ioapic.map_or(0, |va| va.as_u64()),
             (id >> 24) & 0xf,
             version & 0xff,
             ((version >> 16) & 0xff) + 1

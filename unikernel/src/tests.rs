@@ -9,11 +9,13 @@ use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
 use vmem_core::{Arena, Constraints, Policy, Segment, SegmentKind};
+use x86_64::{PhysAddr, VirtAddr};
 
 use crate::console::Verdict;
 use crate::devices::Devices;
-use crate::kmem::{self, HEAP};
-use crate::paging::{self, PAGE, phys_to_virt};
+use crate::kmem;
+use crate::layout::{PAGE, phys_to_virt};
+use crate::paging;
 use crate::phys::phys;
 use crate::println;
 
@@ -54,7 +56,7 @@ pub fn run(devices: &Devices) -> Verdict {
     ];
     let (mut passed, mut failed) = (0, 0);
     for (name, test) in tests {
-        let outcome = test().and_then(|()| check_all());
+        let outcome = test().and_then(|()| kmem::check_all().map_err(|e| e.to_string()));
         match outcome {
             Ok(()) => {
                 passed += 1;
@@ -72,21 +74,6 @@ pub fn run(devices: &Devices) -> Verdict {
     } else {
         Verdict::Fail
     }
-}
-
-/// The arena checker on every arena, and the heap caches' checker.
-fn check_all() -> Outcome {
-    for arena in kmem::arenas() {
-        arena
-            .check()
-            .map_err(|e| format!("checker: arena {}: {e}", arena.name()))?;
-    }
-    if let Some(classes) = HEAP.classes() {
-        classes
-            .check()
-            .map_err(|e| format!("checker: heap caches: {e}"))?;
-    }
-    Ok(())
 }
 
 fn pattern(seed: u64, i: usize) -> u8 {
@@ -143,27 +130,32 @@ fn phys_patterns() -> Outcome {
         let frame = phys()
             .alloc(size, Policy::InstantFit)
             .map_err(|e| format!("phys alloc of {pages} pages: {e}"))?;
-        fill(phys_to_virt(frame), size, frame);
+        fill(direct(frame), size, frame);
         frames.push((frame, size));
     }
     for &(frame, size) in &frames {
-        verify(phys_to_virt(frame), size, frame)?;
+        verify(direct(frame), size, frame)?;
         phys().free(frame, size).map_err(|e| format!("free: {e}"))?;
     }
     Ok(())
 }
 
-fn fill(va: u64, size: u64, seed: u64) {
+/// The direct-map address of `frame`, an address `phys` handed out.
+fn direct(frame: u64) -> VirtAddr {
+    phys_to_virt(PhysAddr::new(frame))
+}
+
+fn fill(va: VirtAddr, size: u64, seed: u64) {
     for off in (0..size).step_by(8) {
         // SAFETY: `[va, va + size)` is memory the caller allocated.
-        unsafe { ((va + off) as *mut u64).write_volatile(seed ^ off) };
+        unsafe { (va + off).as_mut_ptr::<u64>().write_volatile(seed ^ off) };
     }
 }
 
-fn verify(va: u64, size: u64, seed: u64) -> Outcome {
+fn verify(va: VirtAddr, size: u64, seed: u64) -> Outcome {
     for off in (0..size).step_by(8) {
         // SAFETY: as in `fill`.
-        let v = unsafe { ((va + off) as *const u64).read_volatile() };
+        let v = unsafe { (va + off).as_ptr::<u64>().read_volatile() };
         ensure!(
             v == seed ^ off,
             "{:#x}: found {v:#x}, wrote {:#x}",
@@ -203,7 +195,7 @@ fn exhaust_phys() -> Result<u64, String> {
             Ok(block) => {
                 // SAFETY: a block just allocated, reached by the direct map.
                 unsafe {
-                    let head = phys_to_virt(block) as *mut u64;
+                    let head = direct(block).as_mut_ptr::<u64>();
                     head.write(chain);
                     head.add(1).write(size);
                 }
@@ -217,7 +209,7 @@ fn exhaust_phys() -> Result<u64, String> {
     while chain != 0 {
         // SAFETY: each block's head was written above.
         let (next, size) = unsafe {
-            let head = phys_to_virt(chain) as *const u64;
+            let head = direct(chain).as_ptr::<u64>();
             (head.read(), head.add(1).read())
         };
         phys()
@@ -283,8 +275,8 @@ fn constraints() -> Outcome {
     match (high_ram, high) {
         (true, Ok(addr)) => {
             ensure!(addr >= 1 << 32, "{addr:#x} is below 4 GiB");
-            fill(phys_to_virt(addr), PAGE, addr);
-            verify(phys_to_virt(addr), PAGE, addr)?;
+            fill(direct(addr), PAGE, addr);
+            verify(direct(addr), PAGE, addr)?;
             println!(
                 "    RAM above 4 GiB: frame {addr:#x} written and read through the direct map"
             );
@@ -301,16 +293,18 @@ fn constraints() -> Outcome {
 
 fn direct_map() -> Outcome {
     let block: Vec<u64> = (0..4096u64).map(|i| i * 0x0101_0101).collect();
-    let va = block.as_ptr() as u64;
+    let va = VirtAddr::from_ptr(block.as_ptr());
     for (i, expected) in block.iter().enumerate().step_by(512) {
         let addr = va + i as u64 * 8;
         let pa = paging::translate(addr).ok_or(format!("{addr:#x} is not mapped"))?;
         ensure!(
-            phys().contains(pa & !(PAGE - 1), PAGE).unwrap_or(false),
+            phys()
+                .contains(pa.align_down(PAGE).as_u64(), PAGE)
+                .unwrap_or(false),
             "heap page {addr:#x} maps {pa:#x}, outside phys"
         );
         // SAFETY: the direct map covers every frame of phys.
-        let seen = unsafe { (phys_to_virt(pa) as *const u64).read_volatile() };
+        let seen = unsafe { phys_to_virt(pa).as_ptr::<u64>().read_volatile() };
         ensure!(
             seen == *expected,
             "direct map of {pa:#x} reads {seen:#x}, the heap {expected:#x}"
@@ -325,14 +319,15 @@ fn release_unmaps() -> Outcome {
     let va = kmem::kmem_default()
         .alloc(size, Policy::InstantFit)
         .map_err(|e| format!("alloc: {e}"))?;
-    fill(va, size, va);
-    verify(va, size, va)?;
+    let va = VirtAddr::new(va);
+    fill(va, size, va.as_u64());
+    verify(va, size, va.as_u64())?;
     ensure!(
         phys().size().free <= free_before - size,
         "the pages took no frames"
     );
     kmem::kmem_default()
-        .free(va, size)
+        .free(va.as_u64(), size)
         .map_err(|e| format!("free: {e}"))?;
     for off in (0..size).step_by(PAGE as usize) {
         ensure!(
@@ -360,7 +355,7 @@ fn mmio(devices: &Devices) -> Outcome {
         (0x11..=0x20).contains(&(io_version & 0xff)),
         "IOAPIC version {io_version:#x}"
     );
-    let va = devices.lapic.unwrap_or(0);
+    let va = devices.lapic.map_or(0, |va| va.as_u64());
     ensure!(
         kmem::device().contains(va, PAGE).unwrap_or(false),
         "{va:#x} is not in 'device'"
@@ -381,16 +376,23 @@ fn ids_and_guard() -> Outcome {
     let rsp: u64;
     // SAFETY: reads the stack pointer.
     unsafe { core::arch::asm!("mov {}, rsp", out(reg) rsp) };
-    let guard = crate::MAIN_STACK.get().ok_or("no main stack")?.guard;
-    ensure!(rsp > guard + PAGE, "running below the guard page?");
+    let stack = kmem::MAIN_STACK.get().ok_or("no main stack")?;
+    let guard = stack.guard.start_address();
+    ensure!(
+        rsp > stack.bottom().as_u64(),
+        "running below the guard page?"
+    );
     ensure!(
         paging::translate(guard).is_none(),
         "the guard page {guard:#x} is mapped"
     );
     ensure!(
-        paging::translate(guard + PAGE).is_some(),
+        paging::translate(stack.bottom()).is_some(),
         "the stack's lowest page is unmapped"
     );
-    ensure!(paging::translate(0).is_none(), "page 0 is mapped");
+    ensure!(
+        paging::translate(VirtAddr::zero()).is_none(),
+        "page 0 is mapped"
+    );
     Ok(())
 }

@@ -10,13 +10,13 @@ use core::ptr::NonNull;
 
 use lock_api::RawMutex;
 
-use crate::arena::Arena;
+use crate::arena::{Arena, Backing, FreeError};
 use crate::cpu::{CpuId, MAX_CPUS};
 use crate::error::{Error, ErrorKind, Result};
 use crate::magazine::{CpuMags, CpuSlot, Depot, MAG_ROUNDS, MagLink, Magazine, mag};
 use crate::meta::{MetaPages, MetaSource};
 use crate::name::{self, Name};
-use crate::slab::{Backing, MAX_OBJS, SlabLayer};
+use crate::slab::{MAX_OBJS, SlabLayer};
 use crate::sync::{Mutex, MutexGuard};
 
 /// A constructor or destructor: called with the object's address.
@@ -182,21 +182,6 @@ pub struct CacheStats {
     /// so after a full reap of an unused cache it is 0. Kept for reuse, it
     /// may stay higher after a failed call that took a page.
     pub meta_pages: u64,
-}
-
-/// Why a free failed: `NotOurs` lets a quantum cache hand the free to its
-/// arena instead.
-pub(crate) enum FreeError {
-    NotOurs(Error),
-    Refused(Error),
-}
-
-impl FreeError {
-    pub(crate) fn error(self) -> Error {
-        match self {
-            FreeError::NotOurs(e) | FreeError::Refused(e) => e,
-        }
-    }
 }
 
 /// Everything of a cache but its arena, which callers pass in: quantum
@@ -459,6 +444,17 @@ impl<'a> CacheCore<'a> {
                         "object was written after it was freed",
                     )
                     .at(obj + 8 * i));
+                }
+            }
+            // The bytes past the last whole word (a 20-byte object's last
+            // four): poisoned byte by byte, so checked byte by byte.
+            for b in (self.size / 8 * 8)..self.size {
+                if (obj as usize as *const u8).add(b as usize).read() != POISON as u8 {
+                    return Err(Error::new(
+                        ErrorKind::Corrupt,
+                        "object was written after it was freed",
+                    )
+                    .at(obj + b));
                 }
             }
         }
@@ -1015,5 +1011,344 @@ impl<R: RawMutex> core::fmt::Debug for ObjectCache<'_, R> {
             .field("object_size", &self.object_size())
             .field("stats", &self.stats())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use core::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Mutex as StdMutex;
+
+    use super::*;
+    use crate::testing::{Budget, Memory};
+    use crate::{Arena, ArenaConfig, ErrorKind, FixedCpu, HeapMeta, Policy, Result};
+
+    fn kind<T: core::fmt::Debug>(r: Result<T>) -> ErrorKind {
+        r.unwrap_err().kind()
+    }
+
+    /// (chunk, slab size, objects per slab) of a cache as `config` says,
+    /// over an arena of `quantum`.
+    fn layout(config: CacheConfig<'_>, quantum: u64) -> Result<(u64, u64, u32)> {
+        let core = CacheCore::new(&config, quantum, None)?;
+        let slabs = core.slabs.lock();
+        Ok((slabs.chunk, slabs.slab_size, slabs.objs))
+    }
+
+    /// A memory-mode arena of quantum 8 over `memory`.
+    fn memory_arena(memory: &Memory) -> Arena<'static> {
+        Arena::create(
+            ArenaConfig::new("mem", 8)
+                .span(memory.base(), memory.len())
+                .meta(&HeapMeta),
+        )
+        .unwrap()
+    }
+
+    fn read<T>(addr: u64) -> T {
+        // SAFETY: the tests read only inside the memory their arenas cover.
+        unsafe { (addr as usize as *const T).read_unaligned() }
+    }
+
+    fn write<T>(addr: u64, value: T) {
+        // SAFETY: as for `read`.
+        unsafe { (addr as usize as *mut T).write_unaligned(value) }
+    }
+
+    #[test]
+    fn slots_and_slabs_are_sized_as_the_config_says() {
+        let cpu = FixedCpu::new(0);
+        let no_touch = |size| CacheConfig::new("c", size, &HeapMeta, &cpu);
+        // SAFETY: layouts only; no cache here allocates.
+        let memory = |size| unsafe { CacheConfig::new("c", size, &HeapMeta, &cpu).memory() };
+        // Eight slots rounded up to a power of two, at least a quantum.
+        assert_eq!(layout(no_touch(24), 1).unwrap(), (24, 256, 10));
+        assert_eq!(layout(no_touch(24).align(16), 1).unwrap(), (32, 256, 8));
+        assert_eq!(layout(no_touch(24), 4096).unwrap(), (24, 4096, 170));
+        // No slab holds more than MAX_OBJS objects.
+        assert_eq!(
+            layout(no_touch(1), 4096).unwrap(),
+            (1, 4096, MAX_OBJS as u32)
+        );
+        // Memory mode aligns to 8; debug adds the red zone and buffer tag.
+        assert_eq!(layout(memory(20), 8).unwrap(), (24, 256, 10));
+        assert_eq!(layout(memory(20).debug(true), 8).unwrap(), (40, 512, 12));
+        assert_eq!(
+            layout(memory(20).debug(true).align(64), 8).unwrap(),
+            (64, 512, 8)
+        );
+        assert_eq!(
+            layout(no_touch(20).debug(true), 1).unwrap(),
+            (20, 256, 12),
+            "no-touch has no red zone"
+        );
+        // Refusals.
+        assert_eq!(kind(layout(no_touch(0), 1)), ErrorKind::ZeroSize);
+        assert_eq!(
+            kind(layout(no_touch(8).align(3), 1)),
+            ErrorKind::BadConstraint
+        );
+        assert_eq!(
+            kind(layout(no_touch(8).align(0), 1)),
+            ErrorKind::BadConstraint
+        );
+        assert_eq!(
+            kind(layout(memory(u64::MAX - 3).debug(true), 8)),
+            ErrorKind::Overflow
+        );
+        assert_eq!(
+            kind(layout(no_touch(u64::MAX).align(2), 1)),
+            ErrorKind::Overflow
+        );
+        assert_eq!(
+            kind(layout(no_touch(1 << 61), 1)),
+            ErrorKind::Overflow,
+            "8 slots pass 2^64"
+        );
+        assert_eq!(
+            kind(layout(no_touch((1 << 60) + 1), 1)),
+            ErrorKind::Overflow
+        );
+        let forced = CacheCore::new(&no_touch(100), 1, Some(64));
+        assert_eq!(
+            kind(forced.map(|_| ())),
+            ErrorKind::Overflow,
+            "a slot larger than a forced slab"
+        );
+    }
+
+    #[test]
+    fn quantum_cache_slabs_follow_the_reference_rule() {
+        let slab = CacheCore::qcache_slab_size;
+        assert_eq!(slab(16 * 4096, 4096), Some(1 << 18), "2^highbit(3 * 64K)");
+        assert_eq!(slab(4 * 4096, 4096), Some(1 << 16));
+        assert_eq!(slab(4096, 4096), Some(1 << 14));
+        assert_eq!(slab(1, 1), Some(64), "never below 64");
+        assert_eq!(slab(16, 1), Some(64));
+        assert_eq!(slab(32, 1), Some(128));
+        assert_eq!(slab(8, 1 << 20), Some(1 << 20), "at least a quantum");
+        assert_eq!(slab(1 << 62, 1 << 62), None, "3 * 2^62 needs a 2^64 slab");
+        assert_eq!(slab(1 << 63, 1 << 63), None, "3 * 2^63 passes 2^64");
+    }
+
+    #[test]
+    fn two_caches_of_one_config_tag_their_objects_apart() {
+        let cpu = FixedCpu::new(0);
+        let config = CacheConfig::new("c", 64, &HeapMeta, &cpu);
+        let a = CacheCore::new(&config, 8, None).unwrap();
+        let b = CacheCore::new(&config, 8, None).unwrap();
+        assert_ne!(a.salt, b.salt);
+        for obj in [0, 0x1000, u64::MAX - 8] {
+            assert_ne!(a.tag(obj, TAG_FREE), b.tag(obj, TAG_FREE));
+            assert_ne!(a.tag(obj, TAG_FREE), a.tag(obj, TAG_ALLOCATED));
+            assert_ne!(a.tag(obj, TAG_FREE), a.tag(obj + 8, TAG_FREE));
+        }
+        // The salt spreads: neighbouring counts differ in many bits.
+        assert!((mix(1) ^ mix(2)).count_ones() > 16);
+    }
+
+    #[test]
+    fn without_magazines_every_object_is_built_on_alloc_and_torn_down_on_free() {
+        let (built, torn) = (StdMutex::new(Vec::new()), StdMutex::new(Vec::new()));
+        let ctor = |obj: u64| built.lock().unwrap().push(obj);
+        let dtor = |obj: u64| torn.lock().unwrap().push(obj);
+        let cpu = FixedCpu::new(0);
+        let arena: Arena =
+            Arena::create(ArenaConfig::new("a", 1).span(0, 1 << 12).meta(&HeapMeta)).unwrap();
+        let config = CacheConfig::new("c", 16, &HeapMeta, &cpu)
+            .hooks(Some(&ctor), Some(&dtor))
+            .magazine(0);
+        let cache = ObjectCache::new(config, &arena).unwrap();
+        let a = cache.alloc().unwrap();
+        let b = cache.alloc().unwrap();
+        assert_eq!(*built.lock().unwrap(), vec![a, b]);
+        cache.free(b).unwrap();
+        assert_eq!(*torn.lock().unwrap(), vec![b]);
+        assert_eq!(cache.alloc().unwrap(), b, "back from its slab");
+        assert_eq!(*built.lock().unwrap(), vec![a, b, b], "and built again");
+        let s = cache.stats();
+        assert_eq!((s.magazines, s.magazine_hits, s.depot_empty), (0, 0, 0));
+        cache.free(a).unwrap();
+        cache.free(b).unwrap();
+        cache.check().unwrap();
+        assert_eq!(torn.lock().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn debug_memory_mode_builds_on_every_alloc_and_lays_out_poison_and_red_zone() {
+        static BUILT: AtomicU64 = AtomicU64::new(0);
+        static TORN: AtomicU64 = AtomicU64::new(0);
+        let ctor = |obj: u64| {
+            write(obj, 0x5eed_u64);
+            BUILT.fetch_add(1, Ordering::Relaxed);
+        };
+        let dtor = |_: u64| {
+            TORN.fetch_add(1, Ordering::Relaxed);
+        };
+        let cpu = FixedCpu::new(0);
+        let memory = Memory::new(1 << 16);
+        let arena = memory_arena(&memory);
+        // SAFETY: the arena's integers are addresses in `memory`.
+        let config = unsafe { CacheConfig::new("c", 20, &HeapMeta, &cpu).memory() }
+            .debug(true)
+            .hooks(Some(&ctor), Some(&dtor));
+        let cache = ObjectCache::new(config, &arena).unwrap();
+        let x = cache.alloc().unwrap();
+        assert_eq!(read::<u64>(x), 0x5eed, "constructed");
+        assert_eq!(read::<u64>(x + 24), REDZONE);
+        assert_eq!(read::<u64>(x + 32), cache.core.tag(x, TAG_ALLOCATED));
+        assert!((20..24).all(|b| read::<u8>(x + b) == PAD));
+        cache.free(x).unwrap();
+        // Freed: poison over the object, the pad and red zone kept, the
+        // tag turned to free.
+        assert_eq!((read::<u64>(x), read::<u64>(x + 8)), (POISON, POISON));
+        assert!((16..20).all(|b| read::<u8>(x + b) == POISON as u8));
+        assert!((20..24).all(|b| read::<u8>(x + b) == PAD));
+        assert_eq!(read::<u64>(x + 32), cache.core.tag(x, TAG_FREE));
+        // A magazine hit builds and tears down all the same: the poison
+        // wiped what the constructor wrote.
+        assert_eq!(cache.alloc().unwrap(), x);
+        cache.free(x).unwrap();
+        assert_eq!(cache.stats().magazine_hits, 1);
+        assert_eq!(
+            (BUILT.load(Ordering::Relaxed), TORN.load(Ordering::Relaxed)),
+            (2, 2)
+        );
+        cache.check().unwrap();
+    }
+
+    #[test]
+    fn a_damaged_tag_or_red_zone_refuses_the_free_and_the_user_keeps_the_object() {
+        let cpu = FixedCpu::new(0);
+        let memory = Memory::new(1 << 16);
+        let arena = memory_arena(&memory);
+        // SAFETY: the arena's integers are addresses in `memory`.
+        let config = unsafe { CacheConfig::new("c", 16, &HeapMeta, &cpu).memory() }.debug(true);
+        let cache = ObjectCache::new(config, &arena).unwrap();
+        let x = cache.alloc().unwrap();
+        let (redzone, tag) = (x + 16, x + 24);
+        for (addr, value, want) in [
+            (redzone, 0u64, ErrorKind::Corrupt),
+            (tag, 0, ErrorKind::Corrupt),
+            (tag, cache.core.tag(x, TAG_FREE), ErrorKind::BadFree),
+            (
+                tag,
+                cache.core.tag(x + 8, TAG_ALLOCATED),
+                ErrorKind::Corrupt,
+            ),
+        ] {
+            let kept = read::<u64>(addr);
+            write(addr, value);
+            let e = cache.free(x).unwrap_err();
+            assert_eq!((e.kind(), e.addr()), (want, Some(x)));
+            assert_eq!(cache.stats().in_use, 1, "the object stays with its user");
+            cache.check().unwrap();
+            write(addr, kept);
+        }
+        cache.free(x).unwrap();
+        assert_eq!(cache.stats().in_use, 0);
+        cache.check().unwrap();
+    }
+
+    /// It failed before check_poison compared the bytes past the last whole
+    /// word: the write went unnoticed and the allocation succeeded.
+    #[test]
+    fn a_write_after_free_to_an_objects_last_bytes_is_found() {
+        let cpu = FixedCpu::new(0);
+        let memory = Memory::new(1 << 16);
+        let arena = memory_arena(&memory);
+        // SAFETY: the arena's integers are addresses in `memory`.
+        let config = unsafe { CacheConfig::new("c", 20, &HeapMeta, &cpu).memory() }.debug(true);
+        let cache = ObjectCache::new(config, &arena).unwrap();
+        let x = cache.alloc().unwrap();
+        cache.free(x).unwrap();
+        write(x + 17, 0x42u8);
+        let e = cache.alloc().unwrap_err();
+        assert_eq!((e.kind(), e.addr()), (ErrorKind::Corrupt, Some(x + 17)));
+    }
+
+    #[test]
+    fn a_foreign_object_is_not_ours_and_a_double_free_is_refused() {
+        let cpu = FixedCpu::new(0);
+        let arena: Arena =
+            Arena::create(ArenaConfig::new("a", 1).span(0, 1 << 12).meta(&HeapMeta)).unwrap();
+        let config = CacheConfig::new("c", 8, &HeapMeta, &cpu).debug(true);
+        let cache = ObjectCache::new(config, &arena).unwrap();
+        let x = cache.alloc().unwrap();
+        let outside = arena.alloc(8, Policy::InstantFit).unwrap();
+        let foreign = cache.core.free(outside).err().map(|e| match e {
+            FreeError::NotOurs(e) => ("not ours", e.kind()),
+            FreeError::Refused(e) => ("refused", e.kind()),
+        });
+        assert_eq!(foreign, Some(("not ours", ErrorKind::BadFree)));
+        cache.free(x).unwrap();
+        let double = cache.core.free(x).err().map(|e| match e {
+            FreeError::NotOurs(e) => ("not ours", e.kind()),
+            FreeError::Refused(e) => ("refused", e.kind()),
+        });
+        assert_eq!(
+            double,
+            Some(("refused", ErrorKind::BadFree)),
+            "x is this cache's"
+        );
+        let s = cache.stats();
+        assert_eq!((s.allocs, s.frees, s.in_use), (1, 1, 0));
+        cache.check().unwrap();
+        arena.free(outside, 8).unwrap();
+    }
+
+    #[test]
+    fn stats_count_allocations_refusals_and_reaps() {
+        let cpu = FixedCpu::new(0);
+        let meta = Budget::new(8);
+        // Room for one slab of ten 24-integer objects.
+        let arena: Arena =
+            Arena::create(ArenaConfig::new("a", 1).span(0, 256).meta(&HeapMeta)).unwrap();
+        let cache = ObjectCache::new(CacheConfig::new("c", 24, &meta, &cpu), &arena).unwrap();
+        let objs: Vec<u64> = (0..10).map(|_| cache.alloc().unwrap()).collect();
+        let before = cache.stats();
+        assert_eq!(kind(cache.alloc()), ErrorKind::NoSpace);
+        let s = cache.stats();
+        assert_eq!((s.allocs, s.alloc_fails, s.in_use, s.slabs), (10, 1, 10, 1));
+        assert_eq!(
+            CacheStats {
+                alloc_fails: 0,
+                magazine_misses: 0,
+                ..s
+            },
+            CacheStats {
+                alloc_fails: 0,
+                magazine_misses: 0,
+                ..before
+            },
+            "a refused allocation counts, and changes nothing else"
+        );
+        cache.check().unwrap();
+        for &obj in &objs {
+            cache.free(obj).unwrap();
+        }
+        let s = cache.stats();
+        assert_eq!((s.frees, s.in_use), (10, 0));
+        assert_eq!(s.free_magazine_hits + s.free_magazine_misses, 10);
+        assert_eq!(
+            cache.alloc().unwrap(),
+            objs[9],
+            "the last freed, from a magazine"
+        );
+        assert_eq!(cache.stats().magazine_hits, 1);
+        cache.free(objs[9]).unwrap();
+        cache.reap().unwrap();
+        let s = cache.stats();
+        assert_eq!(
+            (s.slabs, s.slabs_created, s.slabs_destroyed, s.reaps),
+            (0, 1, 1, 1)
+        );
+        assert_eq!(
+            (s.meta_pages, s.magazines, meta.out()),
+            (0, 0, 0),
+            "a reap gives every page back"
+        );
+        assert_eq!(arena.size().alloc, 0);
+        cache.check().unwrap();
     }
 }

@@ -4,7 +4,7 @@ use core::fmt;
 
 /// What went wrong, as the scenario language names it.
 ///
-/// The set is closed and matches `shared/spec/scenario-language.md`; the
+/// The set is closed and matches `docs/src/scenario-language.md`; the
 /// arena uses the kinds that describe its own calls, and the scenario
 /// interpreter the rest (`Parse`, `UnknownArena`, ...).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

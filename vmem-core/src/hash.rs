@@ -30,6 +30,19 @@
 //! doubled. When the last allocated segment leaves, the hash goes back to
 //! its table inside the arena and gives its pages back, so an arena that
 //! empties holds no hash pages.
+//!
+//! The slab layer's hash (in `slab.rs`) picks buckets the same way
+//! ([`bucket_index`]) and differs in the rest because its keys and its
+//! numbers differ. A free here names a segment's exact start, so a bucket
+//! caches its first start and a hit reads no tag; a slab must be found
+//! from any address inside it, so the slab hash keys slab-size blocks,
+//! registers each slab under the blocks of its first and last integers,
+//! and compares ranges on the records it reads anyway. An arena's
+//! allocated segments are as many as its users make, every call of the
+//! arena waits on its one lock, and the lock is dropped to fetch tables,
+//! so this hash grows a few buckets per call; a cache holds one slab per
+//! many objects, and grows its hash whole under its slab lock, where it
+//! takes slab records from the same meta source.
 
 use core::mem::size_of;
 use core::ptr::NonNull;
@@ -51,8 +64,21 @@ pub(crate) const MIGRATE_SEGMENTS: usize = 32;
 /// Most buckets of the new table one call empties before use (one page).
 const CLEAR_BUCKETS: usize = META_PAGE / size_of::<Bucket>();
 
-/// Fibonacci hashing: the high bits of `addr * 2^64/phi` spread any stride.
+/// Fibonacci hashing: the high bits of `key * 2^64/phi` index the table, so
+/// keys that differ only in high bits, or that come a power of two apart,
+/// still land in different buckets. Not evenly: as many addresses as there
+/// are buckets, 2^0 to 2^20 apart, use at least a quarter of the buckets
+/// (the unit test `buckets_spread_power_of_two_strides_and_stay_in_the_table`
+/// holds that); a hash of the low bits would put them all in one.
 const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// The bucket of `key` in a table of `1 << bits` buckets (`bits` from 1 to
+/// 63), by Fibonacci hashing: the allocated-segment hash's and the slab
+/// hash's one way of picking a bucket.
+#[inline(always)]
+pub(crate) fn bucket_index(key: u64, bits: u32) -> usize {
+    (key.wrapping_mul(GOLDEN) >> (64 - bits)) as usize
+}
 
 /// A bucket table handed over by the meta source.
 #[derive(Clone, Copy, Debug)]
@@ -151,7 +177,7 @@ impl Level {
 
     #[inline(always)]
     fn index(self, addr: u64) -> usize {
-        (addr.wrapping_mul(GOLDEN) >> (64 - self.bits)) as usize
+        bucket_index(addr, self.bits)
     }
 
     fn buckets(self) -> usize {
@@ -546,5 +572,307 @@ impl AllocHash {
             ..AllocHash::new()
         };
         retired
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tag::TagStock;
+    use crate::testing::{Budget, segment, tag_stock};
+
+    const PAGE: u64 = 0x1000;
+
+    /// `n` allocated segments a page apart from `first`, each in the hash.
+    fn fill(hash: &mut AllocHash, stock: &mut TagStock, first: u64, n: u64) -> Vec<TagPtr> {
+        (0..n)
+            .map(|i| {
+                let seg = segment(stock, first + i * PAGE, PAGE);
+                hash.insert(seg);
+                seg
+            })
+            .collect()
+    }
+
+    /// Checks every bucket of both tables as the arena's checker does, and
+    /// that each of `live` is found; returns the segments the buckets hold.
+    fn consistent(hash: &mut AllocHash, live: &[TagPtr]) -> usize {
+        let mut held = 0;
+        for draining in [false, true] {
+            for index in 0..hash.buckets_in(draining) {
+                let (head, key_agrees) = hash.bucket(draining, index);
+                assert!(key_agrees, "bucket {index} caches its head's start");
+                let mut cursor = head;
+                while let Some(seg) = cursor {
+                    assert!(hash.belongs(seg.start(), draining, index));
+                    held += 1;
+                    cursor = seg.list_next();
+                }
+            }
+        }
+        for &seg in live {
+            assert_eq!(hash.find(seg.start()), Some(seg), "{:#x}", seg.start());
+        }
+        assert_eq!(held, hash.count);
+        held
+    }
+
+    /// Fetches the table `claim_growth` asked for from `meta` and installs it.
+    fn grow(hash: &mut AllocHash, meta: &Budget) {
+        let pages = hash.claim_growth().expect("the hash wants a table");
+        let base = meta.alloc_pages(pages).expect("the budget has the table");
+        // SAFETY: fresh pages from the meta source, the hash's now.
+        let late = unsafe { hash.install(Table { base, pages }) };
+        assert!(late.is_none(), "the table came in time");
+    }
+
+    #[test]
+    fn buckets_spread_power_of_two_strides_and_stay_in_the_table() {
+        // Addresses a power of two apart (what arenas of any quantum hand
+        // out), as many as there are buckets, use at least a quarter of the
+        // buckets; a hash of the low bits would put them all in one.
+        for bits in 4..=12 {
+            let level = Level {
+                store: Store::Inline,
+                bits,
+            };
+            for shift in 0..=20 {
+                let mut hit = vec![false; level.buckets()];
+                for k in 0..level.buckets() as u64 {
+                    hit[level.index(k << shift)] = true;
+                }
+                let used = hit.iter().filter(|&&h| h).count();
+                assert!(
+                    4 * used >= level.buckets(),
+                    "stride 2^{shift} uses {used} of {} buckets",
+                    level.buckets()
+                );
+            }
+            assert!(level.index(u64::MAX) < level.buckets());
+        }
+    }
+
+    #[test]
+    fn a_bucket_chain_finds_and_removes_every_member() {
+        let meta = Budget::new(1);
+        let mut stock = tag_stock(&meta, 1);
+        let mut hash = AllocHash::new();
+        // Three starts that share the inline bucket of 0.
+        let bucket = Level::INLINE.index(0);
+        let starts: Vec<u64> = (0..)
+            .map(|k| k * 8)
+            .filter(|&a| Level::INLINE.index(a) == bucket)
+            .take(3)
+            .collect();
+        let segs: Vec<TagPtr> = starts
+            .iter()
+            .map(|&start| {
+                let seg = segment(&mut stock, start, 8);
+                hash.insert(seg);
+                seg
+            })
+            .collect();
+        assert_eq!(consistent(&mut hash, &segs), 3);
+        assert_eq!(hash.find(starts[2] + 8), None);
+        // Removing the head moves the cached key on to the next member.
+        hash.remove(segs[0]);
+        assert_eq!(hash.find(starts[0]), None);
+        assert_eq!(hash.bucket(false, bucket), (Some(segs[2]), true));
+        consistent(&mut hash, &segs[1..]);
+        hash.remove(segs[1]);
+        hash.remove(segs[2]);
+        assert_eq!(hash.bucket(false, bucket), (None, true));
+        assert_eq!(hash.count, 0);
+        assert!(
+            hash.settle().0.iter().all(Option::is_none),
+            "the inline table stays"
+        );
+        stock.dispose(Some(&meta));
+    }
+
+    #[test]
+    fn growth_drains_the_old_table_a_few_buckets_and_segments_per_call() {
+        let tags = Budget::new(16);
+        let tables = Budget::new(8);
+        let mut stock = tag_stock(&tags, 16);
+        let mut hash = AllocHash::new();
+        let mut live = fill(&mut hash, &mut stock, 0, 2 * INLINE_BUCKETS as u64);
+        assert_eq!(hash.claim_growth(), None, "2 * buckets is no overload");
+        live.extend(fill(&mut hash, &mut stock, 0x100_0000, 1));
+        grow(&mut hash, &tables);
+        assert_eq!(
+            (hash.buckets(), hash.resizes),
+            (META_PAGE / size_of::<Bucket>(), 1)
+        );
+        // Installing moved nothing: every segment is still found.
+        consistent(&mut hash, &live);
+        // 33 segments take two calls at 32 a call.
+        assert!(
+            hash.settle().0.iter().all(Option::is_none),
+            "the inline table is no page"
+        );
+        assert!(hash.draining.is_some());
+        consistent(&mut hash, &live);
+        assert!(hash.settle().0.iter().all(Option::is_none));
+        assert!(hash.draining.is_none());
+        assert_eq!(hash.most_moved, MIGRATE_SEGMENTS);
+        consistent(&mut hash, &live);
+
+        // A second growth drains a paged table of 256 buckets, 16 a call,
+        // while segments come and go.
+        let more = 2 * hash.buckets() as u64 + 1 - live.len() as u64;
+        live.extend(fill(&mut hash, &mut stock, 0x200_0000, more));
+        grow(&mut hash, &tables);
+        assert_eq!(tables.out(), 1 + 4, "the old table and 1024 buckets");
+        let old_buckets = hash.draining.unwrap().buckets();
+        let mut calls = 0;
+        loop {
+            let cursor = hash.cursor;
+            if let Some(gone) = live.pop() {
+                hash.remove(gone);
+                stock.give_back(gone);
+            }
+            live.extend(fill(&mut hash, &mut stock, 0x300_0000 + calls * PAGE, 1));
+            let retired = hash.settle();
+            calls += 1;
+            consistent(&mut hash, &live);
+            if hash.draining.is_none() {
+                // SAFETY: the old table came from `tables`.
+                unsafe { retired.give_back(Some(&tables)) };
+                break;
+            }
+            assert!(
+                retired.0.iter().all(Option::is_none),
+                "nothing back mid-drain"
+            );
+            assert!(hash.cursor - cursor <= MIGRATE_BUCKETS);
+        }
+        assert!(calls as usize >= old_buckets / MIGRATE_BUCKETS);
+        assert!(hash.most_moved <= MIGRATE_SEGMENTS);
+        assert_eq!(
+            (tables.out(), hash.resizes),
+            (4, 2),
+            "the old table went back"
+        );
+        for seg in live {
+            hash.remove(seg);
+        }
+        // SAFETY: the tables came from `tables`.
+        unsafe { hash.settle().give_back(Some(&tables)) };
+        assert_eq!(tables.out(), 0);
+        stock.dispose(Some(&tags));
+    }
+
+    #[test]
+    fn a_refused_table_is_asked_for_again_once_the_count_doubles() {
+        let meta = Budget::new(16);
+        let mut stock = tag_stock(&meta, 2);
+        let mut hash = AllocHash::new();
+        let mut live = fill(&mut hash, &mut stock, 0, 33);
+        assert_eq!(hash.claim_growth(), Some(1));
+        assert_eq!(hash.claim_growth(), None, "one fetch at a time");
+        hash.refused();
+        live.extend(fill(&mut hash, &mut stock, 0x10_0000, 32));
+        assert_eq!(hash.count, 65);
+        assert_eq!(hash.claim_growth(), None, "not before 66");
+        consistent(&mut hash, &live);
+        live.extend(fill(&mut hash, &mut stock, 0x20_0000, 1));
+        assert_eq!(hash.claim_growth(), Some(1));
+        hash.refused();
+        assert_eq!(hash.buckets(), INLINE_BUCKETS, "the chains grew instead");
+        for seg in live {
+            hash.remove(seg);
+        }
+        stock.dispose(Some(&meta));
+    }
+
+    #[test]
+    fn a_table_that_comes_too_late_or_too_small_goes_back() {
+        let meta = Budget::new(16);
+        let mut stock = tag_stock(&meta, 8);
+        let mut hash = AllocHash::new();
+        let mut live = fill(&mut hash, &mut stock, 0, 33);
+        let pages = hash.claim_growth().unwrap();
+        hash.remove(live.pop().unwrap());
+        let base = meta.alloc_pages(pages).unwrap();
+        // SAFETY: fresh pages from the meta source.
+        let back = unsafe { hash.install(Table { base, pages }) };
+        assert_eq!(
+            back.map(|t| (t.base, t.pages)),
+            Some((base, pages)),
+            "no longer wanted"
+        );
+        assert_eq!((hash.buckets(), hash.resizes), (INLINE_BUCKETS, 0));
+        // SAFETY: handed back unused.
+        unsafe { meta.free_pages(base, pages) };
+        // No longer fetching: the next overload asks again, and a page of
+        // 256 buckets is growth over the 16 inline ones.
+        live.extend(fill(&mut hash, &mut stock, 0x10_0000, 1));
+        let pages = hash.claim_growth().unwrap();
+        let base = meta.alloc_pages(pages).unwrap();
+        // SAFETY: fresh pages from the meta source.
+        assert!(unsafe { hash.install(Table { base, pages }) }.is_none());
+        while hash.draining.is_some() {
+            let _ = hash.settle();
+        }
+        // Overloaded again, a table no larger than the one in use is refused.
+        live.extend(fill(&mut hash, &mut stock, 0x20_0000, 2 * 256 + 1 - 33));
+        hash.claim_growth().unwrap();
+        let same = meta.alloc_pages(1).unwrap();
+        // SAFETY: fresh pages from the meta source.
+        let back = unsafe {
+            hash.install(Table {
+                base: same,
+                pages: 1,
+            })
+        };
+        assert!(back.is_some(), "a table no larger is no growth");
+        assert_eq!(hash.resizes, 1);
+        assert!(hash.claim_growth().is_some(), "and the hash asks again");
+        hash.refused();
+        // SAFETY: handed back unused.
+        unsafe { meta.free_pages(same, 1) };
+        consistent(&mut hash, &live);
+        for seg in live {
+            hash.remove(seg);
+        }
+        // SAFETY: the table came from `meta`.
+        unsafe { hash.settle().give_back(Some(&meta)) };
+        stock.dispose(Some(&meta));
+        assert_eq!(meta.out(), 0);
+    }
+
+    #[test]
+    fn the_last_segment_leaving_gives_every_table_back_even_mid_drain() {
+        let tags = Budget::new(8);
+        let tables = Budget::new(8);
+        let mut stock = tag_stock(&tags, 8);
+        let mut hash = AllocHash::new();
+        let live = fill(&mut hash, &mut stock, 0, 33);
+        grow(&mut hash, &tables);
+        while hash.draining.is_some() {
+            let _ = hash.settle();
+        }
+        let mut live2 = fill(&mut hash, &mut stock, 0x10_0000, 2 * 256 + 1 - 33);
+        live2.extend(live);
+        grow(&mut hash, &tables);
+        let _ = hash.settle();
+        assert!(hash.draining.is_some(), "mid-drain, on two paged tables");
+        assert_eq!(tables.out(), 5);
+        for seg in live2 {
+            hash.remove(seg);
+        }
+        let retired = hash.settle();
+        assert_eq!(retired.0.iter().flatten().count(), 2);
+        // SAFETY: both tables came from `tables`.
+        unsafe { retired.give_back(Some(&tables)) };
+        assert_eq!(tables.out(), 0);
+        assert_eq!(
+            (hash.buckets(), hash.resizes, hash.count),
+            (INLINE_BUCKETS, 2, 0)
+        );
+        assert!(hash.draining.is_none());
+        assert_eq!(hash.buckets_in(true), 0);
+        stock.dispose(Some(&tags));
     }
 }

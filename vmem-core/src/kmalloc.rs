@@ -220,3 +220,144 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::Memory;
+    use crate::{Arena, ArenaConfig, ErrorKind, FixedCpu, HeapMeta, ObjectCache};
+    use lock_api::RawMutex;
+
+    const Q: u64 = 4096;
+
+    fn arena(memory: &Memory) -> Arena<'static> {
+        Arena::create(
+            ArenaConfig::new("heap", Q)
+                .span(memory.base(), memory.len())
+                .meta(&HeapMeta),
+        )
+        .unwrap()
+    }
+
+    /// The object size of the class serving `size` bytes aligned to `align`.
+    fn class_of<R: RawMutex>(classes: &SizeClasses<'_, R>, size: u64, align: u64) -> Option<u64> {
+        classes.class(size, align).map(ObjectCache::object_size)
+    }
+
+    #[test]
+    fn the_lookup_table_names_the_smallest_class_that_holds_each_size() {
+        for size in 1..=SMALL_MAX {
+            let class = SIZE_CLASSES[usize::from(SMALL_CLASS[(size as usize - 1) / 8])];
+            let smallest = SIZE_CLASSES.iter().copied().find(|&c| c >= size);
+            assert_eq!(Some(class), smallest, "size {size}");
+        }
+        assert!(
+            SIZE_CLASSES
+                .windows(2)
+                .all(|w| w[0] < w[1] && w[0] % 8 == 0)
+        );
+        assert_eq!(SIZE_CLASSES.last(), Some(&8192));
+    }
+
+    #[test]
+    fn every_class_boundary_picks_the_right_cache() {
+        let memory = Memory::new(1 << 20);
+        let arena = arena(&memory);
+        let cpu = FixedCpu::new(0);
+        // SAFETY: the arena hands out addresses in `memory`.
+        let classes = unsafe { SizeClasses::new(&arena, &HeapMeta, &cpu, false) }.unwrap();
+        for (i, &class) in SIZE_CLASSES.iter().enumerate() {
+            let next = SIZE_CLASSES.get(i + 1).copied();
+            let below = if i == 0 { 1 } else { SIZE_CLASSES[i - 1] + 1 };
+            for align in [1, 8] {
+                assert_eq!(
+                    class_of(&classes, below, align),
+                    Some(class),
+                    "{below} bytes"
+                );
+                assert_eq!(
+                    class_of(&classes, class, align),
+                    Some(class),
+                    "{class} bytes"
+                );
+                assert_eq!(
+                    class_of(&classes, class + 1, align),
+                    next,
+                    "{} bytes",
+                    class + 1
+                );
+            }
+        }
+        assert_eq!(class_of(&classes, u64::MAX, 1), None);
+        // Stricter alignment takes the first class whose objects are
+        // naturally aligned so (at most to the quantum).
+        assert_eq!(class_of(&classes, 24, 16), Some(32));
+        assert_eq!(class_of(&classes, 33, 16), Some(48), "48 is 16-aligned");
+        assert_eq!(class_of(&classes, 33, 32), Some(64), "48 is not 32-aligned");
+        assert_eq!(class_of(&classes, 100, 64), Some(128));
+        assert_eq!(class_of(&classes, 8, Q), Some(Q));
+        assert_eq!(class_of(&classes, 6000, Q), Some(8192));
+        assert_eq!(
+            class_of(&classes, 8, 2 * Q),
+            None,
+            "beyond the quantum: the arena"
+        );
+        // Debug caches keep only 8-byte alignment: the rest is the arena's.
+        // SAFETY: as above.
+        let debug = unsafe { SizeClasses::new(&arena, &HeapMeta, &cpu, true) }.unwrap();
+        assert_eq!(class_of(&debug, 24, 8), Some(24));
+        assert_eq!(class_of(&debug, 24, 16), None);
+    }
+
+    #[test]
+    fn oversize_and_overaligned_requests_go_to_the_arena() {
+        let memory = Memory::new(1 << 20);
+        let arena = arena(&memory);
+        let cpu = FixedCpu::new(0);
+        // SAFETY: the arena hands out addresses in `memory`.
+        let classes = unsafe { SizeClasses::new(&arena, &HeapMeta, &cpu, false) }.unwrap();
+        let big = classes.alloc(8193, 8).unwrap();
+        assert_eq!(
+            arena.size().alloc,
+            3 * Q,
+            "8193 bytes rounded to the quantum"
+        );
+        assert!(classes.caches().iter().all(|c| c.stats().slabs == 0));
+        let aligned = classes.alloc(8, 4 * Q).unwrap();
+        assert_eq!(aligned % (4 * Q), 0);
+        assert_eq!(arena.size().alloc, 4 * Q);
+        // Each is freed the way it was allocated.
+        assert_eq!(
+            arena.free(aligned, Q).unwrap_err().kind(),
+            ErrorKind::BadFree
+        );
+        classes.free(aligned, 8, 4 * Q).unwrap();
+        classes.free(big, 8193, 8).unwrap();
+        assert_eq!(arena.size().alloc, 0);
+        arena.check().unwrap();
+    }
+
+    #[test]
+    fn a_zero_size_or_bad_alignment_is_refused_and_changes_nothing() {
+        let memory = Memory::new(1 << 20);
+        let arena = arena(&memory);
+        let cpu = FixedCpu::new(0);
+        // SAFETY: the arena hands out addresses in `memory`.
+        let classes = unsafe { SizeClasses::new(&arena, &HeapMeta, &cpu, true) }.unwrap();
+        let x = classes.alloc(24, 8).unwrap();
+        let before = (arena.size(), classes.caches()[2].stats());
+        let kind = |r: Result<u64>| r.unwrap_err().kind();
+        let free_kind = |r: Result<()>| r.unwrap_err().kind();
+        assert_eq!(kind(classes.alloc(0, 8)), ErrorKind::ZeroSize);
+        assert_eq!(kind(classes.alloc(24, 0)), ErrorKind::BadConstraint);
+        assert_eq!(kind(classes.alloc(24, 24)), ErrorKind::BadConstraint);
+        assert_eq!(free_kind(classes.free(x, 0, 8)), ErrorKind::ZeroSize);
+        assert_eq!(free_kind(classes.free(x, 24, 3)), ErrorKind::BadConstraint);
+        assert_eq!(free_kind(classes.free(x + 8, 24, 8)), ErrorKind::BadFree);
+        assert_eq!((arena.size(), classes.caches()[2].stats()), before);
+        classes.check().unwrap();
+        classes.free(x, 24, 8).unwrap();
+        classes.reap().unwrap();
+        assert_eq!(arena.size().alloc, 0);
+    }
+}

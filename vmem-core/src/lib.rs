@@ -158,6 +158,39 @@
 //! only on a reap, whose meta pages go back after the cache's locks are
 //! dropped.
 //!
+//! ## Layers
+//!
+//! The modules stand in floors: a module's code (its unit tests aside)
+//! imports only from floors below its own, so no two modules import each
+//! other (`ci/layers` prints the import graph and fails on a cycle). Top
+//! first:
+//!
+//! ```text
+//! scenario                       the scenario language's interpreter
+//! kmalloc  reserve  arena_meta   size classes, reserves, meta pages from an arena
+//! qcache                         quantum caches: the arena's QuantumFront
+//! cache                          object caches: magazines over slabs
+//! magazine                       magazines and the depot
+//! slab                           slabs: every arena is their Backing
+//! arena                          the arena, in parts, top first:
+//!   mod.rs                         the public API and configuration
+//!   check  policy                  the checker; instant, best and next fit
+//!   segment                        the state under the lock; segment surgery
+//!   span_tree  front               span markers by start; what the arena
+//!                                  asks of the floors above it
+//! freelist  hash  constraint     freelists, the allocated-segment hash, requests
+//! tag  fault  heap_meta          boundary tags, fault plans, meta pages from the heap
+//! meta  error  sync  cpu  name   meta pages, errors, locks, CPUs, names
+//! ```
+//!
+//! In illumos, vmem and kmem call each other: the arena hands small
+//! requests to its quantum caches, which take their slabs from the arena.
+//! Here the arena declares what it needs from the floors above as traits
+//! of its own (`QuantumFront`: an object of n quanta, and this one back;
+//! `Backing`: a slab, and this one back) with the typed error a quantum
+//! cache answers a free it does not hold with, and the floors above
+//! implement them.
+//!
 //! ## Example
 //!
 //! ```
@@ -185,6 +218,7 @@ extern crate alloc;
 extern crate std;
 
 mod arena;
+mod arena_meta;
 mod cache;
 mod constraint;
 mod cpu;
@@ -205,10 +239,13 @@ pub mod scenario;
 mod slab;
 mod sync;
 mod tag;
+#[cfg(test)]
+mod testing;
 
 pub use arena::{
     Arena, ArenaConfig, ArenaSize, DefaultLock, Policy, Segment, SegmentKind, Source, Stats,
 };
+pub use arena_meta::ArenaMeta;
 pub use cache::{CacheConfig, CacheStats, DEFAULT_MAGAZINE, ObjectCache, ObjectHook};
 pub use constraint::Constraints;
 pub use cpu::{CPU0, CpuId, FixedCpu, MAX_CPUS};
@@ -217,7 +254,7 @@ pub use fault::{FaultPlan, FaultSchedule, FaultSite, FaultyMeta};
 #[cfg(feature = "alloc")]
 pub use heap_meta::{CHUNK_PAGES, HeapMeta};
 pub use kmalloc::{GlobalHeap, SIZE_CLASSES, SizeClasses};
-pub use meta::{ArenaMeta, META_PAGE, MetaSource};
+pub use meta::{META_PAGE, MetaSource};
 pub use name::NAME_MAX;
 pub use qcache::{QCACHE_MAX_QUANTA, QuantumCaches};
 pub use reserve::Reserve;

@@ -6,11 +6,6 @@ use core::marker::PhantomData;
 use core::mem::{align_of, size_of};
 use core::ptr::NonNull;
 
-use lock_api::RawMutex;
-
-use crate::arena::{Arena, Policy};
-use crate::constraint::Constraints;
-
 /// Bytes in the pages a [`MetaSource`] hands over.
 pub const META_PAGE: usize = 4096;
 
@@ -21,7 +16,7 @@ pub const META_PAGE: usize = 4096;
 /// Arenas never call a `MetaSource` with an arena lock of theirs held, and
 /// call their [`Source`](crate::Source)s unlocked too, so the source may
 /// allocate from other arenas (a kernel backs it with physical pages from
-/// its `phys` arena, see [`ArenaMeta`]), even from one that imports from
+/// its `phys` arena, see [`ArenaMeta`](crate::ArenaMeta)), even from one that imports from
 /// the arena it serves, directly or further down the tree. Caches call it
 /// with their slab or depot lock held, so it must not allocate from the
 /// cache that uses it; they ask it for pages only when allocating (slab
@@ -40,88 +35,6 @@ pub trait MetaSource: Sync {
     /// this source returned and was asked for, and the memory is not used
     /// after this call.
     unsafe fn free_pages(&self, base: NonNull<u8>, pages: usize);
-}
-
-/// Meta pages from an arena whose integers are addresses of memory this
-/// program may use (a kernel's direct map, a host buffer): metadata from
-/// arenas, as the design asks.
-///
-/// It never hands out pages at address 0, which is no pointer, nor pages
-/// that pass the end of the address space (past `usize::MAX`). When the
-/// arena offers such pages first, `ArenaMeta` gives them straight back and
-/// asks for pages between the two (a constrained `xalloc`, which searches),
-/// and answers `None` if there are none; the arena is then as it was.
-pub struct ArenaMeta<'a, 's, R: RawMutex> {
-    arena: &'a Arena<'s, R>,
-}
-
-impl<'a, 's, R: RawMutex> ArenaMeta<'a, 's, R> {
-    /// Meta pages taken from `arena` by `xalloc` with page alignment.
-    ///
-    /// # Safety
-    /// Every integer `arena` hands out must be the address of writable
-    /// memory that nothing else uses while it is allocated, except pages at
-    /// 0 or past the end of the address space, which `ArenaMeta` never
-    /// hands on (so a span that starts at 0 need not be memory there).
-    pub const unsafe fn new(arena: &'a Arena<'s, R>) -> Self {
-        ArenaMeta { arena }
-    }
-}
-
-/// The exclusive end of the addresses a pointer can hold, as an `xalloc`
-/// `max` (0, no limit, where `usize` has 64 bits).
-const POINTER_END: u64 = match (usize::MAX as u64).checked_add(1) {
-    Some(end) => end,
-    None => 0,
-};
-
-/// `bytes` (not 0) at `addr` as a pointer, if `addr` is not 0 and they end
-/// within the address space.
-fn pointer_to(addr: u64, bytes: u64) -> Option<NonNull<u8>> {
-    usize::try_from(addr.checked_add(bytes - 1)?).ok()?;
-    NonNull::new(usize::try_from(addr).ok()? as *mut u8)
-}
-
-impl<'s, R: RawMutex> MetaSource for ArenaMeta<'_, 's, R>
-where
-    Arena<'s, R>: Sync,
-{
-    fn alloc_pages(&self, pages: usize) -> Option<NonNull<u8>> {
-        let bytes = (pages as u64)
-            .checked_mul(META_PAGE as u64)
-            .filter(|&b| b > 0)?;
-        let aligned = Constraints::aligned(META_PAGE as u64);
-        let addr = self
-            .arena
-            .xalloc(bytes, &aligned, Policy::InstantFit)
-            .ok()?;
-        if let Some(page) = pointer_to(addr, bytes) {
-            return Some(page);
-        }
-        // The pages came from this arena, so the free cannot be refused.
-        let _ = self.arena.xfree(addr, bytes);
-        let pointable = Constraints {
-            min: 1,
-            max: POINTER_END,
-            ..aligned
-        };
-        let addr = self
-            .arena
-            .xalloc(bytes, &pointable, Policy::InstantFit)
-            .ok()?;
-        let page = pointer_to(addr, bytes);
-        if page.is_none() {
-            // The constraints rule this out; give the pages back all the same.
-            let _ = self.arena.xfree(addr, bytes);
-        }
-        page
-    }
-
-    unsafe fn free_pages(&self, base: NonNull<u8>, pages: usize) {
-        let bytes = (pages * META_PAGE) as u64;
-        // The pages came from this arena, so the free cannot be refused.
-        let _ = self.arena.xfree(base.as_ptr() as usize as u64, bytes);
-    }
 }
 
 /// Meta pages on their way back to a [`MetaSource`]: taken out of an
@@ -378,5 +291,190 @@ impl<T> RecordPool<T> {
             unsafe { meta.free_pages(p, 1) };
         }
         *self = RecordPool::new();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::HeapMeta;
+    use crate::testing::Budget;
+
+    /// A three-word record, as small records go.
+    type Rec = [u64; 3];
+
+    /// Single pages that are not [`META_PAGE`]-aligned (a broken meta
+    /// source): each is 64 bytes into two pages of [`HeapMeta`].
+    struct Misaligned;
+
+    impl MetaSource for Misaligned {
+        fn alloc_pages(&self, pages: usize) -> Option<NonNull<u8>> {
+            let base = HeapMeta.alloc_pages(pages + 1)?;
+            // SAFETY: 64 bytes into a run of more than a page.
+            Some(unsafe { base.add(64) })
+        }
+
+        unsafe fn free_pages(&self, base: NonNull<u8>, pages: usize) {
+            // SAFETY: `alloc_pages` handed out 64 bytes into a run of
+            // `pages + 1` pages from `HeapMeta`.
+            unsafe { HeapMeta.free_pages(base.sub(64), pages + 1) }
+        }
+    }
+
+    fn page_start(record: NonNull<Rec>) -> usize {
+        page_of(record.cast()) as usize
+    }
+
+    #[test]
+    fn meta_pages_are_a_power_of_two_and_records_fit_after_the_header() {
+        assert!(META_PAGE.is_power_of_two() && META_PAGE >= 4096);
+        assert_eq!(RecordPool::<Rec>::FIRST, 16);
+        assert_eq!(RecordPool::<Rec>::PER_PAGE, (META_PAGE - 16) / 24);
+        // A record more aligned than the header starts at its alignment.
+        #[repr(align(64))]
+        #[allow(dead_code)]
+        struct Wide([u64; 8]);
+        assert_eq!(RecordPool::<Wide>::FIRST, 64);
+        assert_eq!(RecordPool::<Wide>::PER_PAGE, META_PAGE / 64 - 1);
+    }
+
+    #[test]
+    fn records_fill_one_page_before_the_next_and_never_overlap() {
+        let meta = Budget::new(2);
+        let mut pool = RecordPool::<Rec>::new();
+        let per_page = RecordPool::<Rec>::PER_PAGE;
+        let mut records: Vec<NonNull<Rec>> =
+            (0..=per_page).map(|_| pool.take(&meta).unwrap()).collect();
+        assert_eq!(
+            (pool.page_count, pool.in_use, meta.out()),
+            (2, per_page + 1, 2)
+        );
+        let first_page = page_start(records[0]);
+        for (i, &r) in records[..per_page].iter().enumerate() {
+            assert_eq!(page_start(r), first_page, "record {i} is on the first page");
+            let offset = r.as_ptr() as usize - first_page;
+            assert_eq!(offset, RecordPool::<Rec>::FIRST + i * size_of::<Rec>());
+        }
+        assert_ne!(page_start(records[per_page]), first_page);
+        // A record given back is the next one taken.
+        let back = records.pop().unwrap();
+        pool.give(back);
+        assert_eq!(pool.take(&meta), Some(back));
+        records.push(back);
+        for r in records {
+            pool.give(r);
+        }
+        assert_eq!(pool.in_use, 0);
+        pool.dispose(&meta);
+        assert_eq!((pool.page_count, meta.out()), (0, 0));
+    }
+
+    #[test]
+    fn a_record_pool_whose_meta_source_refuses_changes_nothing() {
+        let meta = Budget::new(0);
+        let mut pool = RecordPool::<Rec>::new();
+        assert_eq!(pool.take(&meta), None);
+        assert_eq!((pool.page_count, pool.in_use, pool.spare), (0, 0, None));
+        meta.grant(1);
+        let r = pool.take(&meta).unwrap();
+        // The page's other records are spare: no second page is asked for.
+        let more: Vec<_> = (1..RecordPool::<Rec>::PER_PAGE)
+            .map(|_| pool.take(&meta).unwrap())
+            .collect();
+        assert_eq!(pool.take(&meta), None, "the budget is spent");
+        assert_eq!(
+            (pool.page_count, pool.in_use),
+            (1, RecordPool::<Rec>::PER_PAGE)
+        );
+        pool.give(r);
+        for r in more {
+            pool.give(r);
+        }
+        pool.dispose(&meta);
+        assert_eq!(meta.out(), 0);
+    }
+
+    #[test]
+    fn take_empty_pages_gives_back_only_pages_with_no_record_in_use() {
+        let meta = Budget::new(3);
+        let mut pool = RecordPool::<Rec>::new();
+        let per_page = RecordPool::<Rec>::PER_PAGE;
+        let records: Vec<NonNull<Rec>> = (0..2 * per_page + 1)
+            .map(|_| pool.take(&meta).unwrap())
+            .collect();
+        let first = page_start(records[0]);
+        let (kept, last) = (records[per_page + 3], records[2 * per_page]);
+        // Free the first page's records and all but one of the second's;
+        // the third page's one record stays in use.
+        for &r in &records[..2 * per_page] {
+            if r != kept {
+                pool.give(r);
+            }
+        }
+        let mut out = MetaPages::new();
+        assert!(out.is_empty());
+        pool.take_empty_pages(&mut out);
+        assert!(!out.is_empty());
+        out.give_back(&meta);
+        assert_eq!(
+            (pool.page_count, meta.out()),
+            (2, 2),
+            "only the first page left"
+        );
+        // The spare records left are on the pages that stayed.
+        let mut again = Vec::new();
+        for _ in 0..per_page - 1 {
+            let r = pool.take(&meta).unwrap();
+            assert_ne!(page_start(r), first, "a record of the page given back");
+            again.push(r);
+        }
+        assert_eq!(meta.out(), 2, "the spare records sufficed");
+        // With nothing in use, every page goes.
+        for r in again.into_iter().chain([kept, last]) {
+            pool.give(r);
+        }
+        let mut out = MetaPages::new();
+        pool.take_empty_pages(&mut out);
+        out.give_back(&meta);
+        assert_eq!((pool.page_count, pool.in_use, meta.out()), (0, 0, 0));
+        // A pool emptied this way works as new.
+        let r = pool.take(&meta).unwrap();
+        pool.give(r);
+        pool.dispose(&meta);
+        assert_eq!(meta.out(), 0);
+    }
+
+    #[test]
+    fn take_empty_pages_moves_nothing_when_a_page_is_not_aligned() {
+        let mut pool = RecordPool::<Rec>::new();
+        let a = pool.take(&Misaligned).unwrap();
+        let b = pool.take(&Misaligned).unwrap();
+        pool.give(a);
+        let mut out = MetaPages::new();
+        pool.take_empty_pages(&mut out);
+        assert!(out.is_empty(), "no page can be told empty by masking");
+        assert_eq!((pool.page_count, pool.in_use), (1, 1));
+        assert_eq!(pool.take(&Misaligned), Some(a), "the spare chain is intact");
+        pool.give(a);
+        pool.give(b);
+        pool.dispose(&Misaligned);
+    }
+
+    #[test]
+    fn meta_pages_give_back_every_run_with_its_length() {
+        let meta = Budget::new(6);
+        let mut out = MetaPages::new();
+        for pages in [1, 3, 2] {
+            let run = meta.alloc_pages(pages).unwrap();
+            // SAFETY: a fresh run from `meta`, unused.
+            unsafe { out.push(run, pages) };
+        }
+        assert_eq!(meta.out(), 6);
+        assert!(meta.alloc_pages(1).is_none(), "the budget is spent");
+        out.give_back(&meta);
+        // Wrong lengths would leave the count off.
+        assert_eq!(meta.out(), 0);
+        MetaPages::new().give_back(&meta);
+        assert_eq!(meta.out(), 0);
     }
 }

@@ -154,3 +154,141 @@ impl<R: RawMutex> core::fmt::Debug for Reserve<'_, R> {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::Budget;
+    use crate::{Arena, ArenaConfig, CacheConfig, CacheStats, FixedCpu, HeapMeta};
+
+    fn kind<T>(r: Result<T>) -> ErrorKind {
+        match r {
+            Ok(_) => panic!("expected a refusal"),
+            Err(e) => e.kind(),
+        }
+    }
+
+    /// An arena of `objects` 64-integer objects' room.
+    fn arena(objects: u64) -> Arena<'static> {
+        Arena::create(
+            ArenaConfig::new("a", 64)
+                .span(0, 64 * objects)
+                .meta(&HeapMeta),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn the_list_takes_a_page_per_512_objects_and_gives_them_back() {
+        let cpu = FixedCpu::new(0);
+        let arena = arena(1024);
+        let cache = ObjectCache::new(CacheConfig::new("c", 64, &HeapMeta, &cpu), &arena).unwrap();
+        let meta = Budget::new(2);
+        for (count, pages) in [(1, 1), (META_PAGE / 8, 1), (META_PAGE / 8 + 1, 2)] {
+            let reserve = Reserve::new(&cache, count, &meta).unwrap();
+            assert_eq!((reserve.available(), reserve.capacity()), (count, count));
+            assert_eq!(meta.out(), pages, "{count} objects");
+            assert_eq!(cache.stats().in_use, count as u64);
+            drop(reserve);
+            assert_eq!(
+                (meta.out(), cache.stats().in_use),
+                (0, 0),
+                "all back on drop"
+            );
+        }
+        cache.check().unwrap();
+    }
+
+    #[test]
+    fn a_fill_that_cannot_be_had_changes_nothing() {
+        let cpu = FixedCpu::new(0);
+        let arena = arena(16);
+        let cache = ObjectCache::new(CacheConfig::new("c", 64, &HeapMeta, &cpu), &arena).unwrap();
+        let held = cache.alloc().unwrap();
+        let before = (arena.size(), cache.stats());
+        let meta = Budget::new(1);
+        assert_eq!(kind(Reserve::new(&cache, 0, &meta)), ErrorKind::ZeroSize);
+        assert_eq!(
+            kind(Reserve::new(&cache, 16, &Budget::new(0))),
+            ErrorKind::NoSpace,
+            "no page for the list"
+        );
+        // Sixteen more than the arena has room for: the fill fails
+        // partway, and the slabs it made go back.
+        assert_eq!(kind(Reserve::new(&cache, 16, &meta)), ErrorKind::NoSpace);
+        assert_eq!(meta.out(), 0, "the list's page went back");
+        let after = (arena.size(), cache.stats());
+        assert_eq!(after.0, before.0, "the arena is as it was");
+        let counts = |s: CacheStats| (s.in_use, s.slabs, s.depot_empty, s.magazines);
+        assert_eq!(
+            counts(after.1),
+            counts(before.1),
+            "so is the cache, depot and all"
+        );
+        cache.check().unwrap();
+        arena.check().unwrap();
+        // Fifteen fit.
+        let reserve = Reserve::new(&cache, 15, &meta).unwrap();
+        assert_eq!(reserve.available(), 15);
+        drop(reserve);
+        cache.free(held).unwrap();
+    }
+
+    #[test]
+    fn allocations_drain_the_reserve_first_and_frees_refill_it_first() {
+        let cpu = FixedCpu::new(0);
+        let arena = arena(64);
+        let config = CacheConfig::new("c", 64, &HeapMeta, &cpu).debug(true);
+        let cache = ObjectCache::new(config, &arena).unwrap();
+        let reserve = Reserve::new(&cache, 2, &HeapMeta).unwrap();
+        let allocs = cache.stats().allocs;
+        let a = reserve.alloc().unwrap();
+        let b = reserve.alloc().unwrap();
+        assert_eq!(
+            (reserve.available(), cache.stats().allocs),
+            (0, allocs),
+            "the cache untouched"
+        );
+        let c = reserve.alloc().unwrap();
+        assert_eq!(
+            cache.stats().allocs,
+            allocs + 1,
+            "empty, it falls back to the cache"
+        );
+        reserve.free(a).unwrap();
+        assert_eq!(
+            kind(reserve.free(a)),
+            ErrorKind::BadFree,
+            "already in the reserve"
+        );
+        assert_eq!(reserve.available(), 1);
+        reserve.free(c).unwrap();
+        assert_eq!(
+            (reserve.available(), cache.stats().frees),
+            (2, 0),
+            "refilled before the cache"
+        );
+        reserve.free(b).unwrap();
+        assert_eq!(
+            (reserve.available(), cache.stats().frees),
+            (2, 1),
+            "full: to the cache"
+        );
+        // With debug checks, an object no user holds is refused too.
+        assert_eq!(
+            kind(reserve.free(b)),
+            ErrorKind::BadFree,
+            "freed to the cache already"
+        );
+        assert_eq!(
+            kind(reserve.free(64 * 63)),
+            ErrorKind::BadFree,
+            "not the cache's"
+        );
+        assert_eq!(reserve.available(), 2);
+        cache.check().unwrap();
+        drop(reserve);
+        assert_eq!(cache.stats().in_use, 0);
+        cache.check().unwrap();
+    }
+}

@@ -13,23 +13,30 @@
 use core::mem::size_of;
 use core::ptr::NonNull;
 
+use lock_api::RawMutex;
+
+use crate::arena::{Arena, Backing};
 use crate::error::{Error, ErrorKind, Result};
+use crate::hash::bucket_index;
 use crate::meta::{META_PAGE, MetaPages, MetaSource, RecordPool};
 
 /// Most objects one slab holds.
 pub(crate) const MAX_OBJS: usize = 512;
 const WORDS: usize = MAX_OBJS / 64;
 const INLINE_BUCKETS: usize = 16;
-const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
 
 type SlabLink = Option<NonNull<SlabRec>>;
 
-/// Where a cache's slabs come from.
-pub(crate) trait Backing {
-    /// A slab of `size` integers aligned to `align`.
-    fn slab_alloc(&self, size: u64, align: u64) -> Result<u64>;
-    /// Gives a slab back.
-    fn slab_free(&self, base: u64, size: u64, align: u64);
+/// Every arena backs the caches built on it: their slabs are its
+/// segments, marked as a cache's.
+impl<R: RawMutex> Backing for Arena<'_, R> {
+    fn slab_alloc(&self, size: u64, align: u64) -> Result<u64> {
+        self.alloc_slab(size, align)
+    }
+
+    fn slab_free(&self, base: u64, size: u64, _align: u64) {
+        self.free_slab(base, size);
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -185,8 +192,13 @@ impl SlabLayer {
         list.count -= 1;
     }
 
+    /// The bucket of a slab-size block. The buckets are picked as the
+    /// allocated-segment hash picks its own; the rest differs because a
+    /// slab is found from any address inside it and slabs are few (see
+    /// `hash.rs`): blocks rather than exact starts, and a table rehashed
+    /// whole rather than a few buckets per call.
     fn index(&self, block: u64) -> usize {
-        (block.wrapping_mul(GOLDEN) >> (64 - self.bits)) as usize
+        bucket_index(block, self.bits)
     }
 
     fn bucket(&mut self, index: usize) -> &mut SlabLink {
@@ -641,5 +653,292 @@ impl SlabLayer {
             return corrupt("objects out of the slabs are miscounted", out);
         }
         Ok((out, users))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use core::cell::{Cell, RefCell};
+
+    use super::*;
+    use crate::testing::Budget;
+
+    /// Slabs cut one after another from the integers above `next`, `gap`
+    /// apart (so they need not be aligned to their size); remembers which
+    /// are out, and refuses while `refuse` is set.
+    struct Integers {
+        next: Cell<u64>,
+        gap: u64,
+        live: RefCell<Vec<(u64, u64, u64)>>,
+        refuse: Cell<bool>,
+    }
+
+    impl Integers {
+        fn new(first: u64, gap: u64) -> Self {
+            Integers {
+                next: Cell::new(first),
+                gap,
+                live: RefCell::new(Vec::new()),
+                refuse: Cell::new(false),
+            }
+        }
+
+        fn slabs(&self) -> Vec<u64> {
+            self.live.borrow().iter().map(|s| s.0).collect()
+        }
+    }
+
+    impl Backing for Integers {
+        fn slab_alloc(&self, size: u64, align: u64) -> Result<u64> {
+            if self.refuse.get() {
+                return Err(Error::new(ErrorKind::NoSpace, "the backing is dry"));
+            }
+            let base = self.next.get().next_multiple_of(align);
+            self.next.set(base + size + self.gap);
+            self.live.borrow_mut().push((base, size, align));
+            Ok(base)
+        }
+
+        fn slab_free(&self, base: u64, size: u64, align: u64) {
+            let mut live = self.live.borrow_mut();
+            let at = live.iter().position(|&s| s == (base, size, align));
+            live.remove(at.expect("a slab this backing handed out, as it was asked for"));
+        }
+    }
+
+    fn kind<T: core::fmt::Debug>(r: Result<T>) -> ErrorKind {
+        r.unwrap_err().kind()
+    }
+
+    #[test]
+    fn objects_are_cut_in_order_and_a_full_slab_makes_the_next() {
+        let (meta, backing) = (Budget::new(1), Integers::new(0x1000, 0));
+        // Ten objects of 24 in a slab of 256: the last 16 integers are no object.
+        let mut layer = SlabLayer::new(24, 256, 10, 8);
+        let objs: Vec<(u64, bool)> = (0..11)
+            .map(|_| layer.alloc(&backing, &meta).unwrap())
+            .collect();
+        let [first, second] = backing.slabs()[..] else {
+            panic!("two slabs, not {:?}", backing.slabs())
+        };
+        for (i, &(obj, fresh)) in objs[..10].iter().enumerate() {
+            assert_eq!(obj, first + 24 * i as u64);
+            assert_eq!(fresh, i == 0, "only a new slab's first object is fresh");
+        }
+        assert_eq!(objs[10], (second, true));
+        assert_eq!((layer.slabs(), layer.counts.created, layer.out), (2, 2, 11));
+        assert_eq!(layer.check().unwrap(), (11, 0));
+        assert_eq!(
+            kind(layer.free(first + 240)),
+            ErrorKind::BadFree,
+            "past the last object"
+        );
+        // A freed object is the next one handed out, from the partial slab.
+        layer.free(first + 48).unwrap();
+        assert_eq!(layer.alloc(&backing, &meta).unwrap(), (first + 48, false));
+        for (obj, _) in objs {
+            layer.free(obj).unwrap();
+        }
+        assert_eq!((layer.empty_slabs(), layer.out), (2, 0));
+        assert_eq!(layer.reap(&backing), 2);
+        assert!(backing.slabs().is_empty());
+        layer.dispose(&meta);
+        assert_eq!(meta.out(), 0);
+    }
+
+    #[test]
+    fn a_slab_of_max_objs_hands_out_each_once() {
+        let (meta, backing) = (Budget::new(1), Integers::new(0, 0));
+        let mut layer = SlabLayer::new(1, MAX_OBJS as u64, MAX_OBJS as u32, 1);
+        let mut objs: Vec<u64> = (0..MAX_OBJS)
+            .map(|_| layer.alloc(&backing, &meta).unwrap().0)
+            .collect();
+        objs.sort_unstable();
+        assert_eq!(objs, (0..MAX_OBJS as u64).collect::<Vec<_>>());
+        assert_eq!(
+            (layer.slabs(), layer.lists[1].count),
+            (1, 1),
+            "one full slab"
+        );
+        assert_eq!(
+            layer.alloc(&backing, &meta).unwrap(),
+            (MAX_OBJS as u64, true)
+        );
+        layer.check().unwrap();
+        layer.release_all(&backing);
+        assert_eq!((layer.slabs(), layer.out), (0, 0));
+        assert!(backing.slabs().is_empty());
+        layer.dispose(&meta);
+    }
+
+    #[test]
+    fn a_foreign_or_inner_address_is_refused_and_changes_nothing() {
+        let (meta, backing) = (Budget::new(1), Integers::new(0x1000, 0x100));
+        let mut layer = SlabLayer::new(16, 128, 8, 16);
+        let (obj, _) = layer.alloc(&backing, &meta).unwrap();
+        let (base, end) = (obj, obj + 128);
+        assert!(layer.holds(base) && layer.holds(end - 1));
+        assert!(!layer.holds(base - 1) && !layer.holds(end));
+        let before = layer.check().unwrap();
+        for (addr, why) in [
+            (base - 1, "below the slab"),
+            (end, "past the slab"),
+            (u64::MAX, "nowhere near"),
+            (base + 1, "inside an object"),
+            (base + 16, "an object that is free"),
+        ] {
+            assert_eq!(kind(layer.free(addr)), ErrorKind::BadFree, "{why}");
+            assert_eq!(kind(layer.check_user(addr)), ErrorKind::BadFree, "{why}");
+            assert_eq!(layer.check().unwrap(), before, "{why}");
+        }
+        assert_eq!(layer.out, 1);
+        assert!(
+            layer.check_out(obj, true).is_ok(),
+            "out of its slab, held by no user"
+        );
+        assert_eq!(kind(layer.check_out(base + 16, false)), ErrorKind::Corrupt);
+        assert_eq!(kind(layer.check_out(end, false)), ErrorKind::Corrupt);
+        layer.free(obj).unwrap();
+        assert_eq!(kind(layer.free(obj)), ErrorKind::BadFree, "double free");
+        layer.check().unwrap();
+        layer.reap(&backing);
+        assert!(!layer.holds(base), "a reaped slab holds nothing");
+        layer.dispose(&meta);
+    }
+
+    #[test]
+    fn unaligned_slabs_are_found_from_every_object_as_the_table_grows() {
+        let (meta, backing) = (Budget::new(8), Integers::new(0x7, 37));
+        // Slabs of 64 integers, 37 apart from the next and aligned to 1:
+        // most straddle two 64-integer blocks.
+        let mut layer = SlabLayer::new(3, 64, 21, 1);
+        let slabs = 4 * INLINE_BUCKETS as u64;
+        let objs: Vec<u64> = (0..slabs * 21)
+            .map(|_| layer.alloc(&backing, &meta).unwrap().0)
+            .collect();
+        assert_eq!(layer.slabs() as u64, slabs);
+        assert!(layer.table.is_some(), "more than twice the inline buckets");
+        assert!(layer.meta_pages() > layer.records.page_count);
+        layer.check().unwrap();
+        for &base in &backing.slabs() {
+            for probe in [base, base + 30, base + 63] {
+                assert!(layer.holds(probe), "{probe:#x} of the slab at {base:#x}");
+            }
+            assert!(!layer.holds(base + 64), "the gap after {base:#x}");
+        }
+        for &obj in &objs {
+            layer.free(obj).unwrap();
+        }
+        layer.check().unwrap();
+        layer.reap(&backing);
+        let mut back = MetaPages::new();
+        layer.take_empty_pages(&mut back);
+        back.give_back(&meta);
+        assert_eq!(
+            (layer.meta_pages(), meta.out()),
+            (0, 0),
+            "records and table went back"
+        );
+        assert!(backing.slabs().is_empty());
+        // Emptied, the layer works as new.
+        let (obj, fresh) = layer.alloc(&backing, &meta).unwrap();
+        assert!(fresh && layer.holds(obj));
+        layer.free(obj).unwrap();
+        layer.reap(&backing);
+        layer.dispose(&meta);
+        assert_eq!(meta.out(), 0);
+    }
+
+    #[test]
+    fn a_refused_record_or_slab_changes_nothing() {
+        let (meta, backing) = (Budget::new(0), Integers::new(0, 0));
+        let mut layer = SlabLayer::new(8, 64, 8, 8);
+        assert_eq!(kind(layer.alloc(&backing, &meta)), ErrorKind::NoSpace);
+        assert!(backing.slabs().is_empty(), "no slab without a record");
+        meta.grant(1);
+        backing.refuse.set(true);
+        assert_eq!(kind(layer.alloc(&backing, &meta)), ErrorKind::NoSpace);
+        assert_eq!(
+            (layer.slabs(), layer.records.in_use, layer.counts.created),
+            (0, 0, 0)
+        );
+        assert_eq!(layer.check().unwrap(), (0, 0));
+        backing.refuse.set(false);
+        let (obj, fresh) = layer.alloc(&backing, &meta).unwrap();
+        assert!(fresh);
+        assert_eq!(
+            meta.out(),
+            1,
+            "the record page taken before was kept for this"
+        );
+        layer.free(obj).unwrap();
+        layer.reap(&backing);
+        layer.dispose(&meta);
+        assert_eq!(meta.out(), 0);
+    }
+
+    #[test]
+    fn user_marks_tell_a_held_object_from_a_double_free() {
+        let (meta, backing) = (Budget::new(1), Integers::new(0, 0));
+        let mut layer = SlabLayer::new(8, 64, 8, 8);
+        let (a, _) = layer.alloc(&backing, &meta).unwrap();
+        let (b, _) = layer.alloc(&backing, &meta).unwrap();
+        layer.mark_user(a).unwrap();
+        assert_eq!(
+            kind(layer.mark_user(a)),
+            ErrorKind::Corrupt,
+            "handed out twice"
+        );
+        assert_eq!(kind(layer.free(a)), ErrorKind::Corrupt, "a user holds it");
+        assert_eq!(layer.check().unwrap(), (2, 1));
+        assert_eq!(
+            kind(layer.unmark_user(b)),
+            ErrorKind::BadFree,
+            "no user holds b"
+        );
+        layer.unmark_user(a).unwrap();
+        assert_eq!(
+            kind(layer.unmark_user(a)),
+            ErrorKind::BadFree,
+            "double free"
+        );
+        assert_eq!(layer.check().unwrap(), (2, 0));
+        layer.free(a).unwrap();
+        layer.free(b).unwrap();
+        assert_eq!(
+            kind(layer.mark_user(a)),
+            ErrorKind::Corrupt,
+            "a free object"
+        );
+        layer.reap(&backing);
+        layer.dispose(&meta);
+    }
+
+    #[test]
+    fn reap_since_returns_only_the_empty_slabs_made_after_the_mark() {
+        let (meta, backing) = (Budget::new(1), Integers::new(0, 0));
+        let mut layer = SlabLayer::new(8, 64, 8, 8);
+        let old: Vec<u64> = (0..8)
+            .map(|_| layer.alloc(&backing, &meta).unwrap().0)
+            .collect();
+        let mark = layer.counts.created;
+        let new: Vec<u64> = (0..16)
+            .map(|_| layer.alloc(&backing, &meta).unwrap().0)
+            .collect();
+        for obj in old.iter().chain(&new) {
+            layer.free(*obj).unwrap();
+        }
+        let first = backing.slabs()[0];
+        layer.reap_since(mark, &backing);
+        assert_eq!(
+            backing.slabs(),
+            vec![first],
+            "the slab from before the mark stays"
+        );
+        assert_eq!((layer.slabs(), layer.counts.destroyed), (1, 2));
+        layer.check().unwrap();
+        layer.reap(&backing);
+        layer.dispose(&meta);
+        assert_eq!(meta.out(), 0);
     }
 }

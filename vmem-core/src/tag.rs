@@ -580,3 +580,223 @@ const _: () = assert!(TAGS_PER_PAGE >= 8 && size_of::<Tag>() <= 64);
 /// the last 8 bytes, which it filled with padding before (56 bytes a tag on
 /// 64-bit targets).
 const _: () = assert!(size_of::<Tag>() <= 2 * size_of::<u64>() + 4 * size_of::<Link>() + 8);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{Budget, tag_stock};
+    use crate::{Arena, ArenaConfig, ErrorKind, Policy};
+
+    /// The spare chain, head first.
+    fn spares(stock: &TagStock) -> Vec<TagPtr> {
+        let mut out = Vec::new();
+        let mut cursor = stock.spare;
+        while let Some(tag) = cursor {
+            out.push(tag);
+            cursor = tag.list_next();
+        }
+        out
+    }
+
+    #[test]
+    fn a_meta_page_is_carved_into_its_record_and_tags_per_page_tags() {
+        assert_eq!(TAGS_PER_PAGE, META_PAGE / size_of::<Tag>() - 1);
+        let meta = Budget::new(2);
+        let mut stock = tag_stock(&meta, 2);
+        assert_eq!(
+            (stock.page_count, stock.owned, stock.spare_count),
+            (2, 2 * TAGS_PER_PAGE, 2 * TAGS_PER_PAGE)
+        );
+        assert_eq!(stock.count_spare(usize::MAX), 2 * TAGS_PER_PAGE);
+        let mut seen: Vec<usize> = spares(&stock).iter().map(|t| t.addr()).collect();
+        for &addr in &seen {
+            let record = page_record(TagPtr(NonNull::new(addr as *mut Tag).unwrap())).unwrap();
+            assert!(
+                record.addr().is_multiple_of(META_PAGE),
+                "the record heads its page"
+            );
+            let slot = (addr - record.addr()) / size_of::<Tag>();
+            assert!(
+                (1..=TAGS_PER_PAGE).contains(&slot),
+                "slot {slot} is a tag's, not the record's"
+            );
+            assert_eq!(page_slot(record, slot).addr(), addr);
+        }
+        seen.sort_unstable();
+        seen.dedup();
+        assert_eq!(seen.len(), 2 * TAGS_PER_PAGE, "no slot handed out twice");
+        stock.dispose(Some(&meta));
+        assert_eq!((meta.out(), stock.owned, stock.page_count), (0, 0, 0));
+    }
+
+    #[test]
+    fn spare_tags_are_taken_last_in_first_out_and_initialised() {
+        let meta = Budget::new(1);
+        let mut stock = tag_stock(&meta, 1);
+        let a = stock.take(0x1000, 0x20, Kind::Free).unwrap();
+        a.set_seg_next(Some(a));
+        stock.give_back(a);
+        let b = stock
+            .take(0x2000, 0x40, Kind::Span { imported: true })
+            .unwrap();
+        assert_eq!(a, b, "the tag given back is the next one taken");
+        assert_eq!((b.start(), b.size(), b.end()), (0x2000, 0x40, 0x2040));
+        assert_eq!(b.kind(), Kind::Span { imported: true });
+        assert!(b.is_span() && !b.is_free());
+        assert_eq!(
+            (b.seg_prev(), b.seg_next(), b.list_prev(), b.list_next()),
+            (None, None, None, None),
+            "a taken tag carries no old links"
+        );
+        let mut taken = vec![b];
+        while let Some(tag) = stock.take(0, 1, Kind::Free) {
+            taken.push(tag);
+        }
+        assert_eq!(taken.len(), TAGS_PER_PAGE);
+        assert_eq!((stock.spare_count, stock.count_spare(usize::MAX)), (0, 0));
+        assert_eq!(
+            stock.take(0, 1, Kind::Free),
+            None,
+            "an empty stock has none"
+        );
+        assert_eq!(
+            stock.owned, TAGS_PER_PAGE,
+            "an empty stock still owns its tags"
+        );
+        for tag in taken {
+            stock.give_back(tag);
+        }
+        assert_eq!(stock.spare_count, TAGS_PER_PAGE);
+        stock.dispose(Some(&meta));
+        assert_eq!(meta.out(), 0);
+    }
+
+    #[test]
+    fn static_batches_come_from_the_static_pool_and_go_back_to_it() {
+        let (batch, count) = take_static_batch();
+        // Other tests share the pool, so it may be short, never over.
+        assert!(count <= STATIC_BATCH);
+        let mut stock = TagStock::new();
+        stock.add_batch(batch, count);
+        assert_eq!(
+            (stock.owned, stock.spare_count, stock.page_count),
+            (count, count, 0)
+        );
+        let tags = spares(&stock);
+        assert_eq!(tags.len(), count);
+        for &tag in &tags {
+            assert!(is_static(tag));
+            assert_eq!(page_record(tag), None, "a static tag is on no meta page");
+        }
+        let page = Budget::new(1);
+        let mut paged = tag_stock(&page, 1);
+        assert!(spares(&paged).iter().all(|&t| !is_static(t)));
+        paged.dispose(Some(&page));
+        // Static tags go to the pool, never to a meta source.
+        stock.dispose(Some(&page));
+        assert_eq!(page.out(), 0);
+        assert_eq!((stock.owned, stock.spare_count), (0, 0));
+        assert!(static_tags_available() <= STATIC_TAGS);
+    }
+
+    #[test]
+    fn emptying_keeps_the_busiest_pages_and_the_pinned_ones() {
+        let meta = Budget::new(3);
+        let mut stock = tag_stock(&meta, 3);
+        // The newest page's tags are taken first.
+        let records: Vec<TagPtr> = {
+            let mut out = Vec::new();
+            let mut page = stock.pages;
+            while let Some(record) = page {
+                out.push(record);
+                page = record.list_next();
+            }
+            out
+        };
+        let (newest, oldest) = (records[0], records[2]);
+        let used: Vec<TagPtr> = (0..5)
+            .map(|i| stock.take(i, 1, Kind::Free).unwrap())
+            .collect();
+        assert!(used.iter().all(|&t| page_record(t) == Some(newest)));
+        // One page holds the five tags in use and four spare: two leave.
+        assert!(stock.count_spare_per_page());
+        assert_eq!(newest.size() as usize, TAGS_PER_PAGE - 5);
+        assert_eq!(oldest.size() as usize, TAGS_PER_PAGE);
+        let emptying = stock.plan_emptying(4).unwrap();
+        assert_eq!(emptying.count, 2);
+        assert_eq!(
+            stock.spare_count,
+            TAGS_PER_PAGE - 5,
+            "the leaving pages' spares left too"
+        );
+        assert!(
+            spares(&stock)
+                .iter()
+                .all(|&t| page_record(t) == Some(newest))
+        );
+        let mut out = MetaPages::new();
+        stock.finish_emptying(emptying, &mut out);
+        assert_eq!((stock.page_count, stock.owned), (1, TAGS_PER_PAGE));
+        out.give_back(&meta);
+        assert_eq!(meta.out(), 1);
+        // With one page there is nothing to empty.
+        assert!(stock.count_spare_per_page());
+        assert!(stock.plan_emptying(0).is_none());
+        for tag in used {
+            stock.give_back(tag);
+        }
+        stock.dispose(Some(&meta));
+        assert_eq!(meta.out(), 0);
+
+        // A pinned page stays, though an unpinned one is busier.
+        let mut stock = tag_stock(&meta, 2);
+        let (busy, idle) = (
+            stock.pages.unwrap(),
+            stock.pages.unwrap().list_next().unwrap(),
+        );
+        let used: Vec<TagPtr> = (0..3)
+            .map(|i| stock.take(i, 1, Kind::Free).unwrap())
+            .collect();
+        assert!(used.iter().all(|&t| page_record(t) == Some(busy)));
+        assert!(stock.count_spare_per_page());
+        stock.pin(page_slot(idle, 1));
+        let emptying = stock.plan_emptying(0).unwrap();
+        assert_eq!(
+            emptying.first(),
+            Some(busy),
+            "the busy page leaves; its tags must move"
+        );
+        assert_eq!(next_leaving(busy), None);
+        let mut out = MetaPages::new();
+        stock.finish_emptying(emptying, &mut out);
+        out.give_back(&meta);
+        assert_eq!(meta.out(), 1);
+        stock.dispose(Some(&meta));
+        assert_eq!(meta.out(), 0);
+    }
+
+    #[test]
+    fn an_arena_whose_meta_source_refuses_and_has_no_static_pool_changes_nothing() {
+        let meta = Budget::new(0);
+        let arena: Arena =
+            Arena::create(ArenaConfig::new("dry", 1).meta(&meta).static_tags(false)).unwrap();
+        assert_eq!(
+            arena.add_span(0, 1 << 20).unwrap_err().kind(),
+            ErrorKind::NoSpace
+        );
+        assert_eq!(
+            arena.alloc(1, Policy::InstantFit).unwrap_err().kind(),
+            ErrorKind::NoSpace
+        );
+        let mut segments = 0;
+        arena.walk(|_| segments += 1);
+        assert_eq!((segments, arena.size().total, meta.out()), (0, 0, 0));
+        arena.check().unwrap();
+        // A page later, the same call succeeds.
+        meta.grant(1);
+        arena.add_span(0, 1 << 20).unwrap();
+        assert_eq!(arena.alloc(1, Policy::InstantFit).unwrap(), 0);
+        assert_eq!(meta.out(), 1);
+        arena.check().unwrap();
+    }
+}

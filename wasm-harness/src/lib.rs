@@ -1,4 +1,4 @@
-//! Runs vmem scenarios (`shared/spec/scenario-language.md`) two ways: on
+//! Runs vmem scenarios (`docs/src/scenario-language.md`) two ways: on
 //! the host ([`run_native`]) and inside the `vmem-wasm` module under
 //! wasmtime ([`run_wasm`]). Both call the same interpreter,
 //! `vmem_core::scenario`, so they must give the same bytes; the tests and

@@ -22,7 +22,9 @@ use wasm_harness::{Output, run_native, run_wasm};
 #[command(
     name = "vmem-harness",
     version,
-    about = "Runs vmem scenarios natively and in the Wasm module"
+    about = "Runs vmem scenarios natively and in the Wasm module",
+    after_help = "The scenario language (commands, JSON Lines output, error kinds): \
+                  docs/src/scenario-language.md in the repository."
 )]
 struct Cli {
     #[command(subcommand)]

@@ -1,4 +1,4 @@
-//! The scenario language (`shared/spec/scenario-language.md`): one
+//! The scenario language (`docs/src/scenario-language.md`): one
 //! interpreter that every front end calls (native tests, the Wasm module,
 //! the command-line tool, the playground), so the output is the same bytes
 //! everywhere.
