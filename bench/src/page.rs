@@ -11,6 +11,24 @@ fn ratio(ns: f64, base: f64) -> String {
     format!("{:.2}x", ns / base)
 }
 
+/// A table of (allocator, ns per pair, pairs) rows, the ratio against the
+/// first row.
+fn allocator_table(s: &mut String, rows: &[(&'static str, f64, u64)]) {
+    let _ = writeln!(
+        s,
+        "| allocator | time/pair | ratio | pairs |\n|---|---:|---:|---:|"
+    );
+    let base = rows.first().map(|r| r.1).unwrap_or(f64::NAN);
+    for (n, ns, pairs) in rows {
+        let _ = writeln!(
+            s,
+            "| {n} | {} | {} | {pairs} |",
+            fmt_ns(*ns),
+            ratio(*ns, base)
+        );
+    }
+}
+
 /// The page's body (everything below its header) in Markdown.
 pub fn render(r: &Results) -> String {
     let Results {
@@ -169,19 +187,7 @@ pub fn render(r: &Results) -> String {
          next fit (quantum 4096, one quantum per ID). free-list, range-alloc and \
          offset-allocator have no next-fit policy and are left out.\n"
     );
-    let _ = writeln!(
-        s,
-        "| allocator | time/pair | ratio | pairs |\n|---|---:|---:|---:|"
-    );
-    let base = ids.first().map(|r| r.1).unwrap_or(f64::NAN);
-    for (n, ns, pairs) in ids {
-        let _ = writeln!(
-            s,
-            "| {n} | {} | {} | {pairs} |",
-            fmt_ns(*ns),
-            ratio(*ns, base)
-        );
-    }
+    allocator_table(&mut s, ids);
     let _ = writeln!(s, "\n## 5. Hot small-object pairs on heaps\n");
     let _ = writeln!(
         s,
@@ -190,19 +196,7 @@ pub fn render(r: &Results) -> String {
          direct APIs over their own 64 MiB buffers, as in `vmem-core/benches/cache.rs`. The \
          range allocators above do not manage memory and are left out.\n"
     );
-    let _ = writeln!(
-        s,
-        "| allocator | time/pair | ratio | pairs |\n|---|---:|---:|---:|"
-    );
-    let base = heaps.first().map(|r| r.1).unwrap_or(f64::NAN);
-    for (n, ns, pairs) in heaps {
-        let _ = writeln!(
-            s,
-            "| {n} | {} | {} | {pairs} |",
-            fmt_ns(*ns),
-            ratio(*ns, base)
-        );
-    }
+    allocator_table(&mut s, heaps);
     let _ = writeln!(s, "\n### Two threads freeing each other's objects\n");
     let _ = writeln!(
         s,
