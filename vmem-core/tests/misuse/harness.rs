@@ -1,9 +1,6 @@
 //! What every case uses: the observation that a failed call changed
 //! nothing, and the fresh setups the cases start from.
 
-use std::alloc::{Layout, alloc_zeroed};
-use std::fmt::Write as _;
-
 use vmem_core::{
     Arena, ArenaConfig, CPU0, CacheConfig, HeapMeta, ObjectCache, Policy, Reserve, SizeClasses,
 };
@@ -45,39 +42,11 @@ pub trait Observed {
 }
 
 impl Observed for Arena<'_> {
+    /// Gauges only: the crate lets a failed call move its counters
+    /// (refusals, and operations it undid, such as a reserve that could not
+    /// be filled giving its slabs back), and take spare tags.
     fn state(&self) -> String {
-        let mut out = String::new();
-        self.walk(|s| {
-            let _ = write!(out, "{:?}@{:#x}+{:#x} ", s.kind, s.start, s.size);
-        });
-        let z = self.size();
-        let s = self.stats();
-        // Gauges only: the crate lets a failed call move its counters
-        // (refusals, and operations it undid, such as a reserve that could
-        // not be filled giving its slabs back), and take spare tags.
-        let _ = write!(
-            out,
-            "| alloc {:#x} free {:#x} total {:#x} | spans {} alloc_segments {} \
-             free_segments {} hash_buckets {} children {}",
-            z.alloc,
-            z.free,
-            z.total,
-            s.spans,
-            s.alloc_segments,
-            s.free_segments,
-            s.hash_buckets,
-            s.children
-        );
-        if let Some(qc) = self.qcaches() {
-            for (size, s) in qc.stats() {
-                let _ = write!(
-                    out,
-                    " | qcache {size:#x}: in_use {} slabs {} empty {} magazines {}",
-                    s.in_use, s.slabs, s.slabs_empty, s.magazines
-                );
-            }
-        }
-        format!("arena {}: {out}", self.name())
+        format!("arena {}: {}", self.name(), vmem_testkit::arena_state(self))
     }
 
     fn verify(&self) -> Result<(), String> {
@@ -87,21 +56,9 @@ impl Observed for Arena<'_> {
 }
 
 impl Observed for ObjectCache<'_> {
+    /// Gauges only, as for arenas.
     fn state(&self) -> String {
-        let s = self.stats();
-        // Gauges only, as for arenas.
-        format!(
-            "cache {}: in_use {} slabs {} empty {} magazines {} depot_full {} \
-             depot_empty {} magazine_size {}",
-            self.name(),
-            s.in_use,
-            s.slabs,
-            s.slabs_empty,
-            s.magazines,
-            s.depot_full,
-            s.depot_empty,
-            s.magazine_size
-        )
+        format!("cache {}: {}", self.name(), vmem_testkit::cache_state(self))
     }
 
     fn verify(&self) -> Result<(), String> {
@@ -213,22 +170,12 @@ pub fn child<'a>(parent: &'a Arena<'a>, import: u64) -> Arena<'a> {
     .unwrap()
 }
 
-/// A leaked, page-aligned host buffer whose addresses memory-mode arenas
-/// hand out.
-fn buffer(bytes: usize) -> u64 {
-    let layout = Layout::from_size_align(bytes, 4096).unwrap();
-    // SAFETY: non-zero size; the buffer is leaked, so it outlives every use.
-    let p = unsafe { alloc_zeroed(layout) };
-    assert!(!p.is_null());
-    p as u64
-}
-
 /// An arena over a fresh 2 MiB host buffer.
 pub fn memory_arena() -> Arena<'static> {
     let bytes = 2 << 20;
     Arena::create(
         ArenaConfig::new("mem", Q)
-            .span(buffer(bytes), bytes as u64)
+            .span(vmem_testkit::buffer(bytes), bytes as u64)
             .meta(&HeapMeta),
     )
     .unwrap()
@@ -254,6 +201,6 @@ pub fn memory_cache<'a>(arena: &'a Arena<'a>, size: u64, magazine: u32) -> Objec
 
 /// Writes `byte` at `addr` (inside a leaked host buffer).
 pub fn poke(addr: u64, byte: u8) {
-    // SAFETY: callers pass addresses inside a buffer from `buffer`.
+    // SAFETY: callers pass addresses inside a leaked `vmem_testkit::buffer`.
     unsafe { (addr as *mut u8).write(byte) }
 }
