@@ -177,6 +177,8 @@ impl MemRange {
 /// is handed out.
 pub struct BootInfo {
     pub start_info: PhysAddr,
+    /// Where the loader says ACPI's RSDP is (0: it does not say).
+    pub rsdp_paddr: u64,
     pub memmap: [MemRange; MEMMAP_MAX],
     pub memmap_len: usize,
     /// Where the loader put its data (start info, map, command line), to
@@ -208,6 +210,7 @@ impl BootInfo {
         }
         let version = read32(4);
         let cmdline_paddr = read64(24);
+        let rsdp_paddr = read64(32);
         let (memmap_paddr, memmap_entries) = if version >= 1 {
             (read64(40), read32(48) as usize)
         } else {
@@ -218,6 +221,7 @@ impl BootInfo {
         }
         let mut info = BootInfo {
             start_info: PhysAddr::new(start_info),
+            rsdp_paddr,
             memmap: [MemRange::default(); MEMMAP_MAX],
             memmap_len: memmap_entries.min(MEMMAP_MAX),
             loader_ranges: [

@@ -1,13 +1,17 @@
-//! The CPU's own tables: a GDT with a TSS whose first IST stack takes
-//! double faults, and an IDT whose 32 exception vectors enter through
-//! stubs in `global_asm!` (the `x86-interrupt` ABI is nightly-only). The
-//! stubs save the registers as an `ExceptionFrame` and call
-//! `exception_report`, which `exception` defines (by symbol, so this
-//! module, below the memory layer, imports nothing above it); CPUID, the
-//! TSC and the MTRRs.
+//! The CPUs' own tables and data: per CPU a GDT with a TSS whose first IST
+//! stack takes double faults, and a `PerCpu` block reached through the GS
+//! base (its index, which `CurrentCpu` gives vmem-core's caches, its APIC
+//! ID and its counters); one IDT for all, whose 32 exception vectors enter
+//! through stubs in `global_asm!` (the `x86-interrupt` ABI is
+//! nightly-only), as do the two inter-processor interrupts. The stubs save
+//! the registers and call `exception_report` or `cpu_interrupt`, which
+//! upper modules define (by symbol, so this module, below the memory
+//! layer, imports nothing above it); CPUID, the TSC and the MTRRs.
 
 use core::cell::UnsafeCell;
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 
+use vmem_core::{CpuId, MAX_CPUS};
 use x86_64::VirtAddr;
 use x86_64::instructions::segmentation::{CS, DS, ES, SS, Segment};
 use x86_64::instructions::tables::{DescriptorTablePointer, lidt, load_tss};
@@ -18,25 +22,160 @@ use x86_64::structures::tss::TaskStateSegment;
 /// The double fault's IST slot (IST1).
 const DOUBLE_FAULT_IST: u16 = 1;
 
+/// The vector of the TLB shootdown IPI, and of the wake-up IPI that gets
+/// an idle CPU out of `hlt` to look for work.
+pub const SHOOTDOWN_VECTOR: u8 = 0xf0;
+pub const WAKE_VECTOR: u8 = 0xf1;
+/// The local APIC's spurious-interrupt vector (its handler only returns).
+pub const SPURIOUS_VECTOR: u8 = 0xff;
+
+const IA32_GS_BASE: u32 = 0xc000_0101;
+
 #[repr(C, align(4096))]
 struct EarlyStack([u8; 16 * 1024]);
 
-/// The double-fault stack until a guarded one from `kernel_va` replaces it.
+/// The boot CPU's double-fault stack until a guarded one from `kernel_va`
+/// replaces it.
 static EARLY_DF_STACK: Shared<EarlyStack> = Shared(UnsafeCell::new(EarlyStack([0; 16 * 1024])));
 
-/// A static the CPU reads behind our back (the TSS, the IDT).
+/// A static the CPU reads behind our back (the IDT).
 struct Shared<T>(UnsafeCell<T>);
-// SAFETY: one CPU; the tables are written before they are loaded, and the
-// TSS's IST slot afterwards only with interrupts off.
+// SAFETY: the IDT is written once, on the boot CPU before any other runs.
 unsafe impl<T> Sync for Shared<T> {}
 
-static TSS: Shared<TaskStateSegment> = Shared(UnsafeCell::new(TaskStateSegment::new()));
-static GDT: spin::Once<(
+type Gdt = (
     GlobalDescriptorTable,
     SegmentSelector,
     SegmentSelector,
     SegmentSelector,
-)> = spin::Once::new();
+);
+
+/// One CPU's data, at its GS base: `index` at offset 0 and the block's
+/// own address at offset 8, which `current_index` and `this` read.
+#[repr(C)]
+pub struct PerCpu {
+    index: usize,
+    this: AtomicU64,
+    /// The local APIC ID, as the CPU reads it for itself once it runs.
+    pub apic_id: AtomicU32,
+    /// TSC when the CPU reached its Rust entry (0 for the boot CPU).
+    pub online_tsc: AtomicU64,
+    /// Set while `phys`'s meta source allocates on this CPU.
+    pub in_meta: AtomicBool,
+    tss: UnsafeCell<TaskStateSegment>,
+    gdt: spin::Once<Gdt>,
+}
+
+// SAFETY: the TSS is written only by its own CPU (with interrupts off)
+// or before that CPU runs; everything else is atomic or set once.
+unsafe impl Sync for PerCpu {}
+
+impl PerCpu {
+    /// CPU `index`'s block, with its double fault taken on the stack whose
+    /// top is `df_stack` (0: set later by `set_double_fault_stack`).
+    pub const fn new(index: usize, df_stack: u64) -> PerCpu {
+        let mut tss = TaskStateSegment::new();
+        tss.interrupt_stack_table[(DOUBLE_FAULT_IST - 1) as usize] =
+            VirtAddr::new_truncate(df_stack);
+        PerCpu {
+            index,
+            this: AtomicU64::new(0),
+            apic_id: AtomicU32::new(0),
+            online_tsc: AtomicU64::new(0),
+            in_meta: AtomicBool::new(false),
+            tss: UnsafeCell::new(tss),
+            gdt: spin::Once::new(),
+        }
+    }
+}
+
+static BSP: PerCpu = PerCpu::new(0, 0);
+
+/// Every CPU's block by index, as they are registered.
+static CPUS: [AtomicPtr<PerCpu>; MAX_CPUS] =
+    [const { AtomicPtr::new(core::ptr::null_mut()) }; MAX_CPUS];
+
+/// Registers `cpu` under its index (before it starts).
+pub fn register(cpu: &'static PerCpu) {
+    if let Some(slot) = CPUS.get(cpu.index) {
+        slot.store(core::ptr::from_ref(cpu).cast_mut(), Ordering::Release);
+    }
+}
+
+/// CPU `index`'s block, if registered.
+pub fn cpu(index: usize) -> Option<&'static PerCpu> {
+    let p = CPUS.get(index)?.load(Ordering::Acquire);
+    // SAFETY: only `register` stores here, from a `&'static PerCpu`.
+    unsafe { p.as_ref() }
+}
+
+/// The index of the CPU running this, from its GS base.
+#[inline]
+pub fn current_index() -> usize {
+    let index: usize;
+    // SAFETY: every CPU sets its GS base to its `PerCpu` before running
+    // anything that calls this; `index` is at offset 0.
+    unsafe {
+        core::arch::asm!("mov {}, gs:[0]", out(reg) index, options(nostack, readonly, preserves_flags))
+    };
+    index
+}
+
+/// The running CPU's block.
+pub fn this() -> &'static PerCpu {
+    let addr: u64;
+    // SAFETY: as in `current_index`; offset 8 holds the block's address.
+    unsafe {
+        core::arch::asm!("mov {}, gs:[8]", out(reg) addr, options(nostack, readonly, preserves_flags))
+    };
+    // SAFETY: `install` stored the address of a `&'static PerCpu` there.
+    unsafe { &*(addr as *const PerCpu) }
+}
+
+/// vmem-core's caches ask this which CPU runs: the index in the running
+/// CPU's `PerCpu`, so each CPU uses its own magazine pair.
+pub struct CurrentCpu;
+
+impl CpuId for CurrentCpu {
+    #[inline]
+    fn current(&self) -> usize {
+        current_index()
+    }
+}
+
+pub static CURRENT: CurrentCpu = CurrentCpu;
+
+/// Points this CPU's GS base at `cpu` and loads its GDT, TSS and the IDT.
+fn install(cpu: &'static PerCpu) {
+    cpu.this
+        .store(core::ptr::from_ref(cpu) as u64, Ordering::Relaxed);
+    // SAFETY: the GS base MSR exists on every x86_64 CPU; the block is
+    // 'static.
+    unsafe { Msr::new(IA32_GS_BASE).write(core::ptr::from_ref(cpu) as u64) };
+    let (gdt, code, data, tss) = cpu.gdt.call_once(|| {
+        let mut gdt = GlobalDescriptorTable::new();
+        let code = gdt.append(Descriptor::kernel_code_segment());
+        let data = gdt.append(Descriptor::kernel_data_segment());
+        // SAFETY: the TSS lives in the 'static block, as long as the GDT.
+        let tss = gdt.append(unsafe { Descriptor::tss_segment_unchecked(cpu.tss.get()) });
+        (gdt, code, data, tss)
+    });
+    gdt.load();
+    // SAFETY: the selectors name the descriptors of the GDT just loaded.
+    unsafe {
+        CS::set_reg(*code);
+        SS::set_reg(*data);
+        DS::set_reg(*data);
+        ES::set_reg(*data);
+        load_tss(*tss);
+    }
+    let pointer = DescriptorTablePointer {
+        limit: (size_of::<[Gate; 256]>() - 1) as u16,
+        base: VirtAddr::new(IDT.0.get() as u64),
+    };
+    // SAFETY: the IDT is static and filled by `init` before any CPU loads it.
+    unsafe { lidt(&pointer) };
+}
 
 #[derive(Clone, Copy)]
 #[repr(C)]
@@ -50,7 +189,7 @@ struct Gate {
     reserved: u32,
 }
 
-static IDT: Shared<[Gate; 32]> = Shared(UnsafeCell::new(
+static IDT: Shared<[Gate; 256]> = Shared(UnsafeCell::new(
     [Gate {
         offset_low: 0,
         selector: 0,
@@ -59,7 +198,7 @@ static IDT: Shared<[Gate; 32]> = Shared(UnsafeCell::new(
         offset_mid: 0,
         offset_high: 0,
         reserved: 0,
-    }; 32],
+    }; 256],
 ));
 
 unsafe extern "C" {
@@ -152,67 +291,124 @@ pub struct ExceptionFrame {
     pub ss: u64,
 }
 
-/// Loads the kernel's GDT (code, data, TSS), its segments and the IDT.
+/// On the boot CPU, first thing: fills the IDT, registers the boot CPU's
+/// block as CPU 0 and installs it (GS base, GDT, TSS, IDT).
 pub fn init() {
-    // SAFETY: the TSS is written before the GDT that points to it is loaded.
+    // SAFETY: the boot CPU's TSS, before the GDT that points to it is loaded.
     unsafe {
-        let tss = &mut *TSS.0.get();
         let top = EARLY_DF_STACK.0.get() as u64 + size_of::<EarlyStack>() as u64;
-        tss.interrupt_stack_table[usize::from(DOUBLE_FAULT_IST - 1)] = VirtAddr::new(top);
+        (*BSP.tss.get()).interrupt_stack_table[usize::from(DOUBLE_FAULT_IST - 1)] =
+            VirtAddr::new(top);
     }
-    let (gdt, code, data, tss) = GDT.call_once(|| {
-        let mut gdt = GlobalDescriptorTable::new();
-        let code = gdt.append(Descriptor::kernel_code_segment());
-        let data = gdt.append(Descriptor::kernel_data_segment());
-        // SAFETY: the TSS is a static, valid for as long as the GDT is loaded.
-        let tss = gdt.append(unsafe { Descriptor::tss_segment_unchecked(TSS.0.get()) });
-        (gdt, code, data, tss)
-    });
-    gdt.load();
-    // SAFETY: the selectors name the descriptors of the GDT just loaded.
-    unsafe {
-        CS::set_reg(*code);
-        SS::set_reg(*data);
-        DS::set_reg(*data);
-        ES::set_reg(*data);
-        load_tss(*tss);
-    }
-
-    // SAFETY: the IDT is filled before it is loaded, on one CPU.
+    // SAFETY: the IDT is filled before any CPU loads it, on the boot CPU.
     let idt = unsafe { &mut *IDT.0.get() };
-    for (vector, gate) in idt.iter_mut().enumerate() {
+    let gate = |handler: u64, ist: u8| Gate {
+        offset_low: handler as u16,
+        // The kernel code segment: the second descriptor of every CPU's GDT.
+        selector: 0x08,
+        ist,
+        attributes: 0x8e, // present, ring 0, 64-bit interrupt gate
+        offset_mid: (handler >> 16) as u16,
+        offset_high: (handler >> 32) as u32,
+        reserved: 0,
+    };
+    for (vector, slot) in idt.iter_mut().enumerate().take(32) {
         // SAFETY: the stubs table is static data the assembler filled.
         let handler = unsafe { exception_stubs[vector] };
-        *gate = Gate {
-            offset_low: handler as u16,
-            selector: code.0,
-            ist: if vector == 8 {
-                DOUBLE_FAULT_IST as u8
-            } else {
-                0
-            },
-            attributes: 0x8e, // present, ring 0, 64-bit interrupt gate
-            offset_mid: (handler >> 16) as u16,
-            offset_high: (handler >> 32) as u32,
-            reserved: 0,
+        let ist = if vector == 8 {
+            DOUBLE_FAULT_IST as u8
+        } else {
+            0
         };
+        *slot = gate(handler, ist);
     }
-    let pointer = DescriptorTablePointer {
-        limit: (size_of::<[Gate; 32]>() - 1) as u16,
-        base: VirtAddr::new(IDT.0.get() as u64),
-    };
-    // SAFETY: the IDT is static and every gate points to a stub.
-    unsafe { lidt(&pointer) };
+    // Other vectors stay not present: an interrupt there is a #GP whose
+    // error code names the vector, and the exception report ends the run.
+    // SAFETY: as above.
+    let [shootdown, wake, spurious] = unsafe { interrupt_stubs };
+    idt[usize::from(SHOOTDOWN_VECTOR)] = gate(shootdown, 0);
+    idt[usize::from(WAKE_VECTOR)] = gate(wake, 0);
+    idt[usize::from(SPURIOUS_VECTOR)] = gate(spurious, 0);
+    register(&BSP);
+    install(&BSP);
 }
 
-/// Moves the double fault onto the stack whose top is `top`.
+/// On an application processor, first thing: installs its block.
+pub fn init_ap(cpu: &'static PerCpu) {
+    install(cpu);
+}
+
+/// Moves this CPU's double fault onto the stack whose top is `top`.
 pub fn set_double_fault_stack(top: VirtAddr) {
     x86_64::instructions::interrupts::without_interrupts(|| {
-        // SAFETY: one CPU with interrupts off; the CPU reads the slot only
-        // when a double fault arrives.
-        unsafe { (*TSS.0.get()).interrupt_stack_table[0] = top };
+        // SAFETY: this CPU's own TSS, with interrupts off; the CPU reads
+        // the slot only when a double fault arrives.
+        unsafe { (*this().tss.get()).interrupt_stack_table[0] = top };
     });
 }
+
+unsafe extern "C" {
+    /// The IPI entry stubs: shootdown, wake, spurious.
+    static interrupt_stubs: [u64; 3];
+}
+
+// The IPI stubs save the registers a call may clobber and call
+// `cpu_interrupt(vector)` (defined above this module), which sends the
+// EOI. The CPU aligned the stack before its five-word frame, so with nine
+// registers pushed it is aligned at the call. The kernel is soft-float:
+// no vector register needs saving. The spurious vector takes no EOI.
+core::arch::global_asm!(
+    r#"
+    .text
+    .balign 16
+interrupt_shootdown:
+    push $0xf0
+    jmp interrupt_common
+    .balign 16
+interrupt_wake:
+    push $0xf1
+    jmp interrupt_common
+    .balign 16
+interrupt_spurious:
+    iretq
+interrupt_common:
+    push %rax
+    push %rcx
+    push %rdx
+    push %rsi
+    push %rdi
+    push %r8
+    push %r9
+    push %r10
+    push %r11
+    mov 72(%rsp), %rdi
+    sub $8, %rsp
+    cld
+    call cpu_interrupt
+    add $8, %rsp
+    pop %r11
+    pop %r10
+    pop %r9
+    pop %r8
+    pop %rdi
+    pop %rsi
+    pop %rdx
+    pop %rcx
+    pop %rax
+    add $8, %rsp
+    iretq
+
+    .section .rodata.interrupt_stubs, "a"
+    .balign 8
+    .global interrupt_stubs
+interrupt_stubs:
+    .quad interrupt_shootdown
+    .quad interrupt_wake
+    .quad interrupt_spurious
+    .text
+"#,
+    options(att_syntax)
+);
 
 /// `cpuid` leaf `leaf`, subleaf 0.
 pub fn cpuid(leaf: u32) -> [u32; 4] {

@@ -68,3 +68,26 @@ pub fn probe() -> Devices {
         host_bridge: (id != u32::MAX).then_some((id as u16, (id >> 16) as u16)),
     }
 }
+
+/// Remaps the legacy PICs to vectors 0x20..0x30 and masks every line:
+/// the kernel takes no device interrupts, and with interrupts enabled
+/// (for IPIs) a PIC line left at the BIOS's vectors 8..16 would look like
+/// an exception.
+pub fn mask_pic() {
+    let writes: [(u16, u8); 10] = [
+        (0x20, 0x11),
+        (0xa0, 0x11),
+        (0x21, 0x20),
+        (0xa1, 0x28),
+        (0x21, 0x04),
+        (0xa1, 0x02),
+        (0x21, 0x01),
+        (0xa1, 0x01),
+        (0x21, 0xff),
+        (0xa1, 0xff),
+    ];
+    for (port, value) in writes {
+        // SAFETY: the PICs' command and data ports; without PICs they float.
+        unsafe { Port::<u8>::new(port).write(value) };
+    }
+}

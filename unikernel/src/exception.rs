@@ -7,13 +7,13 @@
 //! `kmem` exports (`overflowed`, `Owner`), which stack or arena an
 //! address belongs to.
 
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use x86_64::VirtAddr;
 use x86_64::registers::control::Cr2;
 
 use crate::console::{Verdict, exit, print_unlocked};
-use crate::cpu::ExceptionFrame;
+use crate::cpu::{self, ExceptionFrame};
 use crate::kmem::{self, Owner};
 
 const NAMES: [&str; 32] = [
@@ -51,7 +51,8 @@ const NAMES: [&str; 32] = [
     "reserved vector 31",
 ];
 
-static IN_EXCEPTION: AtomicBool = AtomicBool::new(false);
+/// The CPU reporting an exception, plus one (0: none is).
+static REPORTING: AtomicUsize = AtomicUsize::new(0);
 
 /// Set by the `fault-in-report` boot word: the report then overflows the
 /// stack it runs on, to show that a fault while reporting one still ends
@@ -105,10 +106,21 @@ fn overflow_here(depth: u64) -> u64 {
 extern "C" fn exception_report(frame: &ExceptionFrame) -> ! {
     let vector = frame.vector as usize;
     let name = NAMES.get(vector).copied().unwrap_or("unknown vector");
-    if IN_EXCEPTION.swap(true, Ordering::SeqCst) {
+    let cpu = cpu::current_index();
+    let reporter = REPORTING
+        .compare_exchange(0, cpu + 1, Ordering::SeqCst, Ordering::SeqCst)
+        .err();
+    if reporter.is_some_and(|r| r != cpu + 1) {
+        // Another CPU is reporting and will end the run: stop here.
+        loop {
+            x86_64::instructions::interrupts::disable();
+            x86_64::instructions::hlt();
+        }
+    }
+    if reporter.is_some() {
         let overflow = report_overflow(vector, name, frame);
         print_unlocked(format_args!(
-            "\n!!! {name} at rip {:#x} rsp {:#x} while reporting an exception\nverdict: FAIL ({})\n",
+            "\n!!! {name} on CPU {cpu} at rip {:#x} rsp {:#x} while reporting an exception\nverdict: FAIL ({})\n",
             frame.rip,
             frame.rsp,
             if overflow {
@@ -121,9 +133,16 @@ extern "C" fn exception_report(frame: &ExceptionFrame) -> ! {
     }
     let overflow = report_overflow(vector, name, frame);
     print_unlocked(format_args!(
-        "\n!!! CPU exception {vector}: {name}, error code {:#x}\n    rip {:#018x}  rsp {:#018x}  rflags {:#x}  cs {:#x}\n",
+        "\n!!! CPU exception {vector} on CPU {cpu}: {name}, error code {:#x}\n    rip {:#018x}  rsp {:#018x}  rflags {:#x}  cs {:#x}\n",
         frame.error, frame.rip, frame.rsp, frame.rflags, frame.cs
     ));
+    const GENERAL_PROTECTION: usize = 13;
+    if vector == GENERAL_PROTECTION && frame.error & 2 != 0 {
+        print_unlocked(format_args!(
+            "    an interrupt arrived on vector {:#x}, which has no gate in the IDT\n",
+            frame.error >> 3
+        ));
+    }
     if FAULT_IN_REPORT.load(Ordering::Relaxed) {
         print_unlocked(format_args!(
             "    fault-in-report: overflowing the stack this report runs on\n"

@@ -16,13 +16,14 @@ use core::fmt;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use vmem_core::{
-    Arena, ArenaConfig, CPU0, GlobalHeap, Importer, Policy, QCACHE_MAX_QUANTA, QuantumCaches,
+    Arena, ArenaConfig, GlobalHeap, Importer, MAX_CPUS, Policy, QCACHE_MAX_QUANTA, QuantumCaches,
     SizeClasses, Source,
 };
 use x86_64::structures::paging::page::PageRange;
 use x86_64::structures::paging::{Page, PageTableFlags as Flags, PhysFrame, Size4KiB};
 use x86_64::{PhysAddr, VirtAddr};
 
+use crate::cpu;
 use crate::error::MemError;
 use crate::layout::{DEVICE_BASE, DEVICE_SIZE, KERNEL_VA_BASE, KERNEL_VA_SIZE, PAGE, virt_to_phys};
 use crate::paging;
@@ -144,7 +145,7 @@ pub fn init() -> Result<(), MemError> {
             .meta(&PHYS_META),
     )?;
     let kernel_va = KERNEL_VA.call_once(|| kernel_va);
-    let qc = QuantumCaches::new(PAGE, QCACHE_MAX_QUANTA * PAGE, &PHYS_META, &CPU0)?;
+    let qc = QuantumCaches::new(PAGE, QCACHE_MAX_QUANTA * PAGE, &PHYS_META, &cpu::CURRENT)?;
     let qc = KMEM_VA_QCACHE.call_once(|| qc);
     let kmem_va = Arena::create(
         ArenaConfig::new("kmem_va", PAGE)
@@ -174,7 +175,7 @@ fn heap_classes() -> Option<SizeClasses<'static>> {
     let arena = KMEM_DEFAULT.get()?;
     // SAFETY: kmem_default hands out addresses of pages BackedPages mapped
     // writable and keeps mapped until they are freed.
-    unsafe { SizeClasses::new(arena, &PHYS_META, &CPU0, false) }.ok()
+    unsafe { SizeClasses::new(arena, &PHYS_META, &cpu::CURRENT, false) }.ok()
 }
 
 /// The kernel heap: the size classes over `kmem_default`, whose blocks
@@ -218,7 +219,8 @@ pub struct Stack {
     pub top: VirtAddr,
 }
 
-const STACKS_MAX: usize = 4;
+/// The boot CPU's two and two per CPU (kernel and double fault), and room.
+const STACKS_MAX: usize = 4 + 2 * MAX_CPUS;
 static STACKS: spin::Mutex<[Option<Stack>; STACKS_MAX]> = spin::Mutex::new([None; STACKS_MAX]);
 
 /// The stack `kmain` moves to, once it has.

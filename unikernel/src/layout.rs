@@ -11,7 +11,9 @@
 //! | 384  | `KERNEL_VA_BASE` | `kernel_va` (64 GiB): `kmem_va`, the heap, stacks |
 //! | 416  | `DEVICE_BASE`    | `device` (1 GiB): MMIO, mapped uncached           |
 //!
-//! Physical: RAM below `LOW_MEMORY` is left alone, the boot tables reach
+//! Physical: page 0 (the real-mode interrupt table) is left alone, RAM
+//! below `REAL_MODE_END` is where a starting CPU's first page must lie
+//! (so `phys` keeps it, for the trampoline), the boot tables reach
 //! only what lies below `BOOT_MAPPED_END`, and the local APIC and IOAPIC
 //! sit at their fixed addresses.
 //!
@@ -38,8 +40,10 @@ pub const KERNEL_VA_SIZE: u64 = 64 << 30;
 pub const DEVICE_BASE: VirtAddr = VirtAddr::new(0xffff_d000_0000_0000);
 pub const DEVICE_SIZE: u64 = 1 << 30;
 
-/// RAM below this is left alone (real-mode data, the legacy holes).
-pub const LOW_MEMORY: PhysAddr = PhysAddr::new(1 << 20);
+/// RAM below this is left alone (page 0: the real-mode interrupt table).
+pub const LOW_MEMORY: PhysAddr = PhysAddr::new(PAGE);
+/// A startup IPI names a page below this (its vector is the page number).
+pub const REAL_MODE_END: PhysAddr = PhysAddr::new(1 << 20);
 /// The boot tables map physical memory up to here (the low 4 GiB), at 0
 /// and at `DIRECT_BASE`.
 pub const BOOT_MAPPED_END: PhysAddr = PhysAddr::new(1 << 32);

@@ -22,6 +22,8 @@
 
 extern crate alloc;
 
+mod acpi;
+mod apic;
 mod boot;
 mod console;
 mod cpu;
@@ -34,6 +36,7 @@ mod paging;
 mod phys;
 mod pressure;
 mod report;
+mod smp;
 mod tests;
 mod time;
 mod trace;
@@ -48,6 +51,8 @@ use layout::{DOUBLE_FAULT_STACK_PAGES, MAIN_STACK_PAGES};
 use x86_64::PhysAddr;
 
 static BOOT: spin::Once<BootInfo> = spin::Once::new();
+/// The MADT's CPUs, or why there is no MADT (then the boot CPU runs alone).
+static MADT: spin::Once<Result<acpi::Madt, &'static str>> = spin::Once::new();
 
 fn fail(what: impl Display) -> ! {
     println!("boot failed: {what}");
@@ -68,12 +73,15 @@ extern "C" fn kmain(start_info: u32) -> ! {
         Ok(boot) => BOOT.call_once(|| boot),
         Err(e) => fail(e),
     };
+    // SAFETY: the boot tables still identity map the low 4 GiB.
+    MADT.call_once(|| unsafe { acpi::madt(boot.rsdp_paddr) });
     let image = layout::kernel_image();
     let [a, b, c] = boot.loader_ranges;
     let excluded = [(image.start, image.end - image.start), a, b, c];
     if let Err(e) = phys::init(boot.memmap(), &excluded) {
         fail(e);
     }
+    smp::reserve_trampoline();
     if let Err(e) = paging::build(boot.memmap(), image, phys::phys()) {
         fail(e);
     }
@@ -111,6 +119,7 @@ extern "C" fn kmain_on_stack() -> ! {
     // ci/boot says which accelerator it chose; every timing printed names it.
     let clock = time::Clock::calibrate(time::Accel::from_word(boot.value_of("accel")));
     let devices = devices::probe();
+    start_cpus(&devices, &clock);
     if boot.has_word("fault") {
         let guard = MAIN_STACK
             .get()
@@ -122,6 +131,21 @@ extern "C" fn kmain_on_stack() -> ! {
         // page-fault handler ends the run with its report.
         let value = unsafe { core::ptr::read_volatile(guard.as_ptr::<u64>()) };
         println!("fault: the read returned {value:#x}: the guard page is mapped");
+        exit(Verdict::Fail);
+    }
+    if boot.has_word("fault-ap") {
+        let last = smp::online() - 1;
+        println!(
+            "fault-ap: CPU {last} reads through a dangling pointer into page 0, which nothing maps"
+        );
+        smp::run_on_all(&|cpu| {
+            if cpu == last {
+                // SAFETY: deliberately not safe: page 0 is unmapped, and the
+                // page-fault handler ends the run with its report.
+                unsafe { core::ptr::read_volatile(core::ptr::dangling::<u64>()) };
+            }
+        });
+        println!("fault-ap: the read returned: page 0 is mapped");
         exit(Verdict::Fail);
     }
     if boot.has_word("overflow") {
@@ -171,6 +195,37 @@ extern "C" fn kmain_on_stack() -> ! {
         clock.mark()
     );
     exit(verdict)
+}
+
+/// Enables this CPU's local APIC and interrupts (the PICs masked), and
+/// starts every other CPU the MADT lists.
+fn start_cpus(devices: &devices::Devices, clock: &time::Clock) {
+    devices::mask_pic();
+    if apic::init(devices.lapic).is_none() {
+        fail("no local APIC to start other CPUs with");
+    }
+    apic::enable();
+    x86_64::instructions::interrupts::enable();
+    let madt = match MADT.get() {
+        Some(Ok(madt)) => madt,
+        Some(Err(e)) => {
+            println!("smp: {e}: the boot CPU runs alone");
+            return;
+        }
+        None => return,
+    };
+    if madt.listed > vmem_core::MAX_CPUS {
+        println!(
+            "smp: the MADT lists {} CPUs, more than vmem-core's MAX_CPUS ({}): starting the first {}",
+            madt.listed,
+            vmem_core::MAX_CPUS,
+            vmem_core::MAX_CPUS
+        );
+    }
+    match smp::start(madt, clock) {
+        Ok(up) => smp::record(up),
+        Err(e) => fail(format_args!("smp: {e}")),
+    }
 }
 
 /// Calls itself until the stack runs out, each frame writing a buffer it

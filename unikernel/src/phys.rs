@@ -1,5 +1,5 @@
 //! `phys`: guest-physical RAM as a vmem arena of 4 KiB quanta, one span per
-//! RAM range of the PVH map above 1 MiB, minus the kernel image (with its
+//! RAM range of the PVH map above page 0 (low RAM too: a starting CPU's trampoline page comes from there), minus the kernel image (with its
 //! boot page tables and stacks) and the loader's data. Holes between
 //! ranges (the PCI hole below 4 GiB, RAM above it) stay holes.
 //!
@@ -8,12 +8,13 @@
 //! through the direct map (`phys` itself takes only single pages).
 
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use vmem_core::{Arena, ArenaConfig, MetaSource, Policy};
 use x86_64::{PhysAddr, VirtAddr};
 
 use crate::boot::MemRange;
+use crate::cpu;
 use crate::error::MemError;
 use crate::layout::{LOW_MEMORY, PAGE, phys_to_virt, virt_to_phys};
 use crate::paging::reachable;
@@ -73,9 +74,6 @@ impl MetaSource for PhysOwnMeta {
 /// pages, or set aside for `phys`'s own tags.
 pub static META_PAGES: AtomicU64 = AtomicU64::new(0);
 
-/// Set while `PhysMeta` is allocating (one CPU, so one flag suffices).
-static IN_META: AtomicBool = AtomicBool::new(false);
-
 /// Frames set aside for nested requests; one refill of `phys` takes one.
 const PHYS_TAG_FRAMES: usize = 4;
 static SET_ASIDE: spin::Mutex<([u64; PHYS_TAG_FRAMES], usize)> =
@@ -116,7 +114,10 @@ fn top_up_set_aside() {
 
 impl MetaSource for PhysMeta {
     fn alloc_pages(&self, pages: usize) -> Option<NonNull<u8>> {
-        if IN_META.swap(true, Ordering::Acquire) {
+        // Per CPU: another CPU allocating meta pages at the same time is
+        // no nested request.
+        let in_meta = &cpu::this().in_meta;
+        if in_meta.swap(true, Ordering::Acquire) {
             // `phys` needs tags (or a larger hash) to carve the page being
             // asked for: only a set-aside frame serves, and only a tag page.
             if pages != 1 {
@@ -129,7 +130,7 @@ impl MetaSource for PhysMeta {
         }
         let frame = take_frames(pages);
         top_up_set_aside();
-        IN_META.store(false, Ordering::Release);
+        in_meta.store(false, Ordering::Release);
         NonNull::new(phys_to_virt(PhysAddr::new(frame?)).as_mut_ptr())
     }
 

@@ -19,6 +19,7 @@ use crate::layout::{IOAPIC, LAPIC, PAGE};
 use crate::paging::TABLE_FRAMES;
 use crate::phys::phys;
 use crate::time::Clock;
+use crate::{apic, smp};
 use crate::{println, trace};
 
 /// A byte count, printed in the largest binary unit that keeps it whole
@@ -178,6 +179,38 @@ pub fn print(boot: &BootInfo, clock: &Clock, devices: &Devices) {
             ((version >> 16) & 0xff) + 1
         ),
         None => println!("IOAPIC        not mapped"),
+    }
+    match smp::bring_up() {
+        Some(up) => {
+            let ids: Vec<u32> = (0..up.online)
+                .filter_map(cpu::cpu)
+                .map(|c| c.apic_id.load(Ordering::Relaxed))
+                .collect();
+            println!(
+                "cpus          {} online (APIC IDs {ids:?} by CPU index), local APIC in {} mode",
+                up.online,
+                match apic::mode() {
+                    Some(apic::Lapic::X2apic) => "x2APIC",
+                    _ => "xAPIC",
+                }
+            );
+            println!(
+                "              {} APs online {} us {} after the first INIT (all started at once; trampoline at {:#x}, from phys below 1 MiB)",
+                up.online - 1,
+                clock.ns(up.cycles) / 1000,
+                clock.mark(),
+                up.trampoline
+            );
+            println!(
+                "              from the MADT ({} CPUs listed; RSDP at {:#x} from {}, {}), local APIC at {:#x}",
+                up.madt.listed,
+                up.madt.rsdp,
+                up.madt.rsdp_from,
+                if up.madt.xsdt { "XSDT" } else { "RSDT" },
+                up.madt.lapic
+            );
+        }
+        None => println!("cpus          the boot CPU alone (no MADT)"),
     }
     let task_ids: Vec<u64> = (0..4)
         .filter_map(|_| kmem::ids().alloc(1, Policy::NextFit).ok())
