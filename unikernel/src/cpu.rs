@@ -50,6 +50,18 @@ type Gdt = (
     SegmentSelector,
 );
 
+/// Counters a CPU keeps about itself (it alone writes them).
+#[derive(Default)]
+pub struct CpuCounters {
+    /// Objects this CPU freed that another CPU allocated.
+    pub remote_frees: AtomicU64,
+    /// Shootdown rounds this CPU started, and shootdown IPIs it handled.
+    pub shootdowns_sent: AtomicU64,
+    pub shootdowns_received: AtomicU64,
+    /// Allocations this CPU made in the `smp` test (heap, caches, IDs).
+    pub allocs: AtomicU64,
+}
+
 /// One CPU's data, at its GS base: `index` at offset 0 and the block's
 /// own address at offset 8, which `current_index` and `this` read.
 #[repr(C)]
@@ -62,6 +74,7 @@ pub struct PerCpu {
     pub online_tsc: AtomicU64,
     /// Set while `phys`'s meta source allocates on this CPU.
     pub in_meta: AtomicBool,
+    pub counters: CpuCounters,
     tss: UnsafeCell<TaskStateSegment>,
     gdt: spin::Once<Gdt>,
 }
@@ -83,9 +96,21 @@ impl PerCpu {
             apic_id: AtomicU32::new(0),
             online_tsc: AtomicU64::new(0),
             in_meta: AtomicBool::new(false),
+            counters: CpuCounters {
+                remote_frees: AtomicU64::new(0),
+                shootdowns_sent: AtomicU64::new(0),
+                shootdowns_received: AtomicU64::new(0),
+                allocs: AtomicU64::new(0),
+            },
             tss: UnsafeCell::new(tss),
             gdt: spin::Once::new(),
         }
+    }
+
+    /// The CPU's index: 0 for the boot CPU, then in the order the APs
+    /// reached long mode.
+    pub fn index(&self) -> usize {
+        self.index
     }
 }
 
@@ -94,6 +119,25 @@ static BSP: PerCpu = PerCpu::new(0, 0);
 /// Every CPU's block by index, as they are registered.
 static CPUS: [AtomicPtr<PerCpu>; MAX_CPUS] =
     [const { AtomicPtr::new(core::ptr::null_mut()) }; MAX_CPUS];
+
+/// CPUs that are online (their APIC and interrupts enabled), one bit per
+/// index; the boot CPU's from `init`.
+static ONLINE: AtomicU64 = AtomicU64::new(0);
+
+/// Marks the running CPU online: it takes IPIs from now on.
+pub fn mark_online() {
+    ONLINE.fetch_or(1 << current_index(), Ordering::AcqRel);
+}
+
+/// The CPUs online, one bit per index.
+pub fn online_mask() -> u64 {
+    ONLINE.load(Ordering::Acquire)
+}
+
+/// How many CPUs are online.
+pub fn online() -> usize {
+    online_mask().count_ones() as usize
+}
 
 /// Registers `cpu` under its index (before it starts).
 pub fn register(cpu: &'static PerCpu) {

@@ -26,8 +26,9 @@ use x86_64::{PhysAddr, VirtAddr};
 use crate::cpu;
 use crate::error::MemError;
 use crate::layout::{DEVICE_BASE, DEVICE_SIZE, KERNEL_VA_BASE, KERNEL_VA_SIZE, PAGE, virt_to_phys};
-use crate::paging;
+use crate::paging::{self, DeferredTables};
 use crate::phys::{PHYS_META, phys, try_phys};
+use crate::shootdown::{self, ROUND_RANGES};
 
 static KERNEL_VA: spin::Once<Arena<'static>> = spin::Once::new();
 static KMEM_VA_QCACHE: spin::Once<QuantumCaches<'static>> = spin::Once::new();
@@ -94,8 +95,8 @@ impl BackedPages {
         })
     }
 
-    /// Unmaps `pages` one by one, frees the frames, and frees the page
-    /// tables that emptied.
+    /// Unmaps `pages` one by one (flushing this CPU's TLB) and frees the
+    /// frames.
     fn unback(pages: PageRange) {
         for page in pages {
             if let Some(frame) = paging::unmap(page) {
@@ -104,7 +105,78 @@ impl BackedPages {
                 let _ = phys().free(frame.start_address().as_u64(), PAGE);
             }
         }
-        paging::free_empty_tables(pages);
+    }
+}
+
+/// Ranges `kmem_default` released, unmapped here but perhaps still in
+/// another CPU's TLB, waiting for a shootdown round before `kmem_va` gets
+/// them back; with the page-table frames their unmapping emptied.
+struct Purge {
+    ranges: [(u64, u64); ROUND_RANGES],
+    count: usize,
+    pages: u64,
+    tables: DeferredTables,
+}
+
+static PURGE: spin::Mutex<Purge> = spin::Mutex::new(Purge {
+    ranges: [(0, 0); ROUND_RANGES],
+    count: 0,
+    pages: 0,
+    tables: DeferredTables::new(),
+});
+
+/// Pages waiting that make a round worth it before the ranges run out.
+const PURGE_PAGES: u64 = 1024;
+
+/// Gives back a range `kmem_default` released: unmapped and its frames
+/// freed at once, but the range itself returns to `kmem_va` only once no
+/// CPU can hold a translation of it: at once when no other CPU is online
+/// (or shootdown is off), else after the shootdown round of its batch.
+fn retire(base: u64, size: u64) -> vmem_core::Result<()> {
+    let range = pages(base, size);
+    BackedPages::unback(range);
+    if !shootdown::needed() {
+        paging::free_empty_tables(range, None);
+        return kmem_va().free(base, size);
+    }
+    let full = {
+        let mut purge = PURGE.lock();
+        let p = &mut *purge;
+        paging::free_empty_tables(range, Some(&mut p.tables));
+        p.ranges[p.count] = (base, size);
+        p.count += 1;
+        p.pages += size / PAGE;
+        p.count == ROUND_RANGES || p.pages >= PURGE_PAGES
+    };
+    if full {
+        purge();
+    }
+    Ok(())
+}
+
+/// Runs a shootdown round for the ranges waiting, then frees their
+/// emptied page tables and gives the ranges back to `kmem_va`.
+pub fn purge() {
+    let (ranges, count, mut tables) = {
+        let mut purge = PURGE.lock();
+        let batch = (
+            purge.ranges,
+            purge.count,
+            core::mem::take(&mut purge.tables),
+        );
+        purge.count = 0;
+        purge.pages = 0;
+        batch
+    };
+    if count == 0 && tables.count == 0 {
+        return;
+    }
+    shootdown::flush(&ranges[..count]);
+    tables.free();
+    for &(base, size) in &ranges[..count] {
+        // `retire` took the range from `kmem_default`'s release, which
+        // `import` had from `kmem_va`.
+        let _ = kmem_va().free(base, size);
     }
 }
 
@@ -120,7 +192,9 @@ impl Source for BackedPages {
         let range = pages(base, size);
         for page in range {
             if let Err(e) = Self::back(page) {
-                Self::unback(Page::range(range.start, page));
+                let done = Page::range(range.start, page);
+                Self::unback(done);
+                paging::free_empty_tables(done, None);
                 let _ = kmem_va().free(base, size);
                 return Err(e.into());
             }
@@ -132,8 +206,7 @@ impl Source for BackedPages {
     // `BACKED_PAGES` is private to this module and kmem_default its only
     // importer, so the importer needs no check.
     fn release(&self, _importer: Importer, base: u64, size: u64) -> vmem_core::Result<()> {
-        Self::unback(pages(base, size));
-        kmem_va().free(base, size)
+        retire(base, size)
     }
 }
 

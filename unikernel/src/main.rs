@@ -36,7 +36,9 @@ mod paging;
 mod phys;
 mod pressure;
 mod report;
+mod shootdown;
 mod smp;
+mod smptest;
 mod tests;
 mod time;
 mod trace;
@@ -115,6 +117,9 @@ extern "C" fn kmain(start_info: u32) -> ! {
 extern "C" fn kmain_on_stack() -> ! {
     let boot = BOOT.get().expect("set by kmain");
     trace::init(boot.has_word("trace"));
+    if boot.value_of("shootdown") == Some("off") {
+        shootdown::disable();
+    }
     exception::FAULT_IN_REPORT.store(boot.has_word("fault-in-report"), Ordering::Relaxed);
     // ci/boot says which accelerator it chose; every timing printed names it.
     let clock = time::Clock::calibrate(time::Accel::from_word(boot.value_of("accel")));
@@ -179,6 +184,8 @@ extern "C" fn kmain_on_stack() -> ! {
         report::print(boot, &clock, &devices);
         if boot.has_word("test") {
             tests::run(&devices)
+        } else if boot.has_word("smp") {
+            smptest::run(&clock)
         } else {
             Verdict::Pass
         }
@@ -206,6 +213,7 @@ fn start_cpus(devices: &devices::Devices, clock: &time::Clock) {
     }
     apic::enable();
     x86_64::instructions::interrupts::enable();
+    cpu::mark_online();
     let madt = match MADT.get() {
         Some(Ok(madt)) => madt,
         Some(Err(e)) => {

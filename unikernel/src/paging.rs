@@ -186,12 +186,64 @@ impl FrameDeallocator<Size4KiB> for EmptiedTables {
     }
 }
 
+/// Page-table frames emptied but not yet free: other CPUs' paging-structure
+/// caches may still point at them until a shootdown round has run. Kept
+/// as a list threaded through the frames themselves (first word: the
+/// next frame), so holding them needs no memory.
+#[derive(Default)]
+pub struct DeferredTables {
+    head: Option<PhysFrame>,
+    pub count: u64,
+}
+
+impl DeferredTables {
+    pub const fn new() -> DeferredTables {
+        DeferredTables {
+            head: None,
+            count: 0,
+        }
+    }
+
+    fn push(&mut self, frame: PhysFrame) {
+        let next = self.head.map_or(0, |f| f.start_address().as_u64());
+        // SAFETY: an emptied table frame nothing refers to any more, ours
+        // until freed, reached through the direct map.
+        unsafe {
+            phys_to_virt(frame.start_address())
+                .as_mut_ptr::<u64>()
+                .write(next)
+        };
+        self.head = Some(frame);
+        self.count += 1;
+    }
+
+    /// Gives every frame back to `phys` (after the shootdown).
+    pub fn free(&mut self) {
+        while let Some(frame) = self.head.take() {
+            // SAFETY: written by `push`.
+            let next = unsafe { phys_to_virt(frame.start_address()).as_ptr::<u64>().read() };
+            self.head = (next != 0).then(|| PhysFrame::containing_address(PhysAddr::new(next)));
+            free_table_frame(frame);
+        }
+        self.count = 0;
+    }
+}
+
+fn free_table_frame(frame: PhysFrame) {
+    if let Some(source) = TABLE_SOURCE.get() {
+        // The frame came from the source by xalloc in `TableFrames`.
+        let _ = source.xfree(frame.start_address().as_u64(), PAGE);
+    }
+    TABLE_FRAMES.fetch_sub(1, Ordering::Relaxed);
+}
+
 /// Gives back to `phys` the page-table frames (last-level tables and the
 /// two levels above) that `pages`, now unmapped, left with no entry in
-/// use. A table is freed the moment it empties, so the tables held are
-/// those the mapped pages need, and `TABLE_FRAMES` comes back to what it
-/// was once the same pages are mapped again.
-pub fn free_empty_tables(pages: PageRange<Size4KiB>) {
+/// use. A table is freed the moment it empties (or, with `defer`, put on
+/// that list until a shootdown round), so the tables held are those the
+/// mapped pages need, and `TABLE_FRAMES` comes back to what it was once
+/// the same pages are mapped again.
+pub fn free_empty_tables(pages: PageRange<Size4KiB>, mut defer: Option<&mut DeferredTables>) {
     if pages.is_empty() {
         return;
     }
@@ -219,11 +271,10 @@ pub fn free_empty_tables(pages: PageRange<Size4KiB>) {
             }
         }
         for frame in emptied.frames.iter().flatten() {
-            if let Some(source) = TABLE_SOURCE.get() {
-                // The frame came from the source by xalloc in `TableFrames`.
-                let _ = source.xfree(frame.start_address().as_u64(), PAGE);
+            match defer.as_deref_mut() {
+                Some(list) => list.push(*frame),
+                None => free_table_frame(*frame),
             }
-            TABLE_FRAMES.fetch_sub(1, Ordering::Relaxed);
         }
         chunk += TABLE_REACH;
     }

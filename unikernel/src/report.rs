@@ -19,7 +19,7 @@ use crate::layout::{IOAPIC, LAPIC, PAGE};
 use crate::paging::TABLE_FRAMES;
 use crate::phys::phys;
 use crate::time::Clock;
-use crate::{apic, smp};
+use crate::{apic, shootdown, smp};
 use crate::{println, trace};
 
 /// A byte count, printed in the largest binary unit that keeps it whole
@@ -291,6 +291,7 @@ pub fn print(boot: &BootInfo, clock: &Clock, devices: &Devices) {
             cache_row(&name, size, &s);
         }
     }
+    cpu_table(clock);
     println!();
     println!(
         "tracing events from vmem-core: {} (boot with `trace` to print them)",
@@ -300,6 +301,69 @@ pub fn print(boot: &BootInfo, clock: &Clock, devices: &Devices) {
     println!(
         "time from entry to report: {} us {mark}",
         clock.ns(rdtsc() - entry) / 1000
+    );
+}
+
+/// One row per CPU online: what the kernel counts per CPU, then what the
+/// caches count for all CPUs together (vmem-core sums its CPU slots'
+/// counters; it gives no per-CPU figure, nor a count of depot exchanges).
+/// Allocates nothing.
+pub fn cpu_table(clock: &Clock) {
+    println!();
+    println!("per CPU:");
+    println!(
+        "  {:>3} {:>7} {:>10} {:>12} {:>15} {:>19}",
+        "cpu", "APIC id", "allocs", "remote frees", "shootdowns sent", "shootdowns received"
+    );
+    for c in (0..smp::online()).filter_map(cpu::cpu) {
+        let n = &c.counters;
+        println!(
+            "  {:>3} {:>7} {:>10} {:>12} {:>15} {:>19}",
+            c.index(),
+            c.apic_id.load(Ordering::Relaxed),
+            n.allocs.load(Ordering::Relaxed),
+            n.remote_frees.load(Ordering::Relaxed),
+            n.shootdowns_sent.load(Ordering::Relaxed),
+            n.shootdowns_received.load(Ordering::Relaxed)
+        );
+    }
+    let mut all = vmem_core::CacheStats::default();
+    let mut add = |s: &vmem_core::CacheStats| {
+        all.magazine_hits += s.magazine_hits;
+        all.magazine_misses += s.magazine_misses;
+        all.free_magazine_hits += s.free_magazine_hits;
+        all.free_magazine_misses += s.free_magazine_misses;
+        all.depot_contention += s.depot_contention;
+    };
+    if let Some(classes) = HEAP.classes() {
+        classes.caches().iter().for_each(|c| add(&c.stats()));
+    }
+    kmem::kmem_va_qcaches().stats().for_each(|(_, s)| add(&s));
+    println!(
+        "  all CPUs, heap and kmem_va caches: magazine hits {} misses {} (allocs), {} / {} (frees), depot lock contended {} times",
+        all.magazine_hits,
+        all.magazine_misses,
+        all.free_magazine_hits,
+        all.free_magazine_misses,
+        all.depot_contention
+    );
+    println!(
+        "  (vmem-core sums its CPU slots: magazine hits and misses per CPU, and depot exchanges, are not counted yet)"
+    );
+    let rounds = shootdown::ROUNDS.load(Ordering::Relaxed);
+    let ranges = shootdown::ROUND_RANGES_SENT.load(Ordering::Relaxed);
+    let cycles = shootdown::ROUND_CYCLES.load(Ordering::Relaxed);
+    println!(
+        "  TLB shootdown {}: {rounds} rounds, {}.{} ranges per round, {} ns per round {}",
+        if shootdown::enabled() {
+            "on"
+        } else {
+            "off (shootdown=off)"
+        },
+        (ranges * 10).checked_div(rounds).unwrap_or(0) / 10,
+        (ranges * 10).checked_div(rounds).unwrap_or(0) % 10,
+        cycles.checked_div(rounds).map_or(0, |c| clock.ns(c)),
+        clock.mark()
     );
 }
 

@@ -24,14 +24,12 @@ use crate::kmem::Stack;
 use crate::layout::{PAGE, REAL_MODE_END, phys_to_virt};
 use crate::paging;
 use crate::phys::phys;
+use crate::shootdown;
 use crate::time::Clock;
 
 /// Pages of an application processor's kernel stack.
 const AP_STACK_PAGES: u64 = 32;
 const AP_DOUBLE_FAULT_PAGES: u64 = 4;
-
-/// CPUs online, the boot CPU included.
-static ONLINE: AtomicUsize = AtomicUsize::new(1);
 
 /// Tickets, one per AP in the order they reach long mode, and the kernel
 /// stack top for each ticket (`ap_start64` reads both).
@@ -235,17 +233,15 @@ pub fn start(madt: &Madt, clock: &Clock) -> Result<BringUp, &'static str> {
             apic::send_startup(id, page);
         }
         delay(clock, 200_000);
-        if ONLINE.load(Ordering::Acquire) == aps.len() + 1 {
+        if cpu::online() == aps.len() + 1 {
             break;
         }
     }
     let wait_from = rdtsc();
-    while ONLINE.load(Ordering::Acquire) < aps.len() + 1
-        && clock.ns(rdtsc() - wait_from) < 5_000_000_000
-    {
+    while cpu::online() < aps.len() + 1 && clock.ns(rdtsc() - wait_from) < 5_000_000_000 {
         core::hint::spin_loop();
     }
-    let online = ONLINE.load(Ordering::Acquire);
+    let online = cpu::online();
     paging::unmap(identity);
     release_trampoline();
     if online < aps.len() + 1 {
@@ -310,7 +306,7 @@ pub fn bring_up() -> Option<&'static BringUp> {
 
 /// CPUs online, the boot CPU included.
 pub fn online() -> usize {
-    ONLINE.load(Ordering::Acquire)
+    cpu::online()
 }
 
 /// Where an AP arrives from `ap_start64`, on its own kernel stack, with
@@ -328,7 +324,7 @@ extern "C" fn ap_main(ticket: u32) -> ! {
     block.apic_id.store(apic::id(), Ordering::Relaxed);
     block.online_tsc.store(rdtsc(), Ordering::Release);
     x86_64::instructions::interrupts::enable();
-    ONLINE.fetch_add(1, Ordering::AcqRel);
+    cpu::mark_online();
     idle()
 }
 
@@ -388,6 +384,8 @@ pub fn run_on_all<'a>(job: &'a (dyn Fn(usize) + Sync + 'a)) {
 /// Called by `cpu`'s IPI stubs with the vector.
 #[unsafe(no_mangle)]
 extern "C" fn cpu_interrupt(vector: u64) {
-    let _ = vector;
+    if vector == u64::from(cpu::SHOOTDOWN_VECTOR) {
+        shootdown::handle();
+    }
     apic::eoi();
 }

@@ -314,6 +314,8 @@ fn direct_map() -> Outcome {
 }
 
 fn release_unmaps() -> Outcome {
+    // Earlier releases waiting for a shootdown would come back mid-test.
+    kmem::purge();
     let free_before = phys().size().free;
     let size = 4u64 << 20;
     let va = kmem::kmem_default()
@@ -329,6 +331,9 @@ fn release_unmaps() -> Outcome {
     kmem::kmem_default()
         .free(va.as_u64(), size)
         .map_err(|e| format!("free: {e}"))?;
+    // With other CPUs online the range waits for a shootdown round, and
+    // the page tables it emptied with it.
+    kmem::purge();
     for off in (0..size).step_by(PAGE as usize) {
         ensure!(
             paging::translate(va + off).is_none(),

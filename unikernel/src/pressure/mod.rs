@@ -60,7 +60,7 @@ type Outcome<T = ()> = Result<T, Failure>;
 /// What went wrong, formatted without the heap: it may be exhausted when
 /// the failure is found.
 #[derive(Clone, Copy)]
-struct Failure {
+pub struct Failure {
     text: [u8; 200],
     len: usize,
 }
@@ -105,6 +105,34 @@ macro_rules! failure {
 // After the macro, which they use.
 mod snapshot;
 mod steps;
+
+/// The kernel's memory as it was when taken (after a reap), for another
+/// test to compare with once it has given everything back.
+pub struct Baseline(snapshot::Snapshot);
+
+impl Baseline {
+    /// Reaps every cache and arena, and takes the snapshot.
+    pub fn take() -> Result<Baseline, Failure> {
+        reap()?;
+        snapshot().map(Baseline)
+    }
+
+    /// Reaps, and compares with the snapshot: every arena but `phys`
+    /// segment for segment, every cache's objects and slabs, and `phys`
+    /// frame for frame but for the allocated-segment hash tables that
+    /// grew (an arena keeps them until it empties). Returns the segments
+    /// compared and what was kept.
+    pub fn compare(&self) -> Result<(usize, impl fmt::Display), Failure> {
+        reap()?;
+        kmem::check_all().map_err(|e| failure!("{e}"))?;
+        let (tables, meta) = compare(&self.0)?;
+        let now = kept(&self.0, tables, meta);
+        if now.beyond_hash_tables() != 0 {
+            return Err(failure!("phys did not come back exactly: {now}"));
+        }
+        Ok((self.0.arenas.iter().map(|a| a.segments).sum(), now))
+    }
+}
 
 /// Runs `step`, and says how many milliseconds it took.
 fn timed<T>(clock: &Clock, step: impl FnOnce() -> Outcome<T>) -> (Outcome<T>, u64) {

@@ -20,6 +20,8 @@ pub(super) fn reap() -> Outcome {
     if let Some(classes) = HEAP.classes() {
         classes.reap().map_err(|e| failure!("heap reap: {e}"))?;
     }
+    // The ranges `kmem_default` released and a shootdown holds back.
+    kmem::purge();
     // Every arena's reap gives back its wholly spare tag pages; `phys`
     // last, as the others' pages go back into it.
     for arena in kmem::arenas().iter().rev() {
@@ -345,6 +347,12 @@ pub(super) struct Kept {
 impl Kept {
     pub(super) fn frames(&self) -> i64 {
         self.tables + self.meta
+    }
+
+    /// Frames kept beyond the arenas' allocated-segment hash tables, which
+    /// an arena keeps until it empties (`phys` never does).
+    pub(super) fn beyond_hash_tables(&self) -> i64 {
+        self.frames() - self.hash_pages
     }
 }
 

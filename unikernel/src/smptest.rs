@@ -1,0 +1,652 @@
+//! The `smp` boot word: every CPU at once on the heap (`Box`, `Vec`,
+//! `BTreeMap`), an object cache, quantum caches and `ids`, in rounds.
+//!
+//! Every object holds a pattern made from the CPU that allocated it and a
+//! count, written when it is allocated and verified when it is freed;
+//! every other object goes to the next CPU's queue, which frees it, so
+//! objects are freed on another CPU than the one that allocated them
+//! (with one CPU the queue is its own). IDs are marked in a shared bitmap,
+//! so two CPUs given the same ID is caught. Between rounds every CPU
+//! stops at a barrier while CPU 0 runs the checker on every arena and
+//! cache. At the end every CPU reaps the caches (draining the magazines),
+//! and every arena and cache must be as it was before the test, `phys`
+//! frame for frame. It ends with `N passed, M failed`.
+//!
+//! It first times 64-byte heap alloc+free pairs on every CPU at once.
+
+use alloc::boxed::Box;
+use alloc::collections::BTreeMap;
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+use vmem_core::{Arena, ArenaConfig, CacheConfig, Constraints, ObjectCache, Policy, QuantumCaches};
+use x86_64::structures::paging::{Page, PageTableFlags as Flags, PhysFrame};
+use x86_64::{PhysAddr, VirtAddr};
+
+use crate::console::Verdict;
+use crate::cpu::{self, rdtsc};
+use crate::kmem::{self, PAGES_MAPPED, PAGES_UNMAPPED};
+use crate::layout::PAGE;
+use crate::paging;
+use crate::phys::PHYS_META;
+use crate::phys::phys;
+use crate::pressure::Baseline;
+use crate::println;
+use crate::report;
+use crate::shootdown;
+use crate::smp;
+use crate::time::Clock;
+
+/// Rounds, and objects each CPU allocates in a round.
+const ROUNDS: usize = 4;
+const OBJECTS: u64 = 1500;
+/// 64-byte heap pairs each CPU times.
+const PAIRS: u64 = 100_000;
+/// The quantum-cache arena: quantum and size.
+const QC_QUANTUM: u64 = 64;
+const QC_BYTES: u64 = 1 << 20;
+const OBJECT_SIZE: u64 = 200;
+
+/// One object in flight, with the seed of its pattern.
+enum Object {
+    Heap(Box<[u64]>, u64),
+    Bytes(Vec<u8>, u64),
+    Cached(u64, u64),
+    Quantum(u64, u64, u64),
+    Id(u64),
+}
+
+/// What every CPU shares during the test.
+struct Shared<'a> {
+    cache: &'a ObjectCache<'a>,
+    qc: &'a Arena<'a>,
+    queues: Vec<spin::Mutex<Vec<Object>>>,
+    ids: Vec<AtomicU64>,
+    failures: spin::Mutex<Vec<String>>,
+    barrier: Barrier,
+    cpus: usize,
+}
+
+/// A sense-reversing barrier for every CPU online.
+struct Barrier {
+    count: AtomicUsize,
+    sense: AtomicBool,
+    cpus: usize,
+}
+
+impl Barrier {
+    fn wait(&self, local: &mut bool) {
+        *local = !*local;
+        if self.count.fetch_add(1, Ordering::AcqRel) + 1 == self.cpus {
+            self.count.store(0, Ordering::Relaxed);
+            self.sense.store(*local, Ordering::Release);
+        } else {
+            while self.sense.load(Ordering::Acquire) != *local {
+                core::hint::spin_loop();
+            }
+        }
+    }
+}
+
+fn word(seed: u64, i: u64) -> u64 {
+    (seed ^ i.wrapping_mul(0x9e37_79b9_7f4a_7c15)).rotate_left((i % 63) as u32)
+}
+
+fn fill(addr: u64, bytes: u64, seed: u64) {
+    for i in 0..bytes / 8 {
+        // SAFETY: `[addr, addr + bytes)` is an object the caller allocated.
+        unsafe { ((addr + i * 8) as *mut u64).write_volatile(word(seed, i)) };
+    }
+}
+
+fn check(addr: u64, bytes: u64, seed: u64) -> Result<(), String> {
+    for i in 0..bytes / 8 {
+        // SAFETY: as in `fill`.
+        let seen = unsafe { ((addr + i * 8) as *const u64).read_volatile() };
+        if seen != word(seed, i) {
+            return Err(format!(
+                "object at {addr:#x} ({bytes} bytes): word {i} is {seen:#x}, not {:#x}",
+                word(seed, i)
+            ));
+        }
+    }
+    Ok(())
+}
+
+impl Shared<'_> {
+    fn fail(&self, what: String) {
+        let mut failures = self.failures.lock();
+        if failures.len() < 8 {
+            failures.push(what);
+        }
+    }
+
+    fn alloc(&self, cpu: usize, n: u64) -> Result<Object, String> {
+        let seed = (cpu as u64) << 48 | n;
+        cpu::this().counters.allocs.fetch_add(1, Ordering::Relaxed);
+        Ok(match n % 5 {
+            0 => {
+                let words = 1 + (n * 7 % 300) as usize;
+                let b: Box<[u64]> = (0..words as u64).map(|i| word(seed, i)).collect();
+                Object::Heap(b, seed)
+            }
+            1 => {
+                // Up to 20 KiB: beyond the largest size class, so some go
+                // to `kmem_default` (and its imports to `kmem_va`'s caches).
+                let len = 1 + (n * 131 % 20_000) as usize;
+                let v: Vec<u8> = (0..len).map(|i| word(seed, i as u64) as u8).collect();
+                Object::Bytes(v, seed)
+            }
+            2 => {
+                let obj = self
+                    .cache
+                    .alloc()
+                    .map_err(|e| format!("cache alloc: {e}"))?;
+                fill(obj, OBJECT_SIZE / 8 * 8, seed);
+                Object::Cached(obj, seed)
+            }
+            3 => {
+                let size = (1 + n % 16) * QC_QUANTUM;
+                let obj = self
+                    .qc
+                    .alloc(size, Policy::InstantFit)
+                    .map_err(|e| format!("quantum-cache alloc of {size}: {e}"))?;
+                fill(obj, size, seed);
+                Object::Quantum(obj, size, seed)
+            }
+            _ => {
+                let id = kmem::ids()
+                    .alloc(1, Policy::NextFit)
+                    .map_err(|e| format!("ids alloc: {e}"))?;
+                let (slot, bit) = ((id / 64) as usize, 1u64 << (id % 64));
+                let was = self
+                    .ids
+                    .get(slot)
+                    .map(|w| w.fetch_or(bit, Ordering::AcqRel));
+                if was.is_none_or(|w| w & bit != 0) {
+                    return Err(format!("ID {id} handed out twice"));
+                }
+                Object::Id(id)
+            }
+        })
+    }
+
+    fn free(&self, object: Object) -> Result<(), String> {
+        match object {
+            Object::Heap(b, seed) => {
+                if let Some(i) = (0..b.len()).find(|&i| b[i] != word(seed, i as u64)) {
+                    return Err(format!("Box of {} words: word {i} changed", b.len()));
+                }
+            }
+            Object::Bytes(v, seed) => {
+                if let Some(i) = (0..v.len()).find(|&i| v[i] != word(seed, i as u64) as u8) {
+                    return Err(format!("Vec of {} bytes: byte {i} changed", v.len()));
+                }
+            }
+            Object::Cached(obj, seed) => {
+                check(obj, OBJECT_SIZE / 8 * 8, seed)?;
+                self.cache
+                    .free(obj)
+                    .map_err(|e| format!("cache free: {e}"))?;
+            }
+            Object::Quantum(obj, size, seed) => {
+                check(obj, size, seed)?;
+                self.qc
+                    .free(obj, size)
+                    .map_err(|e| format!("quantum-cache free: {e}"))?;
+            }
+            Object::Id(id) => {
+                let (slot, bit) = ((id / 64) as usize, 1u64 << (id % 64));
+                let was = self
+                    .ids
+                    .get(slot)
+                    .map(|w| w.fetch_and(!bit, Ordering::AcqRel));
+                if was.is_none_or(|w| w & bit == 0) {
+                    return Err(format!("ID {id} was not marked allocated"));
+                }
+                kmem::ids()
+                    .free(id, 1)
+                    .map_err(|e| format!("ids free: {e}"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Frees what this CPU's queue holds: objects other CPUs allocated.
+    fn drain_queue(&self, cpu: usize) {
+        let objects = core::mem::take(&mut *self.queues[cpu].lock());
+        let remote = if self.cpus > 1 {
+            objects.len() as u64
+        } else {
+            0
+        };
+        for object in objects {
+            if let Err(e) = self.free(object) {
+                self.fail(format!("CPU {cpu}, freeing a queued object: {e}"));
+            }
+        }
+        cpu::this()
+            .counters
+            .remote_frees
+            .fetch_add(remote, Ordering::Relaxed);
+    }
+
+    /// One round on one CPU.
+    fn round(&self, cpu: usize, round: usize) {
+        let mut held: Vec<Object> = Vec::with_capacity(64);
+        let mut map: BTreeMap<u64, u64> = BTreeMap::new();
+        let next = (cpu + 1) % self.cpus;
+        for i in 0..OBJECTS {
+            let n = (round as u64) << 32 | i;
+            match self.alloc(cpu, n) {
+                Ok(object) if i % 2 == 1 => self.queues[next].lock().push(object),
+                Ok(object) => held.push(object),
+                Err(e) => self.fail(format!("CPU {cpu}: {e}")),
+            }
+            map.insert(n.wrapping_mul(0x2545_f491_4f6c_dd1d), n);
+            if i % 3 == 0 {
+                map.pop_first();
+            }
+            if held.len() >= 48 {
+                for object in held.drain(..24) {
+                    if let Err(e) = self.free(object) {
+                        self.fail(format!("CPU {cpu}: {e}"));
+                    }
+                }
+            }
+            if i % 64 == 63 {
+                self.drain_queue(cpu);
+            }
+        }
+        if map
+            .values()
+            .any(|&n| map.get(&n.wrapping_mul(0x2545_f491_4f6c_dd1d)) != Some(&n))
+        {
+            self.fail(format!("CPU {cpu}: its BTreeMap lost an entry"));
+        }
+        for object in held {
+            if let Err(e) = self.free(object) {
+                self.fail(format!("CPU {cpu}: {e}"));
+            }
+        }
+    }
+}
+
+/// Times 64-byte heap pairs on every CPU at once: pairs per second in all.
+fn heap_rate(clock: &Clock, cpus: usize) -> u64 {
+    let start = AtomicU64::new(0);
+    let end = AtomicU64::new(0);
+    let barrier = Barrier {
+        count: AtomicUsize::new(0),
+        sense: AtomicBool::new(false),
+        cpus,
+    };
+    smp::run_on_all(&|cpu| {
+        let layout = core::alloc::Layout::from_size_align(64, 8).expect("a valid layout");
+        let mut sense = false;
+        // SAFETY: each block is freed with the layout it was allocated with.
+        unsafe { alloc::alloc::dealloc(alloc::alloc::alloc(layout), layout) };
+        barrier.wait(&mut sense);
+        if cpu == 0 {
+            start.store(rdtsc(), Ordering::Release);
+        }
+        for _ in 0..PAIRS {
+            // SAFETY: as above; the pointer is freed at once.
+            unsafe {
+                let p = core::hint::black_box(alloc::alloc::alloc(layout));
+                alloc::alloc::dealloc(p, layout);
+            }
+        }
+        barrier.wait(&mut sense);
+        if cpu == 0 {
+            end.store(rdtsc(), Ordering::Release);
+        }
+    });
+    let ns = clock.ns(end.load(Ordering::Acquire) - start.load(Ordering::Acquire));
+    PAIRS * cpus as u64 * 1_000_000_000 / ns.max(1)
+}
+
+/// The `smp` boot word.
+pub fn run(clock: &Clock) -> Verdict {
+    let cpus = smp::online();
+    println!();
+    println!("=== smp: every CPU at once on the heap, caches, quantum caches and ids ===");
+    let rate = heap_rate(clock, cpus);
+    println!(
+        "smp: heap alloc+free pairs (64 B) on {cpus} CPU(s) at once: {rate} pairs/s {} ({PAIRS} pairs each)",
+        clock.mark()
+    );
+    let baseline = match Baseline::take() {
+        Ok(b) => b,
+        Err(e) => {
+            println!("smp: no starting snapshot: {e}");
+            return Verdict::Fail;
+        }
+    };
+    let (mut passed, mut failed) = (0, 0);
+    let mut outcomes = Vec::new();
+    outcomes.push((
+        "no CPU reads through a stale translation after another released the VA and reused it with other frames".to_string(),
+        stale_translation(),
+    ));
+    if shootdown::enabled() {
+        outcomes.extend(rounds(clock, cpus));
+    } else {
+        println!(
+            "smp: shootdown=off: the rounds are left out (stale translations would corrupt them)"
+        );
+    }
+    // The outcomes are on the heap: printed and dropped before the
+    // comparison, which counts the heap's objects.
+    for (name, outcome) in outcomes {
+        match outcome {
+            Ok(what) => {
+                passed += 1;
+                println!("test {name} ... ok ({what})");
+            }
+            Err(e) => {
+                failed += 1;
+                println!("test {name} ... FAILED: {e}");
+            }
+        }
+    }
+    let name = "every arena and cache as at the start after every CPU reaped";
+    match baseline.compare() {
+        Ok((segments, kept)) => {
+            passed += 1;
+            println!(
+                "test {name} ... ok ({segments} segments; phys frame for frame but what is kept for reuse: {kept})"
+            );
+        }
+        Err(e) => {
+            failed += 1;
+            println!("test {name} ... FAILED: {e}");
+        }
+    }
+    report::cpu_table(clock);
+    println!("{passed} passed, {failed} failed");
+    if failed == 0 {
+        Verdict::Pass
+    } else {
+        Verdict::Fail
+    }
+}
+
+type Outcome = Result<String, String>;
+
+/// Pages of the range the stale-translation test releases and reuses.
+const STALE_PAGES: u64 = 64;
+
+/// CPU 1 reads every page of a `kmem_default` range (so its TLB holds
+/// them); CPU 0 frees the range, which `kmem_default` releases, takes the
+/// same VA from `kmem_va` again and maps other frames there with other
+/// contents; CPU 1 reads again. With shootdown, the VA is not reusable
+/// until a round has flushed CPU 1's TLB, and CPU 1 sees the new
+/// contents; without, it reads the old frames.
+fn stale_translation() -> Outcome {
+    const OLD: u64 = 0x01d0_01d0_01d0_01d0;
+    const NEW: u64 = 0x0e40_0e40_0e40_0e40;
+    if smp::online() < 2 {
+        return Ok("one CPU: no other TLB to go stale, nothing to show".to_string());
+    }
+    let size = STALE_PAGES * PAGE;
+    // The new frames are taken first, so the reuse cannot get the old
+    // ones back (which would hide a stale translation).
+    let mut fresh = Vec::with_capacity(STALE_PAGES as usize);
+    for _ in 0..STALE_PAGES {
+        match phys().alloc(PAGE, Policy::InstantFit) {
+            Ok(frame) => fresh.push(frame),
+            Err(e) => {
+                for &f in &fresh {
+                    let _ = phys().free(f, PAGE);
+                }
+                return Err(format!("no frame: {e}"));
+            }
+        }
+    }
+    let outcome = stale_on_two_cpus(size, &fresh, OLD, NEW);
+    for &f in &fresh {
+        let _ = phys().free(f, PAGE);
+    }
+    outcome
+}
+
+fn stale_on_two_cpus(size: u64, fresh: &[u64], old: u64, new: u64) -> Outcome {
+    let mapped = PAGES_MAPPED.load(Ordering::Relaxed);
+    let va = kmem::kmem_default()
+        .alloc(size, Policy::InstantFit)
+        .map_err(|e| format!("kmem_default alloc: {e}"))?;
+    if PAGES_MAPPED.load(Ordering::Relaxed) - mapped < STALE_PAGES {
+        let _ = kmem::kmem_default().free(va, size);
+        return Err("kmem_default did not import a span of its own".to_string());
+    }
+    let word = |i: u64| (va + i * PAGE) as *mut u64;
+    for i in 0..STALE_PAGES {
+        // SAFETY: the range is ours and mapped.
+        unsafe { word(i).write_volatile(old ^ i) };
+    }
+    let step = AtomicU64::new(0);
+    let stale = AtomicU64::new(0);
+    let error: spin::Mutex<Option<String>> = spin::Mutex::new(None);
+    let wait = |n: u64| {
+        while step.load(Ordering::Acquire) != n {
+            core::hint::spin_loop();
+        }
+    };
+    let reused = AtomicBool::new(false);
+    smp::run_on_all(&|cpu| match cpu {
+        0 => {
+            wait(1);
+            let unmapped = PAGES_UNMAPPED.load(Ordering::Relaxed);
+            let _ = kmem::kmem_default().free(va, size);
+            if PAGES_UNMAPPED.load(Ordering::Relaxed) - unmapped < STALE_PAGES {
+                *error.lock() = Some("kmem_default did not release the span".to_string());
+            }
+            let exact = Constraints {
+                min: va,
+                max: va + size,
+                ..Constraints::aligned(PAGE)
+            };
+            if shootdown::needed()
+                && let Ok(early) = kmem::kmem_va().xalloc(size, &exact, Policy::InstantFit)
+            {
+                let _ = kmem::kmem_va().xfree(early, size);
+                *error.lock() = Some("the VA was reusable before the shootdown".to_string());
+            }
+            kmem::purge();
+            match kmem::kmem_va().xalloc(size, &exact, Policy::InstantFit) {
+                Ok(_) => {
+                    reused.store(true, Ordering::Release);
+                    for (i, &frame) in fresh.iter().enumerate() {
+                        let page = Page::containing_address(VirtAddr::new(va + i as u64 * PAGE));
+                        let frame = PhysFrame::containing_address(PhysAddr::new(frame));
+                        if paging::map(page, frame, Flags::WRITABLE).is_ok() {
+                            // SAFETY: just mapped to a frame of ours.
+                            unsafe { word(i as u64).write_volatile(new ^ i as u64) };
+                        }
+                    }
+                }
+                Err(e) => *error.lock() = Some(format!("the VA could not be taken again: {e}")),
+            }
+            step.store(2, Ordering::Release);
+            wait(3);
+        }
+        1 => {
+            // SAFETY: mapped until CPU 0 frees it, after step 1.
+            let first = (0..STALE_PAGES).all(|i| unsafe { word(i).read_volatile() } == old ^ i);
+            if !first {
+                *error.lock() = Some("CPU 1 did not read the first contents".to_string());
+            }
+            step.store(1, Ordering::Release);
+            wait(2);
+            if reused.load(Ordering::Acquire) {
+                // SAFETY: CPU 0 mapped the range again before step 2.
+                let old_seen = (0..STALE_PAGES)
+                    .filter(|&i| unsafe { word(i).read_volatile() } == old ^ i)
+                    .count();
+                stale.store(old_seen as u64, Ordering::Release);
+            }
+            step.store(3, Ordering::Release);
+        }
+        _ => {}
+    });
+    if reused.load(Ordering::Acquire) {
+        let range = Page::range(
+            Page::containing_address(VirtAddr::new(va)),
+            Page::containing_address(VirtAddr::new(va + size)),
+        );
+        for page in range {
+            paging::unmap(page);
+        }
+        shootdown::flush(&[(va, size)]);
+        paging::free_empty_tables(range, None);
+        let _ = kmem::kmem_va().xfree(va, size);
+    }
+    if let Some(e) = error.lock().take() {
+        return Err(e);
+    }
+    match stale.load(Ordering::Acquire) {
+        0 => Ok(format!(
+            "CPU 1 read the new contents of all {STALE_PAGES} pages; shootdown {}",
+            if shootdown::enabled() { "on" } else { "off" }
+        )),
+        n => Err(format!(
+            "CPU 1 read {n} of {STALE_PAGES} pages through stale translations (the old frames' contents) after CPU 0 released the VA and mapped it to other frames; shootdown {}",
+            if shootdown::enabled() { "on" } else { "off" }
+        )),
+    }
+}
+
+/// Makes the test's cache and quantum-cache arena, runs the rounds, and
+/// gives everything back.
+fn rounds(clock: &Clock, cpus: usize) -> Vec<(String, Outcome)> {
+    let mut out = Vec::new();
+    let Ok(base) = kmem::kmem_default().alloc(QC_BYTES, Policy::InstantFit) else {
+        out.push((
+            "setup".to_string(),
+            Err("no memory for the quantum-cache arena".to_string()),
+        ));
+        return out;
+    };
+    let made = (|| {
+        let qcaches = Box::new(
+            QuantumCaches::new(QC_QUANTUM, 16 * QC_QUANTUM, &PHYS_META, &cpu::CURRENT)
+                .map_err(|e| format!("quantum caches: {e}"))?,
+        );
+        Ok::<_, String>(qcaches)
+    })();
+    let qcaches = match made {
+        Ok(q) => q,
+        Err(e) => {
+            out.push(("setup".to_string(), Err(e)));
+            let _ = kmem::kmem_default().free(base, QC_BYTES);
+            return out;
+        }
+    };
+    {
+        let qc = match Arena::create(
+            ArenaConfig::new("smp_qc", QC_QUANTUM)
+                .span(base, QC_BYTES)
+                .qcache(&qcaches)
+                .meta(&PHYS_META),
+        ) {
+            Ok(a) => a,
+            Err(e) => {
+                out.push(("setup".to_string(), Err(format!("smp_qc arena: {e}"))));
+                let _ = kmem::kmem_default().free(base, QC_BYTES);
+                return out;
+            }
+        };
+        // SAFETY: kmem_default hands out mapped, writable memory that is
+        // the cache's until freed.
+        let config = unsafe {
+            CacheConfig::new("smp_objects", OBJECT_SIZE, &PHYS_META, &cpu::CURRENT)
+                .memory()
+                .debug(true)
+        };
+        match ObjectCache::new(config, kmem::kmem_default()) {
+            Ok(cache) => {
+                run_rounds(clock, cpus, &cache, &qc, &mut out);
+                let _ = cache.reap();
+            }
+            Err(e) => out.push(("setup".to_string(), Err(format!("smp_objects cache: {e}")))),
+        }
+        let _ = qc.reap();
+    }
+    drop(qcaches);
+    let _ = kmem::kmem_default().free(base, QC_BYTES);
+    out
+}
+
+fn run_rounds(
+    clock: &Clock,
+    cpus: usize,
+    cache: &ObjectCache<'_>,
+    qc: &Arena<'_>,
+    out: &mut Vec<(String, Outcome)>,
+) {
+    let shared = Shared {
+        cache,
+        qc,
+        queues: (0..cpus).map(|_| spin::Mutex::new(Vec::new())).collect(),
+        ids: (0..(1 << 20) / 64).map(|_| AtomicU64::new(0)).collect(),
+        failures: spin::Mutex::new(Vec::new()),
+        barrier: Barrier {
+            count: AtomicUsize::new(0),
+            sense: AtomicBool::new(false),
+            cpus,
+        },
+        cpus,
+    };
+    let checks = spin::Mutex::new(Vec::new());
+    let start = rdtsc();
+    smp::run_on_all(&|cpu| {
+        let mut sense = false;
+        for round in 0..ROUNDS {
+            shared.round(cpu, round);
+            shared.barrier.wait(&mut sense);
+            // No CPU queues more: each frees what it was sent.
+            shared.drain_queue(cpu);
+            shared.barrier.wait(&mut sense);
+            if cpu == 0 {
+                let checked = kmem::check_all()
+                    .map_err(|e| e.to_string())
+                    .and_then(|()| cache.check().map_err(|e| format!("smp_objects: {e}")))
+                    .and_then(|()| qc.check().map_err(|e| format!("smp_qc: {e}")));
+                checks.lock().push(checked);
+            }
+            shared.barrier.wait(&mut sense);
+        }
+        // Every CPU drains the magazines (the reaps drain every CPU's).
+        let _ = cache.reap();
+        let _ = qc.reap();
+        if let Some(classes) = kmem::HEAP.classes() {
+            let _ = classes.reap();
+        }
+    });
+    let ms = clock.ns(rdtsc() - start) / 1_000_000;
+    let remote: u64 = (0..cpus)
+        .filter_map(cpu::cpu)
+        .map(|c| c.counters.remote_frees.load(Ordering::Relaxed))
+        .sum();
+    let failures = core::mem::take(&mut *shared.failures.lock());
+    out.push((
+        format!("{cpus} CPU(s) at once, {ROUNDS} rounds of {OBJECTS} objects each, patterns verified, every other object freed by the next CPU"),
+        if failures.is_empty() {
+            Ok(format!("{ms} ms {}, {remote} objects freed remotely", clock.mark()))
+        } else {
+            Err(failures.join("; "))
+        },
+    ));
+    let checks = core::mem::take(&mut *checks.lock());
+    let bad = checks.iter().filter(|c| c.is_err()).count();
+    out.push((
+        "checker between rounds, every CPU stopped at a barrier".to_string(),
+        match checks.into_iter().find_map(Result::err) {
+            None => Ok(format!("{ROUNDS} checks")),
+            Some(e) => Err(format!("{bad} of {ROUNDS} checks failed, first: {e}")),
+        },
+    ));
+}
