@@ -1,21 +1,25 @@
 //! An x86_64 PVH unikernel whose memory is vmem arenas and caches: it
 //! boots under QEMU (KVM or TCG), builds `phys`, the direct map, the
-//! virtual arenas and the heap, prints a report, runs the in-kernel tests
-//! when the command line says `test` (or exhausts every arena with
-//! `pressure`, or faults on purpose with `fault` and `overflow`), and exits
-//! with a verdict through isa-debug-exit. See `boot` for the entry,
-//! `layout` for the address space, `phys`, `paging` and `kmem` for the
-//! memory subsystem, `cpu` and `exception` for the exception reports.
+//! virtual arenas and the heap, starts every other CPU (`smp`), prints a
+//! report, runs the in-kernel tests when the command line says `test` (or
+//! runs every CPU at once with `smp`, exhausts every arena with
+//! `pressure`, or faults on purpose with `fault`, `fault-ap` and
+//! `overflow`), and exits with a verdict through isa-debug-exit. See
+//! `boot` for the entry, `layout` for the address space, `phys`, `paging`,
+//! `kmem` and `shootdown` for the memory subsystem, `cpu` and `exception`
+//! for the exception reports.
 //!
 //! The modules' floors, each importing only from those below it:
 //!
-//! 1. `layout`, `error`, `console`, `cpu`, `boot`: the address space, the
-//!    memory layer's error, the serial port, the CPU's tables, the loader's
-//!    data;
+//! 1. `layout`, `error`, `console`, `cpu`, `boot`, `acpi`: the address
+//!    space, the memory layer's error, the serial port, each CPU's tables
+//!    and data, the loader's data, the firmware's CPUs;
 //! 2. `paging`: the page tables (frames from the arena `build` is handed);
+//!    `apic`; `shootdown`: the IPI round that flushes every CPU's TLB;
 //! 3. `phys`, then `kmem`: the arenas, the heap and the kernel stacks;
-//! 4. `devices`, `time`, `trace`;
-//! 5. `exception`, `report`, `tests`, `pressure`: reports and tests.
+//! 4. `devices`, `time`, `trace`, `smp`: starting the other CPUs;
+//! 5. `exception`, `report`, `tests`, `pressure`, `smptest`: reports and
+//!    tests.
 
 #![no_std]
 #![no_main]
