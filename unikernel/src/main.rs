@@ -189,7 +189,7 @@ extern "C" fn kmain_on_stack() -> ! {
         if boot.has_word("test") {
             tests::run(&devices)
         } else if boot.has_word("smp") {
-            smptest::run(&clock)
+            smptest::run(&clock, boot.value_of("pairs").and_then(|p| p.parse().ok()))
         } else {
             Verdict::Pass
         }

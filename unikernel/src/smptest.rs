@@ -42,7 +42,7 @@ use crate::time::Clock;
 /// Rounds, and objects each CPU allocates in a round.
 const ROUNDS: usize = 4;
 const OBJECTS: u64 = 1500;
-/// 64-byte heap pairs each CPU times.
+/// 64-byte heap pairs each CPU times, unless `pairs=N` says.
 const PAIRS: u64 = 100_000;
 /// The quantum-cache arena: quantum and size.
 const QC_QUANTUM: u64 = 64;
@@ -274,10 +274,14 @@ impl Shared<'_> {
     }
 }
 
-/// Times 64-byte heap pairs on every CPU at once: pairs per second in all.
-fn heap_rate(clock: &Clock, cpus: usize) -> u64 {
+/// Times 64-byte heap pairs on every CPU at once: pairs per second in all,
+/// and the slowest and fastest CPU's own rate (which shows whether the
+/// host ran the vCPUs side by side).
+fn heap_rate(clock: &Clock, cpus: usize, pairs: u64) -> (u64, u64, u64) {
     let start = AtomicU64::new(0);
     let end = AtomicU64::new(0);
+    let slowest = AtomicU64::new(0);
+    let fastest = AtomicU64::new(u64::MAX);
     let barrier = Barrier {
         count: AtomicUsize::new(0),
         sense: AtomicBool::new(false),
@@ -292,30 +296,40 @@ fn heap_rate(clock: &Clock, cpus: usize) -> u64 {
         if cpu == 0 {
             start.store(rdtsc(), Ordering::Release);
         }
-        for _ in 0..PAIRS {
+        let mine = rdtsc();
+        for _ in 0..pairs {
             // SAFETY: as above; the pointer is freed at once.
             unsafe {
                 let p = core::hint::black_box(alloc::alloc::alloc(layout));
                 alloc::alloc::dealloc(p, layout);
             }
         }
+        let mine = rdtsc() - mine;
+        slowest.fetch_max(mine, Ordering::Relaxed);
+        fastest.fetch_min(mine, Ordering::Relaxed);
         barrier.wait(&mut sense);
         if cpu == 0 {
             end.store(rdtsc(), Ordering::Release);
         }
     });
+    let rate = |ns: u64| pairs * 1_000_000_000 / ns.max(1);
     let ns = clock.ns(end.load(Ordering::Acquire) - start.load(Ordering::Acquire));
-    PAIRS * cpus as u64 * 1_000_000_000 / ns.max(1)
+    (
+        rate(ns) * cpus as u64,
+        rate(clock.ns(slowest.load(Ordering::Relaxed))),
+        rate(clock.ns(fastest.load(Ordering::Relaxed))),
+    )
 }
 
 /// The `smp` boot word.
-pub fn run(clock: &Clock) -> Verdict {
+pub fn run(clock: &Clock, pairs: Option<u64>) -> Verdict {
+    let pairs = pairs.unwrap_or(PAIRS);
     let cpus = smp::online();
     println!();
     println!("=== smp: every CPU at once on the heap, caches, quantum caches and ids ===");
-    let rate = heap_rate(clock, cpus);
+    let (rate, slow, fast) = heap_rate(clock, cpus, pairs);
     println!(
-        "smp: heap alloc+free pairs (64 B) on {cpus} CPU(s) at once: {rate} pairs/s {} ({PAIRS} pairs each)",
+        "smp: heap alloc+free pairs (64 B) on {cpus} CPU(s) at once: {rate} pairs/s {} ({pairs} pairs each; one CPU's own rate {slow} to {fast} pairs/s)",
         clock.mark()
     );
     let baseline = match Baseline::take() {
