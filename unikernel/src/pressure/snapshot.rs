@@ -349,10 +349,13 @@ impl Kept {
         self.tables + self.meta
     }
 
-    /// Frames kept beyond the arenas' allocated-segment hash tables, which
-    /// an arena keeps until it empties (`phys` never does).
-    pub(super) fn beyond_hash_tables(&self) -> i64 {
-        self.frames() - self.hash_pages
+    /// Frames kept that no arena or cache accounts for as its metadata:
+    /// page-table frames, and meta pages beyond the allocated-segment hash
+    /// tables (kept until an arena empties; `phys` never does), the tag
+    /// pages a span marker holds (a reap does not move span markers) and
+    /// the caches' record and magazine pages with a record in use.
+    pub(super) fn unexplained(&self) -> i64 {
+        self.tables + (self.meta - self.hash_pages - self.tag_pages - self.cache_pages).abs()
     }
 }
 
