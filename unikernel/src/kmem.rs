@@ -5,7 +5,8 @@
 //!   to 16 pages, so the heap's imports take the magazine fast path;
 //! - `kmem_default`: imports from `kmem_va` through `BackedPages`, which
 //!   backs each page with a frame from `phys` and maps it, and on release
-//!   unmaps, flushes and frees the frames;
+//!   unmaps and frees the frames; with other CPUs online the range goes
+//!   back to `kmem_va` only after a TLB shootdown round (`retire`, `purge`);
 //! - the heap: vmem-core's size classes over `kmem_default`, the
 //!   `#[global_allocator]`;
 //! - `device`: virtual ranges for MMIO, mapped uncached;
