@@ -28,6 +28,8 @@ pub const SHOOTDOWN_VECTOR: u8 = 0xf0;
 pub const WAKE_VECTOR: u8 = 0xf1;
 /// The local APIC's spurious-interrupt vector (its handler only returns).
 pub const SPURIOUS_VECTOR: u8 = 0xff;
+// The IPI stubs push these vectors as literals.
+const _: () = assert!(SHOOTDOWN_VECTOR == 0xf0 && WAKE_VECTOR == 0xf1);
 
 const IA32_GS_BASE: u32 = 0xc000_0101;
 
@@ -38,9 +40,10 @@ struct EarlyStack([u8; 16 * 1024]);
 /// replaces it.
 static EARLY_DF_STACK: Shared<EarlyStack> = Shared(UnsafeCell::new(EarlyStack([0; 16 * 1024])));
 
-/// A static the CPU reads behind our back (the IDT).
+/// A static the CPU uses behind our back (the IDT, the early stack).
 struct Shared<T>(UnsafeCell<T>);
-// SAFETY: the IDT is written once, on the boot CPU before any other runs.
+// SAFETY: the IDT is written once, on the boot CPU before any other runs;
+// the early stack is only ever the boot CPU's.
 unsafe impl<T> Sync for Shared<T> {}
 
 type Gdt = (
