@@ -17,7 +17,7 @@ use crate::magazine::{CpuMags, CpuSlot, Depot, MAG_ROUNDS, MagLink, Magazine, ma
 use crate::meta::{MetaPages, MetaSource};
 use crate::name::{self, Name};
 use crate::slab::{MAX_OBJS, SlabLayer};
-use crate::sync::{Mutex, MutexGuard};
+use crate::sync::{CacheLines, Mutex, MutexGuard};
 
 /// A constructor or destructor: called with the object's address.
 pub type ObjectHook<'a> = &'a (dyn Fn(u64) + Sync);
@@ -186,6 +186,13 @@ pub struct CacheStats {
 
 /// Everything of a cache but its arena, which callers pass in: quantum
 /// caches live inside storage their arena points to.
+///
+/// In declaration order (`repr(C)`): the fields read on every call and
+/// written only when the cache is made, then the CPU slots (each on 128
+/// bytes of its own), then the shared locks, each on 128 bytes of its own,
+/// so a CPU taking the depot's lock does not evict another CPU's copy of
+/// the read-mostly fields or of its slot.
+#[repr(C)]
 pub(crate) struct CacheCore<'a> {
     pub(crate) name: Name,
     size: u64,
@@ -205,9 +212,9 @@ pub(crate) struct CacheCore<'a> {
     /// zero never touches its CPU slots' magazines or the depot).
     magazines: bool,
     cpus: [CpuSlot; MAX_CPUS],
-    depot: Mutex<Depot>,
-    slabs: Mutex<SlabLayer>,
-    counters: Mutex<Counters>,
+    depot: CacheLines<Mutex<Depot>>,
+    slabs: CacheLines<Mutex<SlabLayer>>,
+    counters: CacheLines<Mutex<Counters>>,
 }
 
 /// Counters of the slow paths.
@@ -286,9 +293,14 @@ impl<'a> CacheCore<'a> {
             cpu: config.cpu,
             magazines: magazine > 0,
             cpus: [const { CpuSlot::new() }; MAX_CPUS],
-            depot: Mutex::new(Depot::new(magazine)),
-            slabs: Mutex::new(SlabLayer::new(chunk, slab_size, objs, align.max(quantum))),
-            counters: Mutex::new(Counters::default()),
+            depot: CacheLines(Mutex::new(Depot::new(magazine))),
+            slabs: CacheLines(Mutex::new(SlabLayer::new(
+                chunk,
+                slab_size,
+                objs,
+                align.max(quantum),
+            ))),
+            counters: CacheLines(Mutex::new(Counters::default())),
         })
     }
 
@@ -1115,6 +1127,37 @@ mod tests {
             ErrorKind::Overflow,
             "a slot larger than a forced slab"
         );
+    }
+
+    /// The read-mostly fields, the CPU slots and each shared lock lie on
+    /// 128-byte lines of their own.
+    #[test]
+    fn read_mostly_fields_lie_apart_from_the_locks() {
+        use core::mem::offset_of;
+        let line = |offset: usize| offset / 128;
+        let read_mostly = [
+            offset_of!(CacheCore<'static>, size),
+            offset_of!(CacheCore<'static>, chunk),
+            offset_of!(CacheCore<'static>, salt),
+            offset_of!(CacheCore<'static>, poison),
+            offset_of!(CacheCore<'static>, meta),
+            offset_of!(CacheCore<'static>, cpu),
+            offset_of!(CacheCore<'static>, magazines),
+        ];
+        let cpus = offset_of!(CacheCore<'static>, cpus);
+        let locks = [
+            offset_of!(CacheCore<'static>, depot),
+            offset_of!(CacheCore<'static>, slabs),
+            offset_of!(CacheCore<'static>, counters),
+        ];
+        let last_read_mostly = read_mostly.iter().map(|&o| line(o)).max().unwrap();
+        assert!(last_read_mostly < line(cpus), "{read_mostly:?} {cpus}");
+        assert_eq!(cpus % 128, 0);
+        assert_eq!(locks[0], cpus + MAX_CPUS * size_of::<CpuSlot>());
+        for pair in locks.windows(2) {
+            assert!(line(pair[0]) < line(pair[1]), "{locks:?}");
+        }
+        assert!(locks.iter().all(|o| o % 128 == 0), "{locks:?}");
     }
 
     #[test]

@@ -42,8 +42,11 @@ const WINDOW_CONTENTION: u64 = 3;
 
 pub(crate) type MagLink = Option<NonNull<Magazine>>;
 
-/// A magazine: a stack of up to `cap` objects (512 bytes, eight a page).
-#[repr(C)]
+/// A magazine: a stack of up to `cap` objects, 512 bytes on eight cache
+/// lines of its own (seven a meta page, after the page header), so a CPU
+/// popping a magazine's last rounds never shares a line with the counter
+/// of the next magazine, which another CPU may hold.
+#[repr(C, align(64))]
 pub(crate) struct Magazine {
     rounds: u32,
     cap: u32,
@@ -119,8 +122,9 @@ pub(crate) struct CpuMags {
 // SAFETY: the magazines belong to this slot and are reached only under its lock.
 unsafe impl Send for CpuMags {}
 
-/// A CPU's slot, on its own cache line so CPUs do not share lines.
-#[repr(align(64))]
+/// A CPU's slot, on two cache lines of its own (the line a CPU touches and
+/// the one its adjacent-line prefetcher pulls in), so CPUs do not share lines.
+#[repr(align(128))]
 pub(crate) struct CpuSlot(pub(crate) crate::sync::Mutex<CpuMags>);
 
 impl CpuSlot {
@@ -322,6 +326,29 @@ impl Depot {
 mod tests {
     use super::*;
     use crate::HeapMeta;
+
+    /// Magazines and CPU slots own their cache lines: before this test a
+    /// magazine was 8-aligned and started 16 bytes into a line, so its
+    /// last rounds shared a line with the next magazine's counter.
+    #[test]
+    fn magazines_and_cpu_slots_own_their_cache_lines() {
+        assert_eq!((size_of::<Magazine>(), align_of::<Magazine>()), (512, 64));
+        assert_eq!(core::mem::offset_of!(Magazine, objs) % 64, 16);
+        assert_eq!(RecordPool::<Magazine>::PER_PAGE, 7);
+        assert_eq!(align_of::<CpuSlot>(), 128);
+        assert_eq!(size_of::<CpuSlot>(), 128, "one slot, two lines, no more");
+        let mut depot = Depot::new(3);
+        let mut two = [None, None];
+        for m in &mut two {
+            depot.stock_empty(&HeapMeta);
+            *m = depot.take_empty();
+        }
+        for m in two.map(Option::unwrap) {
+            assert_eq!(m.as_ptr() as usize % 64, 0, "a magazine starts a line");
+            depot.pool.give(m);
+        }
+        depot.pool.dispose(&HeapMeta);
+    }
 
     #[test]
     fn contention_grows_the_magazine_size() {
