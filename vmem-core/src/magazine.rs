@@ -27,6 +27,8 @@
 use core::ptr::NonNull;
 
 use crate::meta::{MetaSource, RecordPool};
+use crate::sync::atomic::{AtomicU64, Ordering};
+use crate::sync::{Mutex, OwnedCell};
 
 /// Most rounds a magazine holds.
 pub(crate) const MAG_ROUNDS: usize = 62;
@@ -104,11 +106,19 @@ impl Magazine {
     }
 }
 
-/// One CPU's magazines and counters, under that CPU's lock.
-#[derive(Default)]
-pub(crate) struct CpuMags {
+/// A CPU's loaded and previous magazines. The previous one is always
+/// full or empty.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct MagPair {
     pub(crate) loaded: MagLink,
     pub(crate) prev: MagLink,
+}
+
+/// One CPU's magazines and counters for the locked path ([`crate::CpuId`]
+/// callers), under that CPU's lock.
+#[derive(Default)]
+pub(crate) struct CpuMags {
+    pub(crate) pair: MagPair,
     /// Allocations served from this CPU's magazines.
     pub(crate) alloc_hits: u64,
     /// Allocations that found no object in the magazines or depot.
@@ -122,21 +132,131 @@ pub(crate) struct CpuMags {
 // SAFETY: the magazines belong to this slot and are reached only under its lock.
 unsafe impl Send for CpuMags {}
 
+/// The part of a CPU slot that only the context holding that CPU
+/// ([`crate::CpuLocal`]) touches: illumos's `cc_loaded` and `cc_rounds`.
+/// The loaded magazine's round count lives here, on the slot's first
+/// line, while the magazine is loaded (its own count is stale then and is
+/// written back before anyone else may see it), so a hit reads and writes
+/// this line and the line of the round it takes or puts.
+#[derive(Default)]
+pub(crate) struct Owned {
+    pub(crate) pair: MagPair,
+    /// Rounds in the loaded magazine (0 with none loaded).
+    rounds: u32,
+    /// Capacity of the loaded magazine (0 with none loaded).
+    cap: u32,
+    /// The last request ([`CpuSlot::asked`]) this CPU answered.
+    pub(crate) answered: u64,
+}
+
+impl Owned {
+    /// Takes the loaded magazine's top round.
+    #[inline(always)]
+    pub(crate) fn pop(&mut self) -> Option<u64> {
+        let rounds = self.rounds.checked_sub(1)?;
+        let m = self.pair.loaded?;
+        // SAFETY: the holder of this CPU owns its loaded magazine.
+        let obj = unsafe { mag(m) }.objs.get(rounds as usize).copied()?;
+        self.rounds = rounds;
+        Some(obj)
+    }
+
+    /// Puts `obj` on the loaded magazine; false when it is full or absent.
+    #[inline(always)]
+    pub(crate) fn push(&mut self, obj: u64) -> bool {
+        if self.rounds >= self.cap {
+            return false;
+        }
+        let Some(m) = self.pair.loaded else {
+            return false;
+        };
+        // SAFETY: as in `pop`.
+        match unsafe { mag(m) }.objs.get_mut(self.rounds as usize) {
+            Some(slot) => {
+                *slot = obj;
+                self.rounds += 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Writes the round count back into the loaded magazine, so its own
+    /// count is exact before the pair is traded, drained or checked.
+    pub(crate) fn write_back(&mut self) {
+        if let Some(m) = self.pair.loaded {
+            // SAFETY: as in `pop`.
+            unsafe { mag(m) }.rounds = self.rounds;
+        }
+    }
+
+    /// Reads the loaded magazine's count and capacity after the pair changed.
+    pub(crate) fn reload(&mut self) {
+        // SAFETY: as in `pop`.
+        (self.rounds, self.cap) = self
+            .pair
+            .loaded
+            .map_or((0, 0), |m| unsafe { (mag(m).rounds, mag(m).cap) });
+    }
+
+    /// Takes both magazines out (their counts exact), leaving none.
+    pub(crate) fn take_pair(&mut self) -> [MagLink; 2] {
+        self.write_back();
+        let pair = core::mem::take(&mut self.pair);
+        self.reload();
+        [pair.loaded, pair.prev]
+    }
+}
+
+/// Counters of the fast path: written only by the holder of the CPU
+/// (a relaxed load and store, no read-modify-write), read by anyone.
+#[derive(Default)]
+pub(crate) struct OwnedCounts {
+    pub(crate) alloc_hits: AtomicU64,
+    pub(crate) alloc_misses: AtomicU64,
+    pub(crate) free_hits: AtomicU64,
+    pub(crate) free_misses: AtomicU64,
+}
+
+/// Adds one to a counter only one context writes.
+#[inline(always)]
+pub(crate) fn bump(counter: &AtomicU64) {
+    counter.store(counter.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+}
+
 /// A CPU's slot, on two cache lines of its own (the line a CPU touches and
-/// the one its adjacent-line prefetcher pulls in), so CPUs do not share lines.
-#[repr(align(128))]
-pub(crate) struct CpuSlot(pub(crate) crate::sync::Mutex<CpuMags>);
+/// the one its adjacent-line prefetcher pulls in), so CPUs do not share
+/// lines. The first line is the fast path's: the held part and its
+/// counters. The second is the locked path's, and the request word that
+/// other CPUs write.
+#[repr(C, align(128))]
+pub(crate) struct CpuSlot {
+    pub(crate) owned: OwnedCell<Owned>,
+    pub(crate) counts: OwnedCounts,
+    /// Requests other contexts posted to this CPU's holder (each adds
+    /// one): drain the held magazines. The holder answers every request up
+    /// to the count it reads, on its next slow path or at
+    /// [`crate::ObjectCache::honour`].
+    pub(crate) asked: AtomicU64,
+    pub(crate) locked: Mutex<CpuMags>,
+}
+
+// SAFETY: the locked part is reached under its lock; the held part only by
+// the context holding the slot's CPU, which the `CpuLocal` contract makes
+// one at a time with each hold happening before the next; the counters and
+// the request word are atomics.
+unsafe impl Sync for CpuSlot {}
+// SAFETY: as above; moving the slot moves magazines no other slot points to.
+unsafe impl Send for CpuSlot {}
 
 impl CpuSlot {
-    pub(crate) const fn new() -> Self {
-        CpuSlot(crate::sync::Mutex::new(CpuMags {
-            loaded: None,
-            prev: None,
-            alloc_hits: 0,
-            alloc_misses: 0,
-            free_hits: 0,
-            free_misses: 0,
-        }))
+    pub(crate) fn new() -> Self {
+        CpuSlot {
+            owned: OwnedCell::new(Owned::default()),
+            counts: OwnedCounts::default(),
+            asked: AtomicU64::new(0),
+            locked: Mutex::new(CpuMags::default()),
+        }
     }
 }
 

@@ -1,0 +1,213 @@
+//! The host's [`CpuLocal`]: each thread claims a CPU slot of its own.
+//!
+//! A host has no way to keep two threads off one CPU, so a thread *is* the
+//! CPU: the first time a thread enters a [`ThreadCpus`], it claims a free
+//! slot index with one compare-and-swap and keeps it in a thread-local
+//! for the rest of its life; every later entry reads that thread-local and
+//! sets a thread-local "in use" flag, with no atomic operation at all. The
+//! thread lets the slot go when it exits (a thread-local destructor).
+//! Threads that find every slot claimed take the locked path for good.
+//!
+//! ## Why it is sound
+//!
+//! - One holder per index: an index is claimed by a successful
+//!   compare-and-swap of its flag from free to claimed, and the flag goes
+//!   back to free only when its claimer lets go, so at most one thread owns
+//!   it. That thread holds the CPU between [`CpuLocal::enter`] and
+//!   [`CpuLocal::leave`], and refuses a nested `enter` (a hook of the cache
+//!   that calls it again) by the in-use flag. Any other thread can hold the
+//!   index only by [`CpuLocal::enter_idle`], the same compare-and-swap,
+//!   which fails while the owner has it.
+//! - Holds in order: the claim is an acquiring compare-and-swap and the
+//!   let-go a releasing store, so everything one holder wrote into a slot
+//!   happens before the next holder (a later thread, or a reaper that
+//!   drains an abandoned slot) reads it. Holds by one thread are ordered by
+//!   the thread's own program order.
+//! - Nothing waits: a claim tries each index once.
+//!
+//! A reaper that finds a slot claimed posts a request instead (see
+//! [`crate::ObjectCache::reap`]); the owner answers it on its next slow
+//! path, and once it exits the slot is free for the reaper to drain.
+//! `vmem-loom` model-checks this protocol.
+
+use core::cell::Cell;
+
+use crate::cpu::{CpuId, CpuLocal, MAX_CPUS};
+use crate::sync::atomic::{AtomicBool, Ordering};
+
+/// No slot: every slot was claimed when this thread asked.
+const NO_SLOT: usize = usize::MAX;
+
+/// The host's CPU slots: a thread claims one and holds it until it exits.
+/// A thread claims a slot of one `ThreadCpus` at a time; with another one
+/// it takes the locked path. Made only as a `&'static` (a claim outlives
+/// any scope: it is let go when the thread exits).
+pub struct ThreadCpus {
+    claimed: [AtomicBool; MAX_CPUS],
+}
+
+/// What this thread holds.
+#[derive(Clone, Copy)]
+struct Claim {
+    platform: *const ThreadCpus,
+    /// The slot index, or [`NO_SLOT`].
+    index: usize,
+    /// Whether a hold from `enter` is live.
+    busy: bool,
+}
+
+/// Lets go of this thread's slot when the thread exits.
+struct LetGo;
+
+impl Drop for LetGo {
+    fn drop(&mut self) {
+        let Ok(Some(claim)) = CLAIM.try_with(Cell::take) else {
+            return;
+        };
+        if claim.index < MAX_CPUS {
+            // SAFETY: a claim names a `&'static ThreadCpus`.
+            let platform = unsafe { &*claim.platform };
+            platform.claimed[claim.index].store(false, Ordering::Release);
+        }
+    }
+}
+
+#[cfg(not(loom))]
+std::thread_local! {
+    /// This thread's claim: a plain thread-local without a destructor,
+    /// so reading it costs one load relative to the thread pointer.
+    static CLAIM: Cell<Option<Claim>> = const { Cell::new(None) };
+    /// Registered with the claim; its destructor lets the slot go.
+    static LET_GO: LetGo = const { LetGo };
+}
+
+#[cfg(loom)]
+loom::thread_local! {
+    static CLAIM: Cell<Option<Claim>> = Cell::new(None);
+    static LET_GO: LetGo = LetGo;
+}
+
+impl ThreadCpus {
+    fn new() -> Self {
+        ThreadCpus {
+            claimed: core::array::from_fn(|_| AtomicBool::new(false)),
+        }
+    }
+
+    /// A new set of slots, for good (its claims outlive any scope).
+    pub fn leak() -> &'static ThreadCpus {
+        std::boxed::Box::leak(std::boxed::Box::new(ThreadCpus::new()))
+    }
+
+    /// The process's set of slots.
+    #[cfg(not(loom))]
+    pub fn global() -> &'static ThreadCpus {
+        static GLOBAL: std::sync::OnceLock<&'static ThreadCpus> = std::sync::OnceLock::new();
+        GLOBAL.get_or_init(ThreadCpus::leak)
+    }
+
+    /// How many slots threads hold now.
+    pub fn claimed(&self) -> usize {
+        self.claimed
+            .iter()
+            .filter(|c| c.load(Ordering::Relaxed))
+            .count()
+    }
+
+    /// Claims a free slot for this thread, with its destructor registered
+    /// first (a thread whose thread-locals are being destroyed claims none).
+    #[cold]
+    fn claim(&self) -> usize {
+        if LET_GO.try_with(|_| ()).is_err() {
+            return NO_SLOT;
+        }
+        self.claimed
+            .iter()
+            .position(|c| {
+                c.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+            })
+            .unwrap_or(NO_SLOT)
+    }
+}
+
+impl core::fmt::Debug for ThreadCpus {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("ThreadCpus")
+            .field("claimed", &self.claimed())
+            .finish()
+    }
+}
+
+// SAFETY: see the module's soundness argument: an index has one claimer
+// (compare-and-swap), the claimer's holds exclude each other by its in-use
+// flag, `enter_idle` is the same compare-and-swap, claims acquire and
+// let-gos release, and nothing waits. `ThreadCpus` has a nonzero size and
+// is made only as a `&'static`, so no other platform shares its address.
+unsafe impl CpuLocal for ThreadCpus {
+    #[inline(always)]
+    fn enter(&self) -> Option<usize> {
+        CLAIM
+            .try_with(|c| {
+                let claim = match c.get() {
+                    Some(claim) if core::ptr::eq(claim.platform, self) => claim,
+                    Some(_) => return None,
+                    None => Claim {
+                        platform: self,
+                        index: self.claim(),
+                        busy: false,
+                    },
+                };
+                if claim.busy || claim.index >= MAX_CPUS {
+                    c.set(Some(claim));
+                    return None;
+                }
+                c.set(Some(Claim {
+                    busy: true,
+                    ..claim
+                }));
+                Some(claim.index)
+            })
+            .ok()
+            .flatten()
+    }
+
+    #[inline(always)]
+    fn leave(&self, _index: usize) {
+        let _ = CLAIM.try_with(|c| {
+            if let Some(claim) = c.get() {
+                c.set(Some(Claim {
+                    busy: false,
+                    ..claim
+                }));
+            }
+        });
+    }
+
+    fn enter_idle(&self, index: usize) -> bool {
+        self.claimed.get(index).is_some_and(|c| {
+            c.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+        })
+    }
+
+    fn leave_idle(&self, index: usize) {
+        if let Some(c) = self.claimed.get(index) {
+            c.store(false, Ordering::Release);
+        }
+    }
+}
+
+impl CpuId for ThreadCpus {
+    /// This thread's slot index; a thread that holds none (it has not
+    /// entered, or found every slot claimed) is CPU `MAX_CPUS`, whose
+    /// locked magazines it shares with slot 0's.
+    fn current(&self) -> usize {
+        CLAIM
+            .try_with(|c| match c.get() {
+                Some(claim) if core::ptr::eq(claim.platform, self) => claim.index.min(MAX_CPUS),
+                _ => MAX_CPUS,
+            })
+            .unwrap_or(MAX_CPUS)
+    }
+}
