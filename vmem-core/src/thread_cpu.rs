@@ -5,7 +5,8 @@
 //! slot index with one compare-and-swap and keeps it in a thread-local
 //! for the rest of its life; every later entry reads that thread-local and
 //! sets a thread-local "in use" flag, with no atomic operation at all. The
-//! thread lets the slot go when it exits (a thread-local destructor).
+//! thread lets the slot go when it exits (a thread-local destructor; a
+//! thread whose thread-locals are being destroyed takes the locked path).
 //! Threads that find every slot claimed take the locked path for good.
 //!
 //! ## Why it is sound
@@ -56,35 +57,38 @@ struct Claim {
     busy: bool,
 }
 
-/// Lets go of this thread's slot when the thread exits.
-struct LetGo;
+/// This thread's claim; when the thread exits, its destructor lets the
+/// slot go.
+struct Held(Cell<Option<Claim>>);
 
-impl Drop for LetGo {
-    fn drop(&mut self) {
-        let Ok(Some(claim)) = CLAIM.try_with(Cell::take) else {
-            return;
-        };
-        if claim.index < MAX_CPUS {
+impl Claim {
+    /// Lets the slot go: the releasing store that the next claim's
+    /// compare-and-swap acquires.
+    fn let_go(self) {
+        if self.index < MAX_CPUS {
             // SAFETY: a claim names a `&'static ThreadCpus`.
-            let platform = unsafe { &*claim.platform };
-            platform.claimed[claim.index].store(false, Ordering::Release);
+            let platform = unsafe { &*self.platform };
+            platform.claimed[self.index].store(false, Ordering::Release);
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some(claim) = self.0.take() {
+            claim.let_go();
         }
     }
 }
 
 #[cfg(not(loom))]
 std::thread_local! {
-    /// This thread's claim: a plain thread-local without a destructor,
-    /// so reading it costs one load relative to the thread pointer.
-    static CLAIM: Cell<Option<Claim>> = const { Cell::new(None) };
-    /// Registered with the claim; its destructor lets the slot go.
-    static LET_GO: LetGo = const { LetGo };
+    static HELD: Held = const { Held(Cell::new(None)) };
 }
 
 #[cfg(loom)]
 loom::thread_local! {
-    static CLAIM: Cell<Option<Claim>> = Cell::new(None);
-    static LET_GO: LetGo = LetGo;
+    static HELD: Held = Held(Cell::new(None));
 }
 
 impl ThreadCpus {
@@ -106,6 +110,22 @@ impl ThreadCpus {
         GLOBAL.get_or_init(ThreadCpus::leak)
     }
 
+    /// Lets go of this thread's slot now, as its exit would (a thread that
+    /// holds its CPU, or holds a slot of another `ThreadCpus`, keeps it).
+    /// Its held magazines stay in the slot, for the next thread that
+    /// claims it or a reap; its next entry claims a slot again.
+    pub fn let_go(&self) {
+        let _ = HELD.try_with(|Held(c)| {
+            if let Some(claim) = c.get()
+                && core::ptr::eq(claim.platform, self)
+                && !claim.busy
+            {
+                c.set(None);
+                claim.let_go();
+            }
+        });
+    }
+
     /// How many slots threads hold now.
     pub fn claimed(&self) -> usize {
         self.claimed
@@ -114,13 +134,10 @@ impl ThreadCpus {
             .count()
     }
 
-    /// Claims a free slot for this thread, with its destructor registered
-    /// first (a thread whose thread-locals are being destroyed claims none).
+    /// Claims a free slot for this thread (whose claim, read just before,
+    /// registered the destructor that lets it go).
     #[cold]
     fn claim(&self) -> usize {
-        if LET_GO.try_with(|_| ()).is_err() {
-            return NO_SLOT;
-        }
         self.claimed
             .iter()
             .position(|c| {
@@ -147,34 +164,33 @@ impl core::fmt::Debug for ThreadCpus {
 unsafe impl CpuLocal for ThreadCpus {
     #[inline(always)]
     fn enter(&self) -> Option<usize> {
-        CLAIM
-            .try_with(|c| {
-                let claim = match c.get() {
-                    Some(claim) if core::ptr::eq(claim.platform, self) => claim,
-                    Some(_) => return None,
-                    None => Claim {
-                        platform: self,
-                        index: self.claim(),
-                        busy: false,
-                    },
-                };
-                if claim.busy || claim.index >= MAX_CPUS {
-                    c.set(Some(claim));
-                    return None;
-                }
-                c.set(Some(Claim {
-                    busy: true,
-                    ..claim
-                }));
-                Some(claim.index)
-            })
-            .ok()
-            .flatten()
+        HELD.try_with(|Held(c)| {
+            let claim = match c.get() {
+                Some(claim) if core::ptr::eq(claim.platform, self) => claim,
+                Some(_) => return None,
+                None => Claim {
+                    platform: self,
+                    index: self.claim(),
+                    busy: false,
+                },
+            };
+            if claim.busy || claim.index >= MAX_CPUS {
+                c.set(Some(claim));
+                return None;
+            }
+            c.set(Some(Claim {
+                busy: true,
+                ..claim
+            }));
+            Some(claim.index)
+        })
+        .ok()
+        .flatten()
     }
 
     #[inline(always)]
     fn leave(&self, _index: usize) {
-        let _ = CLAIM.try_with(|c| {
+        let _ = HELD.try_with(|Held(c)| {
             if let Some(claim) = c.get() {
                 c.set(Some(Claim {
                     busy: false,
@@ -203,11 +219,10 @@ impl CpuId for ThreadCpus {
     /// entered, or found every slot claimed) is CPU `MAX_CPUS`, whose
     /// locked magazines it shares with slot 0's.
     fn current(&self) -> usize {
-        CLAIM
-            .try_with(|c| match c.get() {
-                Some(claim) if core::ptr::eq(claim.platform, self) => claim.index.min(MAX_CPUS),
-                _ => MAX_CPUS,
-            })
-            .unwrap_or(MAX_CPUS)
+        HELD.try_with(|Held(c)| match c.get() {
+            Some(claim) if core::ptr::eq(claim.platform, self) => claim.index.min(MAX_CPUS),
+            _ => MAX_CPUS,
+        })
+        .unwrap_or(MAX_CPUS)
     }
 }
