@@ -57,10 +57,6 @@ struct Claim {
     busy: bool,
 }
 
-/// This thread's claim; when the thread exits, its destructor lets the
-/// slot go.
-struct Held(Cell<Option<Claim>>);
-
 impl Claim {
     /// Lets the slot go: the releasing store that the next claim's
     /// compare-and-swap acquires.
@@ -73,6 +69,50 @@ impl Claim {
     }
 }
 
+#[cfg(not(loom))]
+std::thread_local! {
+    /// This thread's claim, in a thread-local with no destructor, so
+    /// reading it costs one load relative to the thread pointer and no
+    /// state check.
+    static CLAIM: Cell<Option<Claim>> = const { Cell::new(None) };
+    /// Touched once, when the thread claims: its destructor lets go.
+    static LET_GO: LetGo = const { LetGo };
+}
+
+/// Lets go of this thread's slot when the thread exits.
+#[cfg(not(loom))]
+struct LetGo;
+
+#[cfg(not(loom))]
+impl Drop for LetGo {
+    fn drop(&mut self) {
+        if let Ok(Some(claim)) = CLAIM.try_with(Cell::take) {
+            claim.let_go();
+        }
+    }
+}
+
+/// Calls `f` with this thread's claim; `None` when the thread's locals are
+/// being destroyed.
+#[cfg(not(loom))]
+#[inline(always)]
+fn with_claim<R>(f: impl FnOnce(&Cell<Option<Claim>>) -> R) -> Option<R> {
+    CLAIM.try_with(f).ok()
+}
+
+/// Registers the destructor that lets this thread's claim go; false when
+/// the thread's locals are being destroyed (it must claim nothing then).
+#[cfg(not(loom))]
+fn will_let_go() -> bool {
+    LET_GO.try_with(|_| ()).is_ok()
+}
+
+// `loom` runs no destructor of one thread-local that reads another, so
+// under it the claim and its destructor are one thread-local.
+#[cfg(loom)]
+struct Held(Cell<Option<Claim>>);
+
+#[cfg(loom)]
 impl Drop for Held {
     fn drop(&mut self) {
         if let Some(claim) = self.0.take() {
@@ -81,14 +121,19 @@ impl Drop for Held {
     }
 }
 
-#[cfg(not(loom))]
-std::thread_local! {
-    static HELD: Held = const { Held(Cell::new(None)) };
-}
-
 #[cfg(loom)]
 loom::thread_local! {
     static HELD: Held = Held(Cell::new(None));
+}
+
+#[cfg(loom)]
+fn with_claim<R>(f: impl FnOnce(&Cell<Option<Claim>>) -> R) -> Option<R> {
+    HELD.try_with(|held| f(&held.0)).ok()
+}
+
+#[cfg(loom)]
+fn will_let_go() -> bool {
+    true
 }
 
 impl ThreadCpus {
@@ -115,7 +160,7 @@ impl ThreadCpus {
     /// Its held magazines stay in the slot, for the next thread that
     /// claims it or a reap; its next entry claims a slot again.
     pub fn let_go(&self) {
-        let _ = HELD.try_with(|Held(c)| {
+        with_claim(|c| {
             if let Some(claim) = c.get()
                 && core::ptr::eq(claim.platform, self)
                 && !claim.busy
@@ -134,10 +179,13 @@ impl ThreadCpus {
             .count()
     }
 
-    /// Claims a free slot for this thread (whose claim, read just before,
-    /// registered the destructor that lets it go).
+    /// Claims a free slot for this thread, with the destructor that lets it
+    /// go registered first.
     #[cold]
     fn claim(&self) -> usize {
+        if !will_let_go() {
+            return NO_SLOT;
+        }
         self.claimed
             .iter()
             .position(|c| {
@@ -164,7 +212,7 @@ impl core::fmt::Debug for ThreadCpus {
 unsafe impl CpuLocal for ThreadCpus {
     #[inline(always)]
     fn enter(&self) -> Option<usize> {
-        HELD.try_with(|Held(c)| {
+        with_claim(|c| {
             let claim = match c.get() {
                 Some(claim) if core::ptr::eq(claim.platform, self) => claim,
                 Some(_) => return None,
@@ -184,13 +232,12 @@ unsafe impl CpuLocal for ThreadCpus {
             }));
             Some(claim.index)
         })
-        .ok()
         .flatten()
     }
 
     #[inline(always)]
     fn leave(&self, _index: usize) {
-        let _ = HELD.try_with(|Held(c)| {
+        with_claim(|c| {
             if let Some(claim) = c.get() {
                 c.set(Some(Claim {
                     busy: false,
@@ -219,7 +266,7 @@ impl CpuId for ThreadCpus {
     /// entered, or found every slot claimed) is CPU `MAX_CPUS`, whose
     /// locked magazines it shares with slot 0's.
     fn current(&self) -> usize {
-        HELD.try_with(|Held(c)| match c.get() {
+        with_claim(|c| match c.get() {
             Some(claim) if core::ptr::eq(claim.platform, self) => claim.index.min(MAX_CPUS),
             _ => MAX_CPUS,
         })
