@@ -867,8 +867,17 @@ impl<'a> CacheCore<'a> {
 
     /// Checks a freed object (when the cache verifies) and takes it back
     /// from its user: poisoned, with its destructor run, in debug mode.
+    #[inline(always)]
     fn take_back(&self, obj: u64) -> core::result::Result<(), FreeError> {
         if self.verify || self.poison {
+            return self.take_back_checked(obj);
+        }
+        Ok(())
+    }
+
+    /// [`CacheCore::take_back`] with debug checks on.
+    fn take_back_checked(&self, obj: u64) -> core::result::Result<(), FreeError> {
+        {
             let mut slabs = self.slabs.lock();
             match slabs.unmark_user(obj) {
                 Ok(()) => {}

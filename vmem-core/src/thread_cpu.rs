@@ -47,24 +47,36 @@ pub struct ThreadCpus {
     claimed: [AtomicBool; MAX_CPUS],
 }
 
-/// What this thread holds.
-#[derive(Clone, Copy)]
+/// What this thread holds: three cells, so that entering reads and writes
+/// only the words it needs.
 struct Claim {
-    platform: *const ThreadCpus,
+    /// The `ThreadCpus` the slot belongs to (null: none yet).
+    platform: Cell<*const ThreadCpus>,
     /// The slot index, or [`NO_SLOT`].
-    index: usize,
+    index: Cell<usize>,
     /// Whether a hold from `enter` is live.
-    busy: bool,
+    busy: Cell<bool>,
 }
 
 impl Claim {
-    /// Lets the slot go: the releasing store that the next claim's
-    /// compare-and-swap acquires.
-    fn let_go(self) {
-        if self.index < MAX_CPUS {
+    const fn none() -> Claim {
+        Claim {
+            platform: Cell::new(core::ptr::null()),
+            index: Cell::new(NO_SLOT),
+            busy: Cell::new(false),
+        }
+    }
+
+    /// Lets the slot go, if any: the releasing store that the next claim's
+    /// compare-and-swap acquires. The claim is empty afterwards.
+    fn let_go(&self) {
+        let (platform, index) = (self.platform.get(), self.index.get());
+        self.platform.set(core::ptr::null());
+        self.index.set(NO_SLOT);
+        if !platform.is_null() && index < MAX_CPUS {
             // SAFETY: a claim names a `&'static ThreadCpus`.
-            let platform = unsafe { &*self.platform };
-            platform.claimed[self.index].store(false, Ordering::Release);
+            let platform = unsafe { &*platform };
+            platform.claimed[index].store(false, Ordering::Release);
         }
     }
 }
@@ -72,9 +84,9 @@ impl Claim {
 #[cfg(not(loom))]
 std::thread_local! {
     /// This thread's claim, in a thread-local with no destructor, so
-    /// reading it costs one load relative to the thread pointer and no
+    /// reading it costs a load relative to the thread pointer and no
     /// state check.
-    static CLAIM: Cell<Option<Claim>> = const { Cell::new(None) };
+    static CLAIM: Claim = const { Claim::none() };
     /// Touched once, when the thread claims: its destructor lets go.
     static LET_GO: LetGo = const { LetGo };
 }
@@ -86,9 +98,7 @@ struct LetGo;
 #[cfg(not(loom))]
 impl Drop for LetGo {
     fn drop(&mut self) {
-        if let Ok(Some(claim)) = CLAIM.try_with(Cell::take) {
-            claim.let_go();
-        }
+        let _ = CLAIM.try_with(Claim::let_go);
     }
 }
 
@@ -96,7 +106,7 @@ impl Drop for LetGo {
 /// being destroyed.
 #[cfg(not(loom))]
 #[inline(always)]
-fn with_claim<R>(f: impl FnOnce(&Cell<Option<Claim>>) -> R) -> Option<R> {
+fn with_claim<R>(f: impl FnOnce(&Claim) -> R) -> Option<R> {
     CLAIM.try_with(f).ok()
 }
 
@@ -110,24 +120,22 @@ fn will_let_go() -> bool {
 // `loom` runs no destructor of one thread-local that reads another, so
 // under it the claim and its destructor are one thread-local.
 #[cfg(loom)]
-struct Held(Cell<Option<Claim>>);
+struct Held(Claim);
 
 #[cfg(loom)]
 impl Drop for Held {
     fn drop(&mut self) {
-        if let Some(claim) = self.0.take() {
-            claim.let_go();
-        }
+        self.0.let_go();
     }
 }
 
 #[cfg(loom)]
 loom::thread_local! {
-    static HELD: Held = Held(Cell::new(None));
+    static HELD: Held = Held(Claim::none());
 }
 
 #[cfg(loom)]
-fn with_claim<R>(f: impl FnOnce(&Cell<Option<Claim>>) -> R) -> Option<R> {
+fn with_claim<R>(f: impl FnOnce(&Claim) -> R) -> Option<R> {
     HELD.try_with(|held| f(&held.0)).ok()
 }
 
@@ -161,12 +169,8 @@ impl ThreadCpus {
     /// claims it or a reap; its next entry claims a slot again.
     pub fn let_go(&self) {
         with_claim(|c| {
-            if let Some(claim) = c.get()
-                && core::ptr::eq(claim.platform, self)
-                && !claim.busy
-            {
-                c.set(None);
-                claim.let_go();
+            if core::ptr::eq(c.platform.get(), self) && !c.busy.get() {
+                c.let_go();
             }
         });
     }
@@ -196,6 +200,25 @@ impl ThreadCpus {
     }
 }
 
+impl ThreadCpus {
+    /// `enter` when this thread holds no slot of `self` ready to use: the
+    /// first entry claims one; a thread with no slot, a nested entry, or a
+    /// thread holding another `ThreadCpus`'s slot gets none.
+    #[cold]
+    fn enter_first(&self, c: &Claim) -> Option<usize> {
+        if !c.platform.get().is_null() {
+            return None;
+        }
+        let index = self.claim();
+        c.platform.set(self);
+        c.index.set(index);
+        (index < MAX_CPUS).then(|| {
+            c.busy.set(true);
+            index
+        })
+    }
+}
+
 impl core::fmt::Debug for ThreadCpus {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("ThreadCpus")
@@ -213,38 +236,19 @@ unsafe impl CpuLocal for ThreadCpus {
     #[inline(always)]
     fn enter(&self) -> Option<usize> {
         with_claim(|c| {
-            let claim = match c.get() {
-                Some(claim) if core::ptr::eq(claim.platform, self) => claim,
-                Some(_) => return None,
-                None => Claim {
-                    platform: self,
-                    index: self.claim(),
-                    busy: false,
-                },
-            };
-            if claim.busy || claim.index >= MAX_CPUS {
-                c.set(Some(claim));
-                return None;
+            let index = c.index.get();
+            if core::ptr::eq(c.platform.get(), self) && index < MAX_CPUS && !c.busy.get() {
+                c.busy.set(true);
+                return Some(index);
             }
-            c.set(Some(Claim {
-                busy: true,
-                ..claim
-            }));
-            Some(claim.index)
+            self.enter_first(c)
         })
         .flatten()
     }
 
     #[inline(always)]
     fn leave(&self, _index: usize) {
-        with_claim(|c| {
-            if let Some(claim) = c.get() {
-                c.set(Some(Claim {
-                    busy: false,
-                    ..claim
-                }));
-            }
-        });
+        with_claim(|c| c.busy.set(false));
     }
 
     fn enter_idle(&self, index: usize) -> bool {
@@ -266,9 +270,12 @@ impl CpuId for ThreadCpus {
     /// entered, or found every slot claimed) is CPU `MAX_CPUS`, whose
     /// locked magazines it shares with slot 0's.
     fn current(&self) -> usize {
-        with_claim(|c| match c.get() {
-            Some(claim) if core::ptr::eq(claim.platform, self) => claim.index.min(MAX_CPUS),
-            _ => MAX_CPUS,
+        with_claim(|c| {
+            if core::ptr::eq(c.platform.get(), self) {
+                c.index.get().min(MAX_CPUS)
+            } else {
+                MAX_CPUS
+            }
         })
         .unwrap_or(MAX_CPUS)
     }

@@ -172,23 +172,40 @@ fn the_owners_next_slow_path_answers_a_request() {
 fn a_thread_that_exits_gives_back_its_slot_and_its_objects() {
     let cpus = ThreadCpus::leak();
     let cache: &'static ObjectCache<'static> = Box::leak(Box::new(cache(arena(), cpus, 7, true)));
-    thread::scope(|s| {
-        for _ in 0..2 {
-            s.spawn(|| {
+    // Joined one by one: a join waits for the thread's thread-local
+    // destructors, where the end of a `thread::scope` does not.
+    let threads: Vec<_> = (0..2)
+        .map(|_| {
+            thread::spawn(move || {
                 let objs: Vec<u64> = (0..20).map(|_| cache.alloc_local(cpus).unwrap()).collect();
                 for obj in objs {
                     cache.free_local(cpus, obj).unwrap();
                 }
                 assert!(in_slots(cache) > 0);
-            });
-        }
-    });
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
     assert_eq!(cpus.claimed(), 0, "both threads let their slots go");
+    // A thread may also let go before it exits.
+    thread::spawn(move || {
+        let x = cache.alloc_local(cpus).unwrap();
+        cache.free_local(cpus, x).unwrap();
+        assert_eq!(cpus.claimed(), 1);
+        cpus.let_go();
+        assert_eq!(cpus.claimed(), 0);
+    })
+    .join()
+    .unwrap();
     let s = cache.stats();
-    assert_eq!((s.in_use, s.allocs, s.frees), (0, 40, 40), "{s:?}");
+    assert_eq!((s.in_use, s.allocs, s.frees), (0, 41, 41), "{s:?}");
     assert!(in_slots(cache) > 0, "their magazines stay in their slots");
     // Nobody holds those slots now: the check sees them whole, and the
     // reap drains them.
+    let s = cache.stats();
+    assert_eq!(s.slabs_destroyed, 0, "{s:?}");
     cache.check().unwrap();
     cache.reap().unwrap();
     let s = cache.stats();
