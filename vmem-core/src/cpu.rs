@@ -4,7 +4,9 @@
 use core::sync::atomic::{AtomicUsize, Ordering};
 
 /// Per-CPU magazine slots in every cache; a CPU index at or above this
-/// shares a slot with `index % MAX_CPUS` (correct, only less scalable).
+/// shares a slot's locked magazines with `index % MAX_CPUS` (correct, only
+/// less scalable), and takes the locked path even when it is held
+/// ([`CpuLocal`]).
 pub const MAX_CPUS: usize = 32;
 
 /// The current CPU, as the platform knows it: a thread index on a host,
