@@ -5,9 +5,15 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 
 /// Per-CPU magazine slots in every cache; a CPU index at or above this
 /// shares a slot's locked magazines with `index % MAX_CPUS` (correct, only
-/// less scalable), and takes the locked path even when it is held
-/// ([`CpuLocal`]).
+/// less scalable).
 pub const MAX_CPUS: usize = 32;
+
+/// CPUs whose slots in every cache have a held part: the fast path
+/// ([`CpuLocal`]) serves CPU indices below this, and a held CPU at or above
+/// it takes the locked path. Eight keeps a cache small enough for a kernel
+/// that builds its quantum caches by value on a boot stack (each held slot
+/// takes 128 bytes, each other slot 64).
+pub const HELD_CPUS: usize = 8;
 
 /// The current CPU, as the platform knows it: a thread index on a host,
 /// the `cpu N` command in scenarios, per-CPU data in a kernel.
@@ -73,7 +79,7 @@ pub static CPU0: FixedCpu = FixedCpu::new(0);
 /// - `enter`, `enter_idle` and `notify` never wait for another context
 ///   (a cache calls them with its locks held).
 ///
-/// An index at or above [`MAX_CPUS`] is allowed and takes the locked path.
+/// An index at or above [`HELD_CPUS`] is allowed and takes the locked path.
 pub unsafe trait CpuLocal: Sync {
     /// Holds the CPU this context runs on and returns its index; `None`
     /// when this context cannot hold one now (it holds it already, or a

@@ -26,6 +26,7 @@
 
 use core::ptr::NonNull;
 
+use crate::cpu::{HELD_CPUS, MAX_CPUS};
 use crate::meta::{MetaSource, RecordPool};
 use crate::sync::atomic::{AtomicU64, Ordering};
 use crate::sync::{Mutex, OwnedCell};
@@ -208,55 +209,90 @@ impl Owned {
     }
 }
 
-/// Counters of the fast path: written only by the holder of the CPU
-/// (a relaxed load and store, no read-modify-write), read by anyone.
-#[derive(Default)]
-pub(crate) struct OwnedCounts {
-    pub(crate) alloc_hits: AtomicU64,
-    pub(crate) alloc_misses: AtomicU64,
-    pub(crate) free_hits: AtomicU64,
-    pub(crate) free_misses: AtomicU64,
-}
-
 /// Adds one to a counter only one context writes.
 #[inline(always)]
 pub(crate) fn bump(counter: &AtomicU64) {
     counter.store(counter.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
 }
 
-/// A CPU's slot, on two cache lines of its own (the line a CPU touches and
-/// the one its adjacent-line prefetcher pulls in), so CPUs do not share
-/// lines. The first line is the fast path's: the held part and its
-/// counters. The second is the locked path's, and the request word that
-/// other CPUs write.
-#[repr(C, align(128))]
-pub(crate) struct CpuSlot {
+/// The fast path's part of a CPU slot, on one cache line: the held
+/// magazines, the hit counters (written only by the holder: a relaxed
+/// load and store, no read-modify-write; misses are counted on the slow
+/// path, under the cache's counter lock), and the request word.
+#[repr(C, align(64))]
+pub(crate) struct HeldSlot {
     pub(crate) owned: OwnedCell<Owned>,
-    pub(crate) counts: OwnedCounts,
+    pub(crate) alloc_hits: AtomicU64,
+    pub(crate) free_hits: AtomicU64,
     /// Requests other contexts posted to this CPU's holder (each adds
     /// one): drain the held magazines. The holder answers every request up
     /// to the count it reads, on its next slow path or at
-    /// [`crate::ObjectCache::honour`].
+    /// [`crate::ObjectCache::honour`]. Written rarely, so it may share the
+    /// holder's line.
     pub(crate) asked: AtomicU64,
-    pub(crate) locked: Mutex<CpuMags>,
 }
 
-// SAFETY: the locked part is reached under its lock; the held part only by
-// the context holding the slot's CPU, which the `CpuLocal` contract makes
-// one at a time with each hold happening before the next; the counters and
-// the request word are atomics.
-unsafe impl Sync for CpuSlot {}
+// SAFETY: the held part is reached only by the context holding the slot's
+// CPU, which the `CpuLocal` contract makes one at a time with each hold
+// happening before the next; the counters and the request word are
+// atomics.
+unsafe impl Sync for HeldSlot {}
 // SAFETY: as above; moving the slot moves magazines no other slot points to.
-unsafe impl Send for CpuSlot {}
+unsafe impl Send for HeldSlot {}
 
-impl CpuSlot {
+/// The locked path's part of a CPU slot, on one cache line.
+#[repr(C, align(64))]
+pub(crate) struct LockedSlot(pub(crate) Mutex<CpuMags>);
+
+/// The slot of a CPU that may be held: its held line and its locked line
+/// together on 128 bytes (the line a CPU writes and the one its
+/// adjacent-line prefetcher pulls in), so no other CPU's line is pulled in
+/// with it.
+#[repr(C, align(128))]
+struct SlotPair {
+    held: HeldSlot,
+    locked: LockedSlot,
+}
+
+/// A cache's CPU slots: the first [`HELD_CPUS`] with a held part, on 128
+/// bytes each; the rest locked only, on 64 bytes each (so a cache stays
+/// small enough for a kernel to build its caches by value on a boot
+/// stack).
+pub(crate) struct CpuSlots {
+    paired: [SlotPair; HELD_CPUS],
+    rest: [LockedSlot; MAX_CPUS - HELD_CPUS],
+}
+
+impl CpuSlots {
     pub(crate) fn new() -> Self {
-        CpuSlot {
-            owned: OwnedCell::new(Owned::default()),
-            counts: OwnedCounts::default(),
-            asked: AtomicU64::new(0),
-            locked: Mutex::new(CpuMags::default()),
+        let locked = || LockedSlot(Mutex::new(CpuMags::default()));
+        CpuSlots {
+            paired: core::array::from_fn(|_| SlotPair {
+                held: HeldSlot {
+                    owned: OwnedCell::new(Owned::default()),
+                    alloc_hits: AtomicU64::new(0),
+                    free_hits: AtomicU64::new(0),
+                    asked: AtomicU64::new(0),
+                },
+                locked: locked(),
+            }),
+            rest: core::array::from_fn(|_| locked()),
         }
+    }
+
+    /// The locked magazines of CPU `index % MAX_CPUS`.
+    pub(crate) fn locked(&self, index: usize) -> &Mutex<CpuMags> {
+        let i = index % MAX_CPUS;
+        match self.paired.get(i) {
+            Some(pair) => &pair.locked.0,
+            None => &self.rest[i - HELD_CPUS].0,
+        }
+    }
+
+    /// The held part of CPU `index`, which has one below [`HELD_CPUS`].
+    #[inline(always)]
+    pub(crate) fn held(&self, index: usize) -> Option<&HeldSlot> {
+        self.paired.get(index).map(|pair| &pair.held)
     }
 }
 
@@ -455,8 +491,17 @@ mod tests {
         assert_eq!((size_of::<Magazine>(), align_of::<Magazine>()), (512, 64));
         assert_eq!(core::mem::offset_of!(Magazine, objs) % 64, 16);
         assert_eq!(RecordPool::<Magazine>::PER_PAGE, 7);
-        assert_eq!(align_of::<CpuSlot>(), 128);
-        assert_eq!(size_of::<CpuSlot>(), 128, "one slot, two lines, no more");
+        assert_eq!((size_of::<HeldSlot>(), align_of::<HeldSlot>()), (64, 64));
+        assert_eq!(
+            (size_of::<LockedSlot>(), align_of::<LockedSlot>()),
+            (64, 64)
+        );
+        assert_eq!((size_of::<SlotPair>(), align_of::<SlotPair>()), (128, 128));
+        assert_eq!(
+            size_of::<CpuSlots>(),
+            HELD_CPUS * 128 + (MAX_CPUS - HELD_CPUS) * 64
+        );
+        assert_eq!(core::mem::offset_of!(CpuSlots, rest), HELD_CPUS * 128);
         let mut depot = Depot::new(3);
         let mut two = [None, None];
         for m in &mut two {

@@ -24,26 +24,6 @@ pub(crate) use spin::{Mutex, MutexGuard};
 #[cfg(loom)]
 pub(crate) use loom::sync::atomic;
 
-/// A value on cache lines of its own: 128 bytes, the line a CPU writes and
-/// the neighbour its adjacent-line prefetcher pulls in with it. Locks that
-/// every CPU takes sit in one, apart from the read-mostly fields beside
-/// them, so taking a lock does not evict those fields from other CPUs.
-#[repr(align(128))]
-pub(crate) struct CacheLines<T>(pub(crate) T);
-
-impl<T> core::ops::Deref for CacheLines<T> {
-    type Target = T;
-    fn deref(&self) -> &T {
-        &self.0
-    }
-}
-
-impl<T> core::ops::DerefMut for CacheLines<T> {
-    fn deref_mut(&mut self) -> &mut T {
-        &mut self.0
-    }
-}
-
 /// A mutex over the lock `loom` can see.
 #[cfg(loom)]
 pub(crate) type Mutex<T> = lock_api::Mutex<LoomLock, T>;
