@@ -66,9 +66,12 @@ pub fn vmem_cache(
 /// A memory-mode cache of 64-byte objects on the fast path: each thread
 /// that uses it holds a CPU slot of the process's [`ThreadCpus`] and
 /// allocates with [`ObjectCache::alloc_local`].
+// `repr(C)`: the platform, read on every call, first, not on the line of
+// the cache's locks at its end.
+#[repr(C)]
 pub struct HeldCache {
-    cache: ObjectCache<'static>,
     cpus: &'static ThreadCpus,
+    cache: ObjectCache<'static>,
 }
 
 impl HeldCache {
