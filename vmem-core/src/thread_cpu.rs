@@ -7,7 +7,9 @@
 //! sets a thread-local "in use" flag, with no atomic operation at all. The
 //! thread lets the slot go when it exits (a thread-local destructor; a
 //! thread whose thread-locals are being destroyed takes the locked path).
-//! Threads that find every slot claimed take the locked path for good.
+//! Threads that find every slot claimed take the locked path for good, and
+//! so do the threads holding a slot at or above [`crate::HELD_CPUS`] (with
+//! a slot of their own: their locked magazines are not shared).
 //!
 //! ## Why it is sound
 //!
