@@ -33,6 +33,11 @@ fn local<L: Local>(name: &'static str, mut l: L, b: Budget) -> (&'static str, f6
 pub fn hot_pairs(b: Budget) -> Vec<(&'static str, f64, u64)> {
     vec![
         shared(
+            "vmem-core ObjectCache (held CPU, alloc_local)",
+            &vmem_held_cache("hot_held"),
+            b,
+        ),
+        shared(
             "vmem-core ObjectCache (magazine)",
             &vmem_cache("hot_magazine", None, &CPU0),
             b,
@@ -91,9 +96,15 @@ fn cross<S: Shared>(name: &'static str, alloc: &S, pairs: u64) -> Cross {
 /// Workload 5's second half for every heap: vmem-core's caches see each
 /// thread as its own CPU; the `&mut self` peers sit behind a `Mutex`.
 pub fn two_threads(pairs: u64) -> Vec<Cross> {
+    let held = vmem_held_cache("mt_held");
     let magazine = vmem_cache("mt_magazine", None, &THREAD_CPU);
     let kmalloc = vmem_kmalloc(&THREAD_CPU);
     let rows = vec![
+        cross(
+            "vmem-core ObjectCache (held CPU, alloc_local)",
+            &held,
+            pairs,
+        ),
         cross("vmem-core ObjectCache (magazine)", &magazine, pairs),
         cross("vmem-core SizeClasses", &kmalloc, pairs),
         cross(
@@ -118,6 +129,9 @@ pub fn two_threads(pairs: u64) -> Vec<Cross> {
         ),
         cross("system (glibc malloc)", &SystemAlloc, pairs),
     ];
+    held.cache()
+        .check()
+        .expect("held cache consistent after the run");
     magazine
         .check()
         .expect("magazine cache consistent after the run");

@@ -12,7 +12,11 @@
 //! ## `hot_pair`: one thread, allocate and free the same object again
 //!
 //! - `vmem/magazine`: an [`ObjectCache`] in memory mode with the default
-//!   magazines, warmed first so every pair is served by CPU 0's magazine;
+//!   magazines, warmed first so every pair is served by CPU 0's magazine
+//!   under CPU 0's lock (`alloc`/`free`: the locked path);
+//! - `vmem/held`: the same cache on the fast path (`alloc_local` /
+//!   `free_local` on the process's `ThreadCpus`): the bench thread holds a
+//!   CPU slot, and a pair takes no lock and no atomic read-modify-write;
 //! - `vmem/slab`: the same cache with `.magazine(0)`, so every pair goes to
 //!   the slab layer;
 //! - `vmem/kmalloc`: [`SizeClasses::alloc`]`(64, 8)` / `free`;
@@ -39,7 +43,10 @@
 //!
 //! The vmem caches here name the CPU with a bench-local `CpuId` that reads a
 //! thread-local index set at thread start (0 and 1), since a `FixedCpu` is
-//! one index for everyone. The peers whose direct API takes `&mut self`
+//! one index for everyone; `vmem/held` gives each thread the CPU slot it
+//! claims from the process's `ThreadCpus` (the two-thread runs' worker
+//! threads are new each run: each claims a slot and lets it go at exit,
+//! leaving its magazines to the next thread that claims that slot). The peers whose direct API takes `&mut self`
 //! (talc, linked_list_allocator, buddy_system_allocator, rlsf) are each
 //! wrapped in a `std::sync::Mutex` for this group; that lock is part of
 //! what is measured, as a global-allocator wrapper's would be. After each
@@ -104,6 +111,15 @@ fn hot_pair(c: &mut Criterion) {
     );
     magazine.check().expect("vmem/magazine check");
 
+    let held = vmem_held_cache("hot_held");
+    hot_shared(&mut group, "vmem/held", &held);
+    let s = held.cache().stats();
+    assert!(
+        s.magazine_misses <= 1 && s.free_magazine_misses == 0,
+        "vmem/held pairs were not magazine hits: {s:?}"
+    );
+    held.cache().check().expect("vmem/held check");
+
     let slab = vmem_cache("hot_slab", Some(0), &CPU0);
     hot_shared(&mut group, "vmem/slab", &slab);
     let s = slab.stats();
@@ -166,6 +182,11 @@ fn two_threads(c: &mut Criterion) {
     cross(&mut group, "vmem/magazine", &magazine);
     magazine.check().expect("vmem/magazine check");
     report("vmem/magazine", &magazine);
+
+    let held = vmem_held_cache("mt_held");
+    cross(&mut group, "vmem/held", &held);
+    held.cache().check().expect("vmem/held check");
+    report("vmem/held", held.cache());
 
     let slab = vmem_cache("mt_slab", Some(0), &THREAD_CPU);
     cross(&mut group, "vmem/slab", &slab);

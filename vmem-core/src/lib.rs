@@ -105,7 +105,9 @@
 //! allocation scale with CPUs. The depot counts how often its lock is
 //! contended and grows the magazine size when it is; it remembers how low
 //! its stacks ran (the working set), so a periodic reap returns only idle
-//! magazines, and a full reap returns everything.
+//! magazines, and a full reap returns everything but the magazines of a
+//! CPU another context holds ([`CpuLocal`]), which it asks that context
+//! to return.
 //!
 //! **Quantum caches** ([`QuantumCaches`]) put caches in front of an arena
 //! for sizes of 1 to 16 quanta, with slabs of `max(2^highbit(3 *
@@ -179,7 +181,8 @@
 //!   span_tree  front               span markers by start; what the arena
 //!                                  asks of the floors above it
 //! freelist  hash  constraint     freelists, the allocated-segment hash, requests
-//! tag  fault  heap_meta          boundary tags, fault plans, meta pages from the heap
+//! tag  fault  heap_meta          boundary tags, fault plans, meta pages from the heap,
+//!   thread_cpu                     the host's CPU slots held by threads
 //! meta  error  sync  cpu  name   meta pages, errors, locks, CPUs, names
 //! ```
 //!
@@ -214,7 +217,7 @@
 
 #[cfg(feature = "alloc")]
 extern crate alloc;
-#[cfg(loom)]
+#[cfg(any(loom, feature = "std"))]
 extern crate std;
 
 mod arena;
@@ -241,6 +244,8 @@ mod sync;
 mod tag;
 #[cfg(test)]
 mod testing;
+#[cfg(feature = "std")]
+mod thread_cpu;
 
 pub use arena::{
     Arena, ArenaConfig, ArenaSize, DefaultLock, Policy, Segment, SegmentKind, Source, Stats,
@@ -248,7 +253,7 @@ pub use arena::{
 pub use arena_meta::ArenaMeta;
 pub use cache::{CacheConfig, CacheStats, DEFAULT_MAGAZINE, ObjectCache, ObjectHook};
 pub use constraint::Constraints;
-pub use cpu::{CPU0, CpuId, FixedCpu, MAX_CPUS};
+pub use cpu::{CPU0, CpuGuard, CpuId, CpuLocal, FixedCpu, HELD_CPUS, MAX_CPUS};
 pub use error::{Error, ErrorKind, Result};
 pub use fault::{FaultPlan, FaultSchedule, FaultSite, FaultyMeta};
 #[cfg(feature = "alloc")]
@@ -261,6 +266,8 @@ pub use reserve::Reserve;
 #[cfg(loom)]
 pub use sync::LoomLock;
 pub use tag::{Importer, STATIC_TAGS, static_tags_available};
+#[cfg(feature = "std")]
+pub use thread_cpu::ThreadCpus;
 
 // The README's example is what crates.io shows first; this keeps it compiling
 // and passing.

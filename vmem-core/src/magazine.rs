@@ -26,7 +26,10 @@
 
 use core::ptr::NonNull;
 
+use crate::cpu::{HELD_CPUS, MAX_CPUS};
 use crate::meta::{MetaSource, RecordPool};
+use crate::sync::atomic::{AtomicU64, Ordering};
+use crate::sync::{Mutex, OwnedCell};
 
 /// Most rounds a magazine holds.
 pub(crate) const MAG_ROUNDS: usize = 62;
@@ -42,8 +45,11 @@ const WINDOW_CONTENTION: u64 = 3;
 
 pub(crate) type MagLink = Option<NonNull<Magazine>>;
 
-/// A magazine: a stack of up to `cap` objects (512 bytes, eight a page).
-#[repr(C)]
+/// A magazine: a stack of up to `cap` objects, 512 bytes on eight cache
+/// lines of its own (seven a meta page, after the page header), so a CPU
+/// popping a magazine's last rounds never shares a line with the counter
+/// of the next magazine, which another CPU may hold.
+#[repr(C, align(64))]
 pub(crate) struct Magazine {
     rounds: u32,
     cap: u32,
@@ -101,11 +107,19 @@ impl Magazine {
     }
 }
 
-/// One CPU's magazines and counters, under that CPU's lock.
-#[derive(Default)]
-pub(crate) struct CpuMags {
+/// A CPU's loaded and previous magazines. The previous one is always
+/// full or empty.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct MagPair {
     pub(crate) loaded: MagLink,
     pub(crate) prev: MagLink,
+}
+
+/// One CPU's magazines and counters for the locked path ([`crate::CpuId`]
+/// callers), under that CPU's lock.
+#[derive(Default)]
+pub(crate) struct CpuMags {
+    pub(crate) pair: MagPair,
     /// Allocations served from this CPU's magazines.
     pub(crate) alloc_hits: u64,
     /// Allocations that found no object in the magazines or depot.
@@ -119,20 +133,166 @@ pub(crate) struct CpuMags {
 // SAFETY: the magazines belong to this slot and are reached only under its lock.
 unsafe impl Send for CpuMags {}
 
-/// A CPU's slot, on its own cache line so CPUs do not share lines.
-#[repr(align(64))]
-pub(crate) struct CpuSlot(pub(crate) crate::sync::Mutex<CpuMags>);
+/// The part of a CPU slot that only the context holding that CPU
+/// ([`crate::CpuLocal`]) touches: illumos's `cc_loaded` and `cc_rounds`.
+/// The loaded magazine's round count lives here, on the slot's first
+/// line, while the magazine is loaded (its own count is stale then and is
+/// written back before anyone else may see it), so a hit reads and writes
+/// this line and the line of the round it takes or puts.
+#[derive(Default)]
+pub(crate) struct Owned {
+    pub(crate) pair: MagPair,
+    /// Rounds in the loaded magazine (0 with none loaded).
+    rounds: u32,
+    /// Capacity of the loaded magazine (0 with none loaded).
+    cap: u32,
+    /// The last request ([`CpuSlot::asked`]) this CPU answered.
+    pub(crate) answered: u64,
+}
 
-impl CpuSlot {
-    pub(crate) const fn new() -> Self {
-        CpuSlot(crate::sync::Mutex::new(CpuMags {
-            loaded: None,
-            prev: None,
-            alloc_hits: 0,
-            alloc_misses: 0,
-            free_hits: 0,
-            free_misses: 0,
-        }))
+impl Owned {
+    /// Takes the loaded magazine's top round.
+    #[inline(always)]
+    pub(crate) fn pop(&mut self) -> Option<u64> {
+        let rounds = self.rounds.checked_sub(1)?;
+        let m = self.pair.loaded?;
+        // SAFETY: the holder of this CPU owns its loaded magazine.
+        let obj = unsafe { mag(m) }.objs.get(rounds as usize).copied()?;
+        self.rounds = rounds;
+        Some(obj)
+    }
+
+    /// Puts `obj` on the loaded magazine; false when it is full or absent.
+    #[inline(always)]
+    pub(crate) fn push(&mut self, obj: u64) -> bool {
+        if self.rounds >= self.cap {
+            return false;
+        }
+        let Some(m) = self.pair.loaded else {
+            return false;
+        };
+        // SAFETY: as in `pop`.
+        match unsafe { mag(m) }.objs.get_mut(self.rounds as usize) {
+            Some(slot) => {
+                *slot = obj;
+                self.rounds += 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Writes the round count back into the loaded magazine, so its own
+    /// count is exact before the pair is traded, drained or checked.
+    pub(crate) fn write_back(&mut self) {
+        if let Some(m) = self.pair.loaded {
+            // SAFETY: as in `pop`.
+            unsafe { mag(m) }.rounds = self.rounds;
+        }
+    }
+
+    /// Reads the loaded magazine's count and capacity after the pair changed.
+    pub(crate) fn reload(&mut self) {
+        // SAFETY: as in `pop`.
+        (self.rounds, self.cap) = self
+            .pair
+            .loaded
+            .map_or((0, 0), |m| unsafe { (mag(m).rounds, mag(m).cap) });
+    }
+
+    /// Takes both magazines out (their counts exact), leaving none.
+    pub(crate) fn take_pair(&mut self) -> [MagLink; 2] {
+        self.write_back();
+        let pair = core::mem::take(&mut self.pair);
+        self.reload();
+        [pair.loaded, pair.prev]
+    }
+}
+
+/// Adds one to a counter only one context writes.
+#[inline(always)]
+pub(crate) fn bump(counter: &AtomicU64) {
+    counter.store(counter.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+}
+
+/// The fast path's part of a CPU slot, on one cache line: the held
+/// magazines, the hit counters (written only by the holder: a relaxed
+/// load and store, no read-modify-write; misses are counted on the slow
+/// path, under the cache's counter lock), and the request word.
+#[repr(C, align(64))]
+pub(crate) struct HeldSlot {
+    pub(crate) owned: OwnedCell<Owned>,
+    pub(crate) alloc_hits: AtomicU64,
+    pub(crate) free_hits: AtomicU64,
+    /// Requests other contexts posted to this CPU's holder (each adds
+    /// one): drain the held magazines. The holder answers every request up
+    /// to the count it reads, on its next slow path or at
+    /// [`crate::ObjectCache::honour`]. Written rarely, so it may share the
+    /// holder's line.
+    pub(crate) asked: AtomicU64,
+}
+
+// SAFETY: the held part is reached only by the context holding the slot's
+// CPU, which the `CpuLocal` contract makes one at a time with each hold
+// happening before the next; the counters and the request word are
+// atomics.
+unsafe impl Sync for HeldSlot {}
+// SAFETY: as above; moving the slot moves magazines no other slot points to.
+unsafe impl Send for HeldSlot {}
+
+/// The locked path's part of a CPU slot, on one cache line.
+#[repr(C, align(64))]
+pub(crate) struct LockedSlot(pub(crate) Mutex<CpuMags>);
+
+/// The slot of a CPU that may be held: its held line and its locked line
+/// together on 128 bytes (the line a CPU writes and the one its
+/// adjacent-line prefetcher pulls in), so no other CPU's line is pulled in
+/// with it.
+#[repr(C, align(128))]
+struct SlotPair {
+    held: HeldSlot,
+    locked: LockedSlot,
+}
+
+/// A cache's CPU slots: the first [`HELD_CPUS`] with a held part, on 128
+/// bytes each; the rest locked only, on 64 bytes each (so a cache stays
+/// small enough for a kernel to build its caches by value on a boot
+/// stack).
+pub(crate) struct CpuSlots {
+    paired: [SlotPair; HELD_CPUS],
+    rest: [LockedSlot; MAX_CPUS - HELD_CPUS],
+}
+
+impl CpuSlots {
+    pub(crate) fn new() -> Self {
+        let locked = || LockedSlot(Mutex::new(CpuMags::default()));
+        CpuSlots {
+            paired: core::array::from_fn(|_| SlotPair {
+                held: HeldSlot {
+                    owned: OwnedCell::new(Owned::default()),
+                    alloc_hits: AtomicU64::new(0),
+                    free_hits: AtomicU64::new(0),
+                    asked: AtomicU64::new(0),
+                },
+                locked: locked(),
+            }),
+            rest: core::array::from_fn(|_| locked()),
+        }
+    }
+
+    /// The locked magazines of CPU `index % MAX_CPUS`.
+    pub(crate) fn locked(&self, index: usize) -> &Mutex<CpuMags> {
+        let i = index % MAX_CPUS;
+        match self.paired.get(i) {
+            Some(pair) => &pair.locked.0,
+            None => &self.rest[i - HELD_CPUS].0,
+        }
+    }
+
+    /// The held part of CPU `index`, which has one below [`HELD_CPUS`].
+    #[inline(always)]
+    pub(crate) fn held(&self, index: usize) -> Option<&HeldSlot> {
+        self.paired.get(index).map(|pair| &pair.held)
     }
 }
 
@@ -322,6 +482,38 @@ impl Depot {
 mod tests {
     use super::*;
     use crate::HeapMeta;
+
+    /// Magazines and CPU slots own their cache lines: before this test a
+    /// magazine was 8-aligned and started 16 bytes into a line, so its
+    /// last rounds shared a line with the next magazine's counter.
+    #[test]
+    fn magazines_and_cpu_slots_own_their_cache_lines() {
+        assert_eq!((size_of::<Magazine>(), align_of::<Magazine>()), (512, 64));
+        assert_eq!(core::mem::offset_of!(Magazine, objs) % 64, 16);
+        assert_eq!(RecordPool::<Magazine>::PER_PAGE, 7);
+        assert_eq!((size_of::<HeldSlot>(), align_of::<HeldSlot>()), (64, 64));
+        assert_eq!(
+            (size_of::<LockedSlot>(), align_of::<LockedSlot>()),
+            (64, 64)
+        );
+        assert_eq!((size_of::<SlotPair>(), align_of::<SlotPair>()), (128, 128));
+        assert_eq!(
+            size_of::<CpuSlots>(),
+            HELD_CPUS * 128 + (MAX_CPUS - HELD_CPUS) * 64
+        );
+        assert_eq!(core::mem::offset_of!(CpuSlots, rest), HELD_CPUS * 128);
+        let mut depot = Depot::new(3);
+        let mut two = [None, None];
+        for m in &mut two {
+            depot.stock_empty(&HeapMeta);
+            *m = depot.take_empty();
+        }
+        for m in two.map(Option::unwrap) {
+            assert_eq!(m.as_ptr() as usize % 64, 0, "a magazine starts a line");
+            depot.pool.give(m);
+        }
+        depot.pool.dispose(&HeapMeta);
+    }
 
     #[test]
     fn contention_grows_the_magazine_size() {

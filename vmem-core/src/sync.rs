@@ -93,3 +93,39 @@ unsafe impl lock_api::RawMutex for LoomLock {
         self.held().store(false, atomic::Ordering::Release);
     }
 }
+
+/// A cell one context at a time may change, with no lock: the part of a
+/// CPU slot the holder of that CPU ([`crate::CpuLocal`]) alone touches.
+/// Under `loom` it is `loom`'s cell, which fails a model in which two
+/// threads reach it without one happening before the other.
+#[cfg(not(loom))]
+pub(crate) struct OwnedCell<T>(core::cell::UnsafeCell<T>);
+
+#[cfg(not(loom))]
+impl<T> OwnedCell<T> {
+    pub(crate) const fn new(value: T) -> Self {
+        OwnedCell(core::cell::UnsafeCell::new(value))
+    }
+
+    /// Calls `f` with a pointer to the value.
+    #[inline(always)]
+    pub(crate) fn with_mut<R>(&self, f: impl FnOnce(*mut T) -> R) -> R {
+        f(self.0.get())
+    }
+}
+
+/// As the normal build's: `loom`'s cell.
+#[cfg(loom)]
+pub(crate) struct OwnedCell<T>(loom::cell::UnsafeCell<T>);
+
+#[cfg(loom)]
+impl<T> OwnedCell<T> {
+    pub(crate) fn new(value: T) -> Self {
+        OwnedCell(loom::cell::UnsafeCell::new(value))
+    }
+
+    /// Calls `f` with a pointer to the value.
+    pub(crate) fn with_mut<R>(&self, f: impl FnOnce(*mut T) -> R) -> R {
+        self.0.with_mut(f)
+    }
+}

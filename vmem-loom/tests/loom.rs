@@ -11,6 +11,13 @@
 //! - quantum caches over a child arena: slab allocation importing through
 //!   two arenas while another CPU reaps the caches.
 //!
+//! - the fast path on the host's `ThreadCpus`: a thread claims a CPU slot,
+//!   fills its held magazine and exits (letting the slot go) while another
+//!   thread reaps, which either finds the slot free and drains it itself
+//!   or finds it claimed and posts a request;
+//! - a reap that asks a slot's owner to drain, and the owner's next slow
+//!   path answering it;
+//!
 //! - and, to show a deadlock would not go unseen, two locks taken in
 //!   opposite orders, which must fail the model.
 //!
@@ -40,7 +47,7 @@ use loom::model::Builder;
 use loom::thread;
 use vmem_core::{
     Arena, ArenaConfig, CacheConfig, CpuId, HeapMeta, LoomLock, ObjectCache, Policy, QuantumCaches,
-    Segment,
+    Segment, ThreadCpus,
 };
 use vmem_testkit::walk;
 
@@ -382,6 +389,132 @@ fn quantum_caches_import_through_two_arenas() {
             reclaim(child);
             reclaim(qc);
             reclaim(parent);
+        }
+    });
+}
+
+/// A cache of 64-integer objects with one-round magazines on the fast path
+/// of a fresh `ThreadCpus`, over an arena of its own. The model thread's
+/// first check claims slot 0 for it (and makes every lock).
+fn held_world() -> (
+    &'static ModelArena,
+    &'static ModelCache,
+    &'static Held,
+    &'static ThreadCpus,
+) {
+    let cpus = ThreadCpus::leak();
+    let arena = leak(arena("objs", 64, 0x10_0000, 64 * 64));
+    let config = CacheConfig::new("obj", 64, &HeapMeta, cpus)
+        .local(cpus)
+        .magazine(1)
+        .debug(true);
+    let cache = leak(ObjectCache::new(config, arena).unwrap());
+    cache.check().unwrap();
+    (arena, cache, leak(HostMutex::new(HashSet::new())), cpus)
+}
+
+fn take_held(cache: &ModelCache, cpus: &ThreadCpus, held: &Held) -> u64 {
+    let obj = cache.alloc_local(cpus).unwrap();
+    assert!(
+        held.lock().unwrap().insert(obj),
+        "object {obj:#x} handed out twice"
+    );
+    obj
+}
+
+fn give_held(cache: &ModelCache, cpus: &ThreadCpus, held: &Held, obj: u64) {
+    assert!(held.lock().unwrap().remove(&obj), "{obj:#x} is not held");
+    cache.free_local(cpus, obj).unwrap();
+}
+
+/// A thread claims a CPU slot, leaves a round in its held magazine and
+/// lets the slot go, while another thread reaps: the reap either
+/// drains the slot itself (free, or free again) or posts a request (still
+/// claimed). `loom`'s cell fails the model if the reaper and the owner
+/// ever touch the held part without one happening before the other; after
+/// both are joined the slot is free, the checker sees it whole, and the
+/// final reap empties it.
+///
+/// Each thread lets go by `ThreadCpus::let_go` as its last act: the code
+/// its thread-local destructor runs, which `loom` cannot run itself (it
+/// drops a thread's locals outside the model, where its atomics panic).
+/// The reaper claimed a slot too (a reap holds its own CPU if it can).
+#[test]
+fn a_thread_claims_fills_and_lets_go_while_another_reaps() {
+    explore("held slot claim/drain/release", 2, || {
+        let (arena, cache, held, cpus) = held_world();
+        let before = walk(arena);
+        let owner = thread::spawn(move || {
+            let a = take_held(cache, cpus, held);
+            let b = take_held(cache, cpus, held);
+            give_held(cache, cpus, held, a);
+            give_held(cache, cpus, held, b);
+            cpus.let_go();
+        });
+        let reaper = thread::spawn(move || {
+            cache.reap().unwrap();
+            cpus.let_go();
+        });
+        owner.join().unwrap();
+        reaper.join().unwrap();
+        assert_eq!(cpus.claimed(), 1, "only the model thread's slot is claimed");
+        cache.check().unwrap();
+        let s = cache.stats();
+        assert_eq!((s.allocs, s.frees, s.in_use), (2, 2, 0), "{s:?}");
+        // SAFETY: the threads are joined; nothing is used afterwards.
+        unsafe { finish(arena, cache, held, &before) };
+    });
+}
+
+/// The owner holds a round when the reaper posts its request; the owner's
+/// next hit does not answer it, its next miss does (the held magazines go
+/// back to the slab layer), whichever way the two threads interleave.
+#[test]
+fn a_reap_asks_the_owner_and_its_slow_path_answers() {
+    explore("reap asking a slot's owner", 3, || {
+        let (arena, cache, held, cpus) = held_world();
+        let before = walk(arena);
+        let filled = leak(loom::sync::atomic::AtomicBool::new(false));
+        let reaped = leak(loom::sync::atomic::AtomicBool::new(false));
+        let owner = thread::spawn(move || {
+            let a = take_held(cache, cpus, held);
+            let b = take_held(cache, cpus, held);
+            give_held(cache, cpus, held, a);
+            give_held(cache, cpus, held, b);
+            filled.store(true, Ordering::Release);
+            while !reaped.load(Ordering::Acquire) {
+                thread::yield_now();
+            }
+            let x = take_held(cache, cpus, held);
+            let y = take_held(cache, cpus, held);
+            cpus.let_go();
+            (x, y)
+        });
+        let reaper = thread::spawn(move || {
+            while !filled.load(Ordering::Acquire) {
+                thread::yield_now();
+            }
+            cache.reap().unwrap();
+            cpus.let_go();
+            reaped.store(true, Ordering::Release);
+        });
+        reaper.join().unwrap();
+        let (x, y) = owner.join().unwrap();
+        cache.check().unwrap();
+        assert_eq!(cpus.claimed(), 1, "only the model thread's slot is claimed");
+        let s = cache.stats();
+        assert_eq!(
+            s.magazines,
+            s.depot_full + s.depot_empty,
+            "the owner's miss drained its slot: {s:?}"
+        );
+        give(cache, held, x);
+        give(cache, held, y);
+        // SAFETY: the threads are joined; nothing is used afterwards.
+        unsafe {
+            finish(arena, cache, held, &before);
+            reclaim(filled);
+            reclaim(reaped);
         }
     });
 }

@@ -11,7 +11,9 @@ use std::ptr::NonNull;
 use talc::DefaultBinning;
 use talc::base::Talc;
 use talc::source::Manual;
-use vmem_core::{Arena, ArenaConfig, CacheConfig, CpuId, HeapMeta, ObjectCache, SizeClasses};
+use vmem_core::{
+    Arena, ArenaConfig, CacheConfig, CpuId, HeapMeta, ObjectCache, SizeClasses, ThreadCpus,
+};
 
 /// Object size, in bytes.
 const OBJ: usize = 64;
@@ -59,6 +61,52 @@ pub fn vmem_cache(
         None => config,
     };
     ObjectCache::new(config, arena).unwrap_or_else(|e| panic!("cache {name}: {e:?}"))
+}
+
+/// A memory-mode cache of 64-byte objects on the fast path: each thread
+/// that uses it holds a CPU slot of the process's [`ThreadCpus`] and
+/// allocates with [`ObjectCache::alloc_local`].
+// `repr(C)`: the platform, read on every call, first, not on the line of
+// the cache's locks at its end.
+#[repr(C)]
+pub struct HeldCache {
+    cpus: &'static ThreadCpus,
+    cache: ObjectCache<'static>,
+}
+
+impl HeldCache {
+    /// The cache, for its counters and checker.
+    pub fn cache(&self) -> &ObjectCache<'static> {
+        &self.cache
+    }
+}
+
+/// A [`HeldCache`] with the default magazines over a fresh arena.
+pub fn vmem_held_cache(name: &str) -> HeldCache {
+    let cpus = ThreadCpus::global();
+    let arena = memory_arena(name);
+    // SAFETY: as in `vmem_cache`.
+    let config =
+        unsafe { CacheConfig::new(name, OBJ as u64, &HeapMeta, cpus).memory() }.local(cpus);
+    let cache = ObjectCache::new(config, arena).unwrap_or_else(|e| panic!("cache {name}: {e:?}"));
+    HeldCache { cache, cpus }
+}
+
+impl Shared for HeldCache {
+    #[inline]
+    fn alloc(&self) -> usize {
+        match self.cache.alloc_local(self.cpus) {
+            Ok(addr) => addr as usize,
+            Err(e) => panic!("cache alloc failed: {e:?}"),
+        }
+    }
+
+    #[inline]
+    unsafe fn free(&self, p: usize) {
+        if let Err(e) = self.cache.free_local(self.cpus, p as u64) {
+            panic!("cache free({p:#x}) failed: {e:?}");
+        }
+    }
 }
 
 /// Size classes over a fresh memory-mode arena.
