@@ -198,6 +198,39 @@ pub struct CacheStats {
     pub meta_pages: u64,
 }
 
+/// Counters of one CPU slot of an object cache ([`ObjectCache::cpu_stats`]),
+/// on both paths: the locked one ([`CpuId`] callers) and, for CPUs below
+/// [`HELD_CPUS`], the fast path ([`ObjectCache::alloc_local`]). Summed over
+/// every slot, the hits and misses are [`CacheStats`]' magazine figures.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CpuStats {
+    /// Allocations served by this CPU's magazines.
+    pub alloc_hits: u64,
+    /// Allocations that found no object in this CPU's magazines nor a full
+    /// magazine in the depot, and went to the slab layer.
+    pub alloc_misses: u64,
+    /// Frees that went into this CPU's magazines.
+    pub free_hits: u64,
+    /// Frees that found no room in this CPU's magazines nor an empty
+    /// magazine in the depot, and went to the slab layer.
+    pub free_misses: u64,
+    /// Magazines this CPU took from the depot: a full one for an
+    /// allocation (giving back its empty previous one) or an empty one for
+    /// a free (giving back its full previous one).
+    pub depot_exchanges: u64,
+}
+
+impl core::ops::AddAssign for CpuStats {
+    /// Adds every counter of `other` (to sum one CPU over several caches).
+    fn add_assign(&mut self, other: CpuStats) {
+        self.alloc_hits += other.alloc_hits;
+        self.alloc_misses += other.alloc_misses;
+        self.free_hits += other.free_hits;
+        self.free_misses += other.free_misses;
+        self.depot_exchanges += other.depot_exchanges;
+    }
+}
+
 /// Everything of a cache but its arena, which callers pass in: quantum
 /// caches live inside storage their arena points to.
 ///
@@ -238,9 +271,6 @@ pub(crate) struct CacheCore<'a> {
 #[derive(Default)]
 struct Counters {
     slab_allocs: u64,
-    /// Misses of the fast path (its hits are counted in the held slots).
-    held_alloc_misses: u64,
-    held_free_misses: u64,
     slab_frees: u64,
     alloc_fails: u64,
     reaps: u64,
@@ -350,7 +380,7 @@ impl<'a> CacheCore<'a> {
     /// both magazines and the depot's full ones are empty. A poisoned
     /// object found written after its free stays in its magazine, and the
     /// allocation is refused (`Corrupt`).
-    fn pair_alloc(&self, pair: &mut MagPair) -> Result<Option<u64>> {
+    fn pair_alloc(&self, pair: &mut MagPair, exchanges: &mut u64) -> Result<Option<u64>> {
         loop {
             if let Some(m) = pair.loaded
                 // SAFETY: the caller owns the pair (its CPU's lock or hold).
@@ -382,13 +412,14 @@ impl<'a> CacheCore<'a> {
             }
             pair.prev = pair.loaded;
             pair.loaded = Some(full);
+            *exchanges += 1;
         }
     }
 
     /// Puts an object in `pair`, trading with the depot for an empty
     /// magazine it already holds; false when there is no room, and the
     /// object goes to the slab layer. It never allocates.
-    fn pair_free(&self, pair: &mut MagPair, obj: u64) -> bool {
+    fn pair_free(&self, pair: &mut MagPair, obj: u64, exchanges: &mut u64) -> bool {
         loop {
             // SAFETY: the caller owns the pair (its CPU's lock or hold).
             if pair.loaded.is_some_and(|m| unsafe { mag(m) }.push(obj)) {
@@ -410,6 +441,7 @@ impl<'a> CacheCore<'a> {
             }
             pair.prev = pair.loaded;
             pair.loaded = Some(empty);
+            *exchanges += 1;
         }
     }
 
@@ -420,7 +452,8 @@ impl<'a> CacheCore<'a> {
             return Ok(None);
         }
         let mut c = self.slot().lock();
-        let got = self.pair_alloc(&mut c.pair)?;
+        let c = &mut *c;
+        let got = self.pair_alloc(&mut c.pair, &mut c.exchanges)?;
         if got.is_some() {
             c.alloc_hits += 1;
         } else {
@@ -437,7 +470,8 @@ impl<'a> CacheCore<'a> {
             return false;
         }
         let mut c = self.slot().lock();
-        let put = self.pair_free(&mut c.pair, obj);
+        let c = &mut *c;
+        let put = self.pair_free(&mut c.pair, obj, &mut c.exchanges);
         if put {
             c.free_hits += 1;
         } else {
@@ -465,7 +499,7 @@ impl<'a> CacheCore<'a> {
     /// # Safety
     /// The caller holds the slot's CPU.
     #[inline(always)]
-    unsafe fn held_alloc(&self, slot: &HeldSlot) -> Result<Option<u64>> {
+    unsafe fn held_alloc(&self, slot: &HeldSlot, cpu: usize) -> Result<Option<u64>> {
         // SAFETY: the caller holds the CPU, so no other context touches
         // the held part until it lets go.
         let hit = slot.owned.with_mut(|o| unsafe { &mut *o }.pop());
@@ -475,7 +509,7 @@ impl<'a> CacheCore<'a> {
                 Ok(Some(obj))
             }
             // SAFETY: the caller's hold, passed on.
-            _ => unsafe { self.held_alloc_slow(slot, hit) },
+            _ => unsafe { self.held_alloc_slow(slot, cpu, hit) },
         }
     }
 
@@ -485,7 +519,12 @@ impl<'a> CacheCore<'a> {
     /// # Safety
     /// As [`CacheCore::held_alloc`].
     #[cold]
-    unsafe fn held_alloc_slow(&self, slot: &HeldSlot, hit: Option<u64>) -> Result<Option<u64>> {
+    unsafe fn held_alloc_slow(
+        &self,
+        slot: &HeldSlot,
+        cpu: usize,
+        hit: Option<u64>,
+    ) -> Result<Option<u64>> {
         if let Some(obj) = hit {
             if let Err(e) = self.check_poison(obj) {
                 // SAFETY: the caller's hold; the pop just made room for it.
@@ -497,19 +536,26 @@ impl<'a> CacheCore<'a> {
         }
         // SAFETY: the caller's hold, passed on.
         unsafe { self.honour_held(slot) };
+        let mut exchanges = 0;
         // SAFETY: the caller's hold.
         let got = slot.owned.with_mut(|o| {
             // SAFETY: as above: this context holds the CPU.
             let o = unsafe { &mut *o };
             o.write_back();
-            let got = self.pair_alloc(&mut o.pair);
+            let got = self.pair_alloc(&mut o.pair, &mut exchanges);
             o.reload();
             got
-        })?;
+        });
+        // The slow path's counts go on the CPU's locked line, under its
+        // lock (taken by no one else on this CPU's fast path).
+        let mut c = self.cpus.locked(cpu).lock();
+        c.exchanges += exchanges;
+        let got = got?;
         if got.is_some() {
+            drop(c);
             bump(&slot.alloc_hits);
         } else {
-            self.counters.lock().held_alloc_misses += 1;
+            c.alloc_misses += 1;
         }
         Ok(got)
     }
@@ -520,14 +566,14 @@ impl<'a> CacheCore<'a> {
     /// # Safety
     /// As [`CacheCore::held_alloc`].
     #[inline(always)]
-    unsafe fn held_free(&self, slot: &HeldSlot, obj: u64) -> bool {
+    unsafe fn held_free(&self, slot: &HeldSlot, cpu: usize, obj: u64) -> bool {
         // SAFETY: the caller holds the CPU.
         if slot.owned.with_mut(|o| unsafe { &mut *o }.push(obj)) {
             bump(&slot.free_hits);
             return true;
         }
         // SAFETY: the caller's hold, passed on.
-        unsafe { self.held_free_slow(slot, obj) }
+        unsafe { self.held_free_slow(slot, cpu, obj) }
     }
 
     /// The fast path's full magazines: answers requests, then trades with
@@ -536,22 +582,27 @@ impl<'a> CacheCore<'a> {
     /// # Safety
     /// As [`CacheCore::held_alloc`].
     #[cold]
-    unsafe fn held_free_slow(&self, slot: &HeldSlot, obj: u64) -> bool {
+    unsafe fn held_free_slow(&self, slot: &HeldSlot, cpu: usize, obj: u64) -> bool {
         // SAFETY: the caller's hold, passed on.
         unsafe { self.honour_held(slot) };
+        let mut exchanges = 0;
         // SAFETY: the caller's hold.
         let put = slot.owned.with_mut(|o| {
             // SAFETY: as above: this context holds the CPU.
             let o = unsafe { &mut *o };
             o.write_back();
-            let put = self.pair_free(&mut o.pair, obj);
+            let put = self.pair_free(&mut o.pair, obj, &mut exchanges);
             o.reload();
             put
         });
+        // As in `held_alloc_slow`.
+        let mut c = self.cpus.locked(cpu).lock();
+        c.exchanges += exchanges;
         if put {
+            drop(c);
             bump(&slot.free_hits);
         } else {
-            self.counters.lock().held_free_misses += 1;
+            c.free_misses += 1;
         }
         put
     }
@@ -588,7 +639,7 @@ impl<'a> CacheCore<'a> {
         let held = match CpuGuard::enter(local) {
             Some(guard) => match self.held_slot(&guard) {
                 // SAFETY: the guard holds the slot's CPU.
-                Some(slot) => unsafe { self.held_alloc(slot) }?,
+                Some(slot) => unsafe { self.held_alloc(slot, guard.index()) }?,
                 None => return self.alloc(backing),
             },
             None => return self.alloc(backing),
@@ -622,7 +673,7 @@ impl<'a> CacheCore<'a> {
         };
         self.take_back(obj)?;
         // SAFETY: the guard holds the slot's CPU.
-        if unsafe { self.held_free(slot, obj) } {
+        if unsafe { self.held_free(slot, guard.index(), obj) } {
             return Ok(());
         }
         drop(guard);
@@ -1027,6 +1078,33 @@ impl<'a> CacheCore<'a> {
         self.counters.lock().reaps += 1;
     }
 
+    /// The counters of CPU slot `cpu`; `BadConstraint` at or above
+    /// [`MAX_CPUS`]. Relaxed reads: a holder counting at the same time
+    /// may or may not be seen.
+    pub(crate) fn cpu_stats(&self, cpu: usize) -> Result<CpuStats> {
+        if cpu >= MAX_CPUS {
+            return Err(Error::new(
+                ErrorKind::BadConstraint,
+                "CPU index at or above MAX_CPUS",
+            ));
+        }
+        let mut s = {
+            let c = self.cpus.locked(cpu).lock();
+            CpuStats {
+                alloc_hits: c.alloc_hits,
+                alloc_misses: c.alloc_misses,
+                free_hits: c.free_hits,
+                free_misses: c.free_misses,
+                depot_exchanges: c.exchanges,
+            }
+        };
+        if let Some(slot) = self.cpus.held(cpu) {
+            s.alloc_hits += slot.alloc_hits.load(Ordering::Relaxed);
+            s.free_hits += slot.free_hits.load(Ordering::Relaxed);
+        }
+        Ok(s)
+    }
+
     /// The cache's counters.
     pub(crate) fn stats(&self) -> CacheStats {
         let mut s = CacheStats::default();
@@ -1063,8 +1141,6 @@ impl<'a> CacheCore<'a> {
             s.meta_pages += slabs.meta_pages() as u64;
         }
         let counters = self.counters.lock();
-        s.magazine_misses += counters.held_alloc_misses;
-        s.free_magazine_misses += counters.held_free_misses;
         s.allocs = s.magazine_hits + counters.slab_allocs;
         s.frees = s.free_magazine_hits + counters.slab_frees;
         // More frees than allocations only when a cache without debug
@@ -1370,6 +1446,14 @@ impl<'a, R: RawMutex> ObjectCache<'a, R> {
     /// The cache's counters.
     pub fn stats(&self) -> CacheStats {
         self.core.stats()
+    }
+
+    /// The counters of one CPU slot, `cpu` as [`CpuId::current`] or
+    /// [`CpuLocal::enter`] names it (the held path's and the locked path's
+    /// together). A `cpu` at or above [`MAX_CPUS`] names no slot:
+    /// `BadConstraint`, and nothing is read.
+    pub fn cpu_stats(&self, cpu: usize) -> Result<CpuStats> {
+        self.core.cpu_stats(cpu)
     }
 
     /// Checks the cache's invariants (`Corrupt` names the broken one).

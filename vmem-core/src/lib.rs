@@ -251,7 +251,7 @@ pub use arena::{
     Arena, ArenaConfig, ArenaSize, DefaultLock, Policy, Segment, SegmentKind, Source, Stats,
 };
 pub use arena_meta::ArenaMeta;
-pub use cache::{CacheConfig, CacheStats, DEFAULT_MAGAZINE, ObjectCache, ObjectHook};
+pub use cache::{CacheConfig, CacheStats, CpuStats, DEFAULT_MAGAZINE, ObjectCache, ObjectHook};
 pub use constraint::Constraints;
 pub use cpu::{CPU0, CpuGuard, CpuId, CpuLocal, FixedCpu, HELD_CPUS, MAX_CPUS};
 pub use error::{Error, ErrorKind, Result};

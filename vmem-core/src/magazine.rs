@@ -128,6 +128,10 @@ pub(crate) struct CpuMags {
     pub(crate) free_hits: u64,
     /// Frees that found no room in the magazines or depot.
     pub(crate) free_misses: u64,
+    /// Magazines this CPU took from the depot (a full one for an
+    /// allocation, an empty one for a free), on either path: the held
+    /// path counts its misses and exchanges here too, on its slow path.
+    pub(crate) exchanges: u64,
 }
 
 // SAFETY: the magazines belong to this slot and are reached only under its lock.

@@ -13,7 +13,7 @@ use arrayvec::ArrayVec;
 use lock_api::RawMutex;
 
 use crate::arena::{Arena, ArenaConfig, Backing, FreeError, QuantumFront};
-use crate::cache::{CacheConfig, CacheCore, CacheStats, DEFAULT_MAGAZINE};
+use crate::cache::{CacheConfig, CacheCore, CacheStats, CpuStats, DEFAULT_MAGAZINE};
 use crate::constraint::round_up;
 use crate::cpu::CpuId;
 use crate::error::{Error, ErrorKind, Result};
@@ -91,6 +91,22 @@ impl<'a> QuantumCaches<'a> {
     /// Object size and counters of each cache, smallest first.
     pub fn stats(&self) -> impl Iterator<Item = (u64, CacheStats)> + '_ {
         self.caches.iter().map(|c| (c.size(), c.stats()))
+    }
+
+    /// The counters of CPU slot `cpu` summed over every cache, as
+    /// [`crate::ObjectCache::cpu_stats`] gives them for one.
+    pub fn cpu_stats(&self, cpu: usize) -> Result<CpuStats> {
+        if cpu >= crate::cpu::MAX_CPUS {
+            return Err(Error::new(
+                ErrorKind::BadConstraint,
+                "CPU index at or above MAX_CPUS",
+            ));
+        }
+        let mut sum = CpuStats::default();
+        for c in self.caches.iter() {
+            sum += c.cpu_stats(cpu)?;
+        }
+        Ok(sum)
     }
 
     /// The cache for `size` (already rounded to the quantum), if one serves it.
