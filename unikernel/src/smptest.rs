@@ -146,7 +146,7 @@ impl Shared<'_> {
             2 => {
                 let obj = self
                     .cache
-                    .alloc()
+                    .alloc_local(&cpu::LOCAL)
                     .map_err(|e| format!("cache alloc: {e}"))?;
                 fill(obj, OBJECT_SIZE / 8 * 8, seed);
                 Object::Cached(obj, seed)
@@ -192,7 +192,7 @@ impl Shared<'_> {
             Object::Cached(obj, seed) => {
                 check(obj, OBJECT_SIZE / 8 * 8, seed)?;
                 self.cache
-                    .free(obj)
+                    .free_local(&cpu::LOCAL, obj)
                     .map_err(|e| format!("cache free: {e}"))?;
             }
             Object::Quantum(obj, size, seed) => {
@@ -582,12 +582,14 @@ fn rounds(clock: &Clock, cpus: usize) -> Vec<(String, Outcome)> {
         // the cache's until freed.
         let config = unsafe {
             CacheConfig::new("smp_objects", OBJECT_SIZE, &PHYS_META, &cpu::CURRENT)
+                .local(&cpu::LOCAL)
                 .memory()
                 .debug(true)
         };
         match ObjectCache::new(config, kmem::kmem_default()) {
             Ok(cache) => {
                 run_rounds(clock, cpus, &cache, &qc, &mut out);
+                say_path(&cache, cpus);
                 let _ = cache.reap();
             }
             Err(e) => out.push(("setup".to_string(), Err(format!("smp_objects cache: {e}")))),
@@ -597,6 +599,25 @@ fn rounds(clock: &Clock, cpus: usize) -> Vec<(String, Outcome)> {
     drop(qcaches);
     let _ = kmem::kmem_default().free(base, QC_BYTES);
     out
+}
+
+/// Says which path the test's object cache took: `alloc_local` and
+/// `free_local` through `cpu::LOCAL`, the held (fast) path on CPUs below
+/// `HELD_CPUS`, the locked path above; with each CPU's magazine figures.
+fn say_path(cache: &ObjectCache<'_>, cpus: usize) {
+    let held = cpus.min(vmem_core::HELD_CPUS);
+    println!(
+        "smp_objects: alloc_local/free_local through cpu::LOCAL (per-CPU held flag): held fast path on {held} of {cpus} CPU(s), locked path on {}",
+        cpus - held
+    );
+    for i in 0..cpus {
+        if let Ok(s) = cache.cpu_stats(i) {
+            println!(
+                "  cpu {i}: magazine alloc hits/misses {}/{}, free hits/misses {}/{}, depot exchanges {}",
+                s.alloc_hits, s.alloc_misses, s.free_hits, s.free_misses, s.depot_exchanges
+            );
+        }
+    }
 }
 
 fn run_rounds(
