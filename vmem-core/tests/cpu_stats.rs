@@ -7,19 +7,12 @@ use std::sync::Barrier;
 use std::thread;
 
 use vmem_core::{
-    Arena, ArenaConfig, CacheConfig, CacheStats, CpuGuard, CpuStats, ErrorKind, FixedCpu, HeapMeta,
-    MAX_CPUS, ObjectCache, ThreadCpus,
+    Arena, CacheConfig, CacheStats, CpuGuard, CpuStats, ErrorKind, FixedCpu, HeapMeta, MAX_CPUS,
+    ObjectCache, ThreadCpus,
 };
 
 fn arena() -> &'static Arena<'static> {
-    Box::leak(Box::new(
-        Arena::create(
-            ArenaConfig::new("objs", 64)
-                .span(0x10_0000, 1 << 20)
-                .meta(&HeapMeta),
-        )
-        .unwrap(),
-    ))
+    vmem_testkit::leaked_arena("objs", 64, 0x10_0000, 1 << 20)
 }
 
 /// Every slot's counters added up.

@@ -8,8 +8,7 @@ use std::sync::mpsc;
 use std::thread;
 
 use vmem_core::{
-    Arena, ArenaConfig, CacheConfig, CpuGuard, ErrorKind, HeapMeta, MAX_CPUS, ObjectCache,
-    ThreadCpus,
+    Arena, CacheConfig, CpuGuard, ErrorKind, HeapMeta, MAX_CPUS, ObjectCache, ThreadCpus,
 };
 
 /// A cache of 64-integer objects with `rounds`-round magazines on `cpus`.
@@ -27,14 +26,7 @@ fn cache(
 }
 
 fn arena() -> &'static Arena<'static> {
-    Box::leak(Box::new(
-        Arena::create(
-            ArenaConfig::new("objs", 64)
-                .span(0x10_0000, 1 << 20)
-                .meta(&HeapMeta),
-        )
-        .unwrap(),
-    ))
+    vmem_testkit::leaked_arena("objs", 64, 0x10_0000, 1 << 20)
 }
 
 /// Magazines in the CPU slots: those the cache owns less the depot's.

@@ -4,7 +4,7 @@ use std::alloc::{Layout, alloc_zeroed};
 use std::fmt::Write;
 
 use lock_api::RawMutex;
-use vmem_core::{Arena, ObjectCache, Segment};
+use vmem_core::{Arena, ArenaConfig, HeapMeta, ObjectCache, Segment};
 
 /// Every segment of `arena`, spans included, in address order (as
 /// [`Arena::walk`] visits them).
@@ -57,6 +57,23 @@ pub fn cache_state(cache: &ObjectCache<'_>) -> String {
         "in_use {} slabs {} empty {} magazines {} depot_full {} depot_empty {} magazine_size {}",
         s.in_use, s.slabs, s.slabs_empty, s.magazines, s.depot_full, s.depot_empty, s.magazine_size
     )
+}
+
+/// A new arena named `name` of `quantum`-integer quanta with the one span
+/// `[base, base + size)` and its metadata from the heap, leaked, so that
+/// caches, threads and `'static` platforms may borrow it for the rest of the
+/// test.
+///
+/// # Panics
+/// When the arena cannot be created (the configuration is the caller's).
+pub fn leaked_arena(name: &str, quantum: u64, base: u64, size: u64) -> &'static Arena<'static> {
+    let arena = Arena::create(
+        ArenaConfig::new(name, quantum)
+            .span(base, size)
+            .meta(&HeapMeta),
+    )
+    .unwrap_or_else(|e| panic!("Arena::create({name}) failed: {e:?}"));
+    Box::leak(Box::new(arena))
 }
 
 /// The address of `bytes` of zeroed, page-aligned host memory that is

@@ -11,9 +11,7 @@ use std::ptr::NonNull;
 use talc::DefaultBinning;
 use talc::base::Talc;
 use talc::source::Manual;
-use vmem_core::{
-    Arena, ArenaConfig, CacheConfig, CpuId, HeapMeta, ObjectCache, SizeClasses, ThreadCpus,
-};
+use vmem_core::{Arena, CacheConfig, CpuId, HeapMeta, ObjectCache, SizeClasses, ThreadCpus};
 
 /// Object size, in bytes.
 const OBJ: usize = 64;
@@ -35,14 +33,7 @@ fn host_buffer() -> NonNull<u8> {
 
 /// A memory-mode arena whose one span is a fresh [`host_buffer`].
 fn memory_arena(name: &str) -> &'static Arena<'static> {
-    let base = crate::buffer(HEAP);
-    let arena = Arena::create(
-        ArenaConfig::new(name, QUANTUM)
-            .span(base, HEAP as u64)
-            .meta(&HeapMeta),
-    )
-    .unwrap_or_else(|e| panic!("Arena::create({name}) failed: {e:?}"));
-    Box::leak(Box::new(arena))
+    crate::leaked_arena(name, QUANTUM, crate::buffer(HEAP), HEAP as u64)
 }
 
 /// A memory-mode cache of 64-byte objects over a fresh arena; `magazine`

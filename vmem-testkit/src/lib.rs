@@ -42,6 +42,6 @@ mod meta;
 pub mod placement;
 mod rng;
 
-pub use arena::{arena_state, buffer, cache_state, walk};
+pub use arena::{arena_state, buffer, cache_state, leaked_arena, walk};
 pub use meta::PageBudget;
 pub use rng::SplitMix64;
