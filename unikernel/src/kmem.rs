@@ -17,8 +17,8 @@ use core::fmt;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use vmem_core::{
-    Arena, ArenaConfig, GlobalHeap, Importer, MAX_CPUS, Policy, QCACHE_MAX_QUANTA, QuantumCaches,
-    SizeClasses, Source,
+    Arena, ArenaConfig, DefaultLock, GlobalHeap, Importer, MAX_CPUS, Policy, QCACHE_MAX_QUANTA,
+    QuantumCaches, SizeClasses, Source,
 };
 use x86_64::structures::paging::page::PageRange;
 use x86_64::structures::paging::{Page, PageTableFlags as Flags, PhysFrame, Size4KiB};
@@ -27,6 +27,7 @@ use x86_64::{PhysAddr, VirtAddr};
 use crate::cpu;
 use crate::error::MemError;
 use crate::layout::{DEVICE_BASE, DEVICE_SIZE, KERNEL_VA_BASE, KERNEL_VA_SIZE, PAGE, virt_to_phys};
+use crate::local::{self, KernelLocal};
 use crate::paging::{self, DeferredTables};
 use crate::phys::{PHYS_META, phys, try_phys};
 use crate::shootdown::{self, ROUND_RANGES};
@@ -245,17 +246,33 @@ pub fn init() -> Result<(), MemError> {
     Ok(())
 }
 
+/// Makes the heap's size classes (on the main kernel stack: they are
+/// built by value, too large for the boot stack) and registers them for
+/// cross-calls, so a reap on one CPU asks the others for the magazines
+/// they hold.
+pub fn init_heap() -> Result<(), &'static str> {
+    let classes = HEAP.classes().ok_or("no heap size classes")?;
+    if local::register_forever(classes) {
+        Ok(())
+    } else {
+        Err("no room to register the heap for cross-calls")
+    }
+}
+
 fn heap_classes() -> Option<SizeClasses<'static>> {
     let arena = KMEM_DEFAULT.get()?;
     // SAFETY: kmem_default hands out addresses of pages BackedPages mapped
     // writable and keeps mapped until they are freed.
-    unsafe { SizeClasses::new(arena, &PHYS_META, &cpu::CURRENT, false) }.ok()
+    unsafe { SizeClasses::with_local(arena, &PHYS_META, &cpu::CURRENT, &local::LOCAL, false) }.ok()
 }
 
 /// The kernel heap: the size classes over `kmem_default`, whose blocks
 /// above the largest class come from `kmem_default` itself (importing).
+/// Every `Box`, `Vec` and `BTreeMap` allocates and frees through
+/// `local::LOCAL`: the running CPU's own magazines, without a lock.
 #[global_allocator]
-pub static HEAP: GlobalHeap = GlobalHeap::new(heap_classes);
+pub static HEAP: GlobalHeap<DefaultLock, KernelLocal> =
+    GlobalHeap::with_local(heap_classes, &local::LOCAL);
 
 /// The quantum caches in front of `kmem_va`.
 pub fn kmem_va_qcaches() -> &'static QuantumCaches<'static> {

@@ -16,6 +16,7 @@
 //!    and data, the loader's data, the firmware's CPUs;
 //! 2. `paging`: the page tables (frames from the arena `build` is handed);
 //!    `apic`; `shootdown`: the IPI round that flushes every CPU's TLB;
+//!    `local`: vmem-core's per-CPU fast path and its cross-call;
 //! 3. `phys`, then `kmem`: the arenas, the heap and the kernel stacks;
 //! 4. `devices`, `time`, `trace`, `smp`: starting the other CPUs;
 //! 5. `exception`, `report`, `tests`, `pressure`, `smptest`: reports and
@@ -36,6 +37,7 @@ mod error;
 mod exception;
 mod kmem;
 mod layout;
+mod local;
 mod paging;
 mod phys;
 mod pressure;
@@ -120,6 +122,9 @@ extern "C" fn kmain(start_info: u32) -> ! {
 /// The rest of the boot, on a kernel stack with a guard page below it.
 extern "C" fn kmain_on_stack() -> ! {
     let boot = BOOT.get().expect("set by kmain");
+    if let Err(e) = kmem::init_heap() {
+        fail(e);
+    }
     trace::init(boot.has_word("trace"));
     if boot.value_of("shootdown") == Some("off") {
         shootdown::disable();

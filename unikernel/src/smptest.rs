@@ -33,6 +33,7 @@ use crate::console::Verdict;
 use crate::cpu::{self, rdtsc};
 use crate::kmem::{self, PAGES_MAPPED, PAGES_UNMAPPED};
 use crate::layout::PAGE;
+use crate::local;
 use crate::paging;
 use crate::phys::PHYS_META;
 use crate::phys::phys;
@@ -146,7 +147,7 @@ impl Shared<'_> {
             2 => {
                 let obj = self
                     .cache
-                    .alloc_local(&cpu::LOCAL)
+                    .alloc_local(&local::LOCAL)
                     .map_err(|e| format!("cache alloc: {e}"))?;
                 fill(obj, OBJECT_SIZE / 8 * 8, seed);
                 Object::Cached(obj, seed)
@@ -192,7 +193,7 @@ impl Shared<'_> {
             Object::Cached(obj, seed) => {
                 check(obj, OBJECT_SIZE / 8 * 8, seed)?;
                 self.cache
-                    .free_local(&cpu::LOCAL, obj)
+                    .free_local(&local::LOCAL, obj)
                     .map_err(|e| format!("cache free: {e}"))?;
             }
             Object::Quantum(obj, size, seed) => {
@@ -582,14 +583,25 @@ fn rounds(clock: &Clock, cpus: usize) -> Vec<(String, Outcome)> {
         // the cache's until freed.
         let config = unsafe {
             CacheConfig::new("smp_objects", OBJECT_SIZE, &PHYS_META, &cpu::CURRENT)
-                .local(&cpu::LOCAL)
+                .local(&local::LOCAL)
                 .memory()
                 .debug(true)
         };
         match ObjectCache::new(config, kmem::kmem_default()) {
             Ok(cache) => {
-                run_rounds(clock, cpus, &cache, &qc, &mut out);
-                say_path(&cache, cpus);
+                // Registered for cross-calls while the test runs: a reap on
+                // one CPU asks the others for their held magazines.
+                match local::register(&cache) {
+                    Some(registration) => {
+                        run_rounds(clock, cpus, &cache, &qc, &mut out);
+                        say_path(&cache, cpus);
+                        drop(registration);
+                    }
+                    None => out.push((
+                        "setup".to_string(),
+                        Err("no room to register smp_objects for cross-calls".to_string()),
+                    )),
+                }
                 let _ = cache.reap();
             }
             Err(e) => out.push(("setup".to_string(), Err(format!("smp_objects cache: {e}")))),
@@ -602,12 +614,12 @@ fn rounds(clock: &Clock, cpus: usize) -> Vec<(String, Outcome)> {
 }
 
 /// Says which path the test's object cache took: `alloc_local` and
-/// `free_local` through `cpu::LOCAL`, the held (fast) path on CPUs below
+/// `free_local` through `local::LOCAL`, the held (fast) path on CPUs below
 /// `HELD_CPUS`, the locked path above; with each CPU's magazine figures.
 fn say_path(cache: &ObjectCache<'_>, cpus: usize) {
     let held = cpus.min(vmem_core::HELD_CPUS);
     println!(
-        "smp_objects: alloc_local/free_local through cpu::LOCAL (per-CPU held flag): held fast path on {held} of {cpus} CPU(s), locked path on {}",
+        "smp_objects: alloc_local/free_local through local::LOCAL (per-CPU held flag): held fast path on {held} of {cpus} CPU(s), locked path on {}",
         cpus - held
     );
     for i in 0..cpus {
@@ -618,6 +630,66 @@ fn say_path(cache: &ObjectCache<'_>, cpus: usize) {
             );
         }
     }
+}
+
+/// CPU 0 reaps the test's cache, the quantum caches and the heap while
+/// every other CPU is idle in `hlt` and holds magazines of the cache and
+/// the heap from the rounds: the reaps post cross-calls, the other CPUs
+/// wake and answer from their idle loops, and once all have answered a
+/// second reap returns the slabs they emptied. Fails when a CPU does not
+/// answer in time or a CPU slot still holds a magazine.
+fn reap_by_cross_call(
+    clock: &Clock,
+    cpus: usize,
+    cache: &ObjectCache<'_>,
+    qc: &Arena<'_>,
+) -> Outcome {
+    let sent = || {
+        (0..cpus)
+            .filter_map(cpu::cpu)
+            .map(|c| c.counters.calls_sent.load(Ordering::Relaxed))
+            .sum::<u64>()
+    };
+    let before = sent();
+    let start = rdtsc();
+    let reap_all = || -> Result<(), String> {
+        cache.reap().map_err(|e| format!("smp_objects reap: {e}"))?;
+        qc.reap().map_err(|e| format!("smp_qc reap: {e}"))?;
+        if let Some(classes) = kmem::HEAP.classes() {
+            classes.reap().map_err(|e| format!("heap reap: {e}"))?;
+        }
+        Ok(())
+    };
+    reap_all()?;
+    let asked = sent() - before;
+    local::settle().map_err(|cpu| format!("CPU {cpu} did not answer its cross-call"))?;
+    let us = clock.ns(rdtsc() - start) / 1000;
+    reap_all()?;
+    let mut left = Vec::new();
+    let s = cache.stats();
+    let in_slots = s.magazines - s.depot_full - s.depot_empty;
+    if in_slots != 0 {
+        left.push(format!("smp_objects: {in_slots}"));
+    }
+    if let Some(classes) = kmem::HEAP.classes() {
+        for c in classes.caches() {
+            let s = c.stats();
+            let in_slots = s.magazines - s.depot_full - s.depot_empty;
+            if in_slots != 0 {
+                left.push(format!("{}: {in_slots}", c.name()));
+            }
+        }
+    }
+    if !left.is_empty() {
+        return Err(format!(
+            "magazines still in CPU slots after every CPU answered: {}",
+            left.join(", ")
+        ));
+    }
+    Ok(format!(
+        "{asked} cross-call(s) posted, every CPU answered and the second reap done in {us} us {}; no magazine left in a CPU slot",
+        clock.mark()
+    ))
 }
 
 fn run_rounds(
@@ -659,14 +731,13 @@ fn run_rounds(
             }
             shared.barrier.wait(&mut sense);
         }
-        // Every CPU drains the magazines (the reaps drain every CPU's).
-        let _ = cache.reap();
-        let _ = qc.reap();
-        if let Some(classes) = kmem::HEAP.classes() {
-            let _ = classes.reap();
-        }
     });
     let ms = clock.ns(rdtsc() - start) / 1_000_000;
+    out.push((
+        "a reap on CPU 0 alone gets back the magazines every other CPU holds, by cross-call"
+            .to_string(),
+        reap_by_cross_call(clock, cpus, cache, qc),
+    ));
     let remote: u64 = (0..cpus)
         .filter_map(cpu::cpu)
         .map(|c| c.counters.remote_frees.load(Ordering::Relaxed))
