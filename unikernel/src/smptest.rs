@@ -619,8 +619,7 @@ fn rounds(clock: &Clock, cpus: usize) -> Vec<(String, Outcome)> {
 fn say_path(cache: &ObjectCache<'_>, cpus: usize) {
     let held = cpus.min(vmem_core::HELD_CPUS);
     println!(
-        "smp_objects: alloc_local/free_local through local::LOCAL (per-CPU held flag): held fast path on {held} of {cpus} CPU(s), locked path on {}",
-        cpus - held
+        "smp_objects: alloc_local/free_local through local::LOCAL (per-CPU held flag): held fast path on {held} of {cpus} CPU(s)"
     );
     for i in 0..cpus {
         if let Ok(s) = cache.cpu_stats(i) {

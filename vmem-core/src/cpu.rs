@@ -10,10 +10,9 @@ pub const MAX_CPUS: usize = 32;
 
 /// CPUs whose slots in every cache have a held part: the fast path
 /// ([`CpuLocal`]) serves CPU indices below this, and a held CPU at or above
-/// it takes the locked path. Eight keeps a cache small enough for a kernel
-/// that builds its quantum caches by value on a boot stack (each held slot
-/// takes 128 bytes, each other slot 64).
-pub const HELD_CPUS: usize = 8;
+/// it takes the locked path. Every slot has one (each slot takes 128
+/// bytes, so a cache's slots take 4 KiB).
+pub const HELD_CPUS: usize = MAX_CPUS;
 
 /// The current CPU, as the platform knows it: a thread index on a host,
 /// the `cpu N` command in scenarios, per-CPU data in a kernel.

@@ -259,9 +259,8 @@ struct SlotPair {
 }
 
 /// A cache's CPU slots: the first [`HELD_CPUS`] with a held part, on 128
-/// bytes each; the rest locked only, on 64 bytes each (so a cache stays
-/// small enough for a kernel to build its caches by value on a boot
-/// stack).
+/// bytes each; the rest (none while `HELD_CPUS` is `MAX_CPUS`) locked
+/// only, on 64 bytes each.
 pub(crate) struct CpuSlots {
     paired: [SlotPair; HELD_CPUS],
     rest: [LockedSlot; MAX_CPUS - HELD_CPUS],
