@@ -407,6 +407,7 @@ impl<'a> CacheCore<'a> {
             let Some(full) = depot.take_full() else {
                 return Ok(None);
             };
+            Magazine::prefetch(full, false);
             if let Some(empty) = pair.prev {
                 depot.put_empty(empty);
             }
@@ -436,6 +437,7 @@ impl<'a> CacheCore<'a> {
                 depot.note_unmet_free();
                 return false;
             };
+            Magazine::prefetch(empty, true);
             if let Some(full) = pair.prev {
                 depot.put_full(full);
             }
