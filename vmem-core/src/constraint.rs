@@ -180,15 +180,27 @@ impl Fit {
         Ok(fit)
     }
 
-    /// The span size an import needs so that it surely holds a placement,
-    /// for requests constrained by alignment alone (others never import).
-    pub(crate) fn import_size(&self, quantum: u64) -> Option<u64> {
-        let alignment_only =
-            self.phase == 0 && self.nocross == 0 && self.min == 0 && self.max == u64::MAX;
-        if !alignment_only {
-            return None;
+    /// Whether an importing arena may import for this request: only
+    /// alignment and phase constrain it. A `nocross` boundary or a
+    /// `[min, max)` window is about the child's address space, which a
+    /// source cannot promise to meet, so such requests never import.
+    pub(crate) fn may_import(&self) -> bool {
+        self.nocross == 0 && self.min == 0 && self.max == u64::MAX
+    }
+
+    /// The span an import asks the source for, and the alignment it asks
+    /// for, so that the span surely holds a placement: `size + phase`
+    /// aligned to `align` (the placement is the span's start plus the
+    /// phase), or just `size` when the alignment is the quantum's.
+    pub(crate) fn import_request(&self, quantum: u64) -> Result<(u64, u64)> {
+        if self.align <= quantum {
+            return Ok((self.size, quantum));
         }
-        self.size.checked_add(self.align - quantum.min(self.align))
+        let size = self
+            .size
+            .checked_add(self.phase)
+            .ok_or(Error::new(ErrorKind::Overflow, "import size passes 2^64"))?;
+        Ok((size, self.align))
     }
 
     /// The lowest placement inside the free range `[start, end)`, if any.

@@ -10,8 +10,8 @@
 //! The integers enter an arena as **spans**, non-overlapping ranges added by
 //! the owner ([`Arena::add_span`]) or **imported** from a **source**: any
 //! [`Source`], and every arena is one. An arena with a source imports a span
-//! (at least its minimum import size) when an unconstrained request finds
-//! nothing free, and releases that span back the moment it is wholly free
+//! (at least its minimum import size) when a request that is not confined to
+//! a window or a boundary finds nothing free, and releases that span back the moment it is wholly free
 //! again. Trees of arenas follow: a kernel's virtual heap imports from its
 //! virtual address range, which imports from nothing.
 //!
@@ -57,9 +57,14 @@
 //! request constrained by alignment and phase alone takes the head of the
 //! first list whose members all hold `size + align - quantum` (any of them
 //! has an aligned placement), so it stays O(1); other constrained requests
-//! search every list that might hold them. Constrained requests never
-//! import: a source cannot promise to meet constraints of the child's
-//! address space.
+//! search every list that might hold them. A request constrained by
+//! alignment and phase alone imports as a plain one does, asking the
+//! source for a span of `size + phase` with the request's alignment (as
+//! illumos's and FreeBSD's `vmem_xalloc` do), so it fails only when neither
+//! the arena's free space nor its source holds an aligned placement.
+//! Requests with a `nocross` boundary or a `[min, max)` window never
+//! import: a source cannot promise constraints on the child's address
+//! space.
 //!
 //! ## Tags need no heap
 //!

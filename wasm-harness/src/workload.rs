@@ -22,7 +22,7 @@ pub fn churn(operations: usize) -> String {
         // Interrupt-like IDs, quantum 1.
         ("ids", 1, true, "arena ids quantum=1 base=32 size=1M"),
         // Kernel virtual space importing 4 MiB spans from phys (plain
-        // allocations only: xalloc never imports).
+        // allocations only).
         (
             "kva",
             4096,

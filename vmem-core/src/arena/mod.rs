@@ -352,9 +352,19 @@ impl<'s, R: RawMutex> Arena<'s, R> {
         self.allocate(&fit, policy, AllocBy::Alloc)
     }
 
-    /// Allocates `size` integers meeting `constraints` by `policy`. It never
-    /// imports: only spans the arena has are searched. Free it with
-    /// [`Arena::xfree`].
+    /// Allocates `size` integers meeting `constraints` by `policy`. Free it
+    /// with [`Arena::xfree`].
+    ///
+    /// A request constrained by alignment and phase alone imports when no
+    /// free segment holds a placement, as illumos's and FreeBSD's
+    /// `vmem_xalloc` do: the arena asks its source for a span of `size +
+    /// phase` (at least its minimum import) aligned to `align`, and places
+    /// the allocation at the span's start plus the phase. So such a request
+    /// fails only when the arena's free space holds no placement and the
+    /// source cannot supply an aligned span (`ImportFailed`; `NoSpace`
+    /// without a source). A request with a `nocross` boundary or a `[min,
+    /// max)` window never imports: a source cannot promise constraints on
+    /// the child's address space, so only the arena's spans are searched.
     pub fn xalloc(&self, size: u64, constraints: &Constraints, policy: Policy) -> Result<u64> {
         let fit = Fit::new(size, constraints, self.quantum)?;
         self.allocate(&fit, policy, AllocBy::Xalloc)
@@ -660,7 +670,7 @@ impl<'s, R: RawMutex> Arena<'s, R> {
         let mut inner = self.lock_reserved()?;
         let result = match inner.find(fit, policy) {
             Some((seg, addr)) => Ok(inner.allocate_in(seg, addr, fit.size, by, policy)),
-            None if by != AllocBy::Xalloc && fit.import_size(self.quantum).is_some() => {
+            None if fit.may_import() => {
                 let (relocked, result) = self.import_and_carve(inner, fit, policy, by);
                 inner = relocked;
                 result
@@ -710,7 +720,11 @@ impl<'s, R: RawMutex> Arena<'s, R> {
         by: AllocBy,
     ) -> (MutexGuard<'a, R, Inner>, Result<u64>) {
         let Some(source) = self.source.filter(|_| inner.attached) else {
-            let e = Error::new(ErrorKind::NoSpace, "no free segment is large enough");
+            let e = if by == AllocBy::Xalloc {
+                Error::new(ErrorKind::NoSpace, "no free segment meets the request")
+            } else {
+                Error::new(ErrorKind::NoSpace, "no free segment is large enough")
+            };
             return (inner, Err(e));
         };
         if inner.faults.at(FaultSite::Import).strike() {
@@ -723,15 +737,17 @@ impl<'s, R: RawMutex> Arena<'s, R> {
             let e = Error::new(ErrorKind::ImportFailed, "import failed (injected fault)");
             return (inner, Err(e));
         }
-        // An aligned request (a slab, a child's aligned import) imports
-        // enough to hold an aligned placement anywhere in the span.
-        let Some(size) = fit.import_size(self.quantum) else {
-            let e = Error::new(ErrorKind::Overflow, "import size passes 2^64");
-            return (inner, Err(e));
+        // An aligned request (an xalloc, a slab, a child's aligned import)
+        // asks for an aligned span, so the source decides whether it has
+        // one: the request then fails only when the source cannot supply
+        // it.
+        let (size, align) = match fit.import_request(self.quantum) {
+            Ok(request) => request,
+            Err(e) => return (inner, Err(e)),
         };
         let size = size.max(self.import_min);
         drop(inner);
-        let Ok(base) = source.import(self.importer, size, self.quantum) else {
+        let Ok(base) = source.import(self.importer, size, align) else {
             let mut inner = self.inner.lock();
             inner.import_fails += 1;
             event!(arena = self.name(), size, "import failed");
@@ -792,25 +808,26 @@ impl<'s, R: RawMutex> Arena<'s, R> {
                 return (self.inner.lock(), Err(e.at(base)));
             }
         };
-        inner.imports += 1;
-        event!(arena = self.name(), base, size, "imported span");
         if let Some(addr) = fit.place_in(seg.start(), seg.end()) {
+            inner.imports += 1;
+            event!(arena = self.name(), base, size, "imported span");
             let addr = inner.allocate_in(seg, addr, fit.size, by, policy);
             return (inner, Ok(addr));
         }
-        // Not reached (the import size holds a placement), but an imported
-        // span is never kept wholly free.
+        // Reached only when a source ignores the alignment asked of it: the
+        // span goes back at once, as an unusable one does.
         if let Some(span) = seg.seg_prev() {
             inner.remove_span(span, seg);
         }
-        inner.releases += 1;
+        inner.import_fails += 1;
+        event!(arena = self.name(), base, size, "import misaligned");
         drop(inner);
         give_back();
         let e = Error::new(
-            ErrorKind::NoSpace,
-            "imported span does not hold the request",
+            ErrorKind::ImportFailed,
+            "the source supplied a span without the asked alignment",
         );
-        (self.inner.lock(), Err(e))
+        (self.inner.lock(), Err(e.at(base)))
     }
 
     /// Installs a larger hash table, taken and given back outside the lock;

@@ -56,7 +56,7 @@ pub fn cases() -> Vec<Case> {
             || after_alloc(0x2000, |a, x| a.xalloc(Q, &Constraints::exact(x + Q, Q)?, InstantFit))),
         Case::new("xalloc/exact-overflow", "`Constraints::exact(2^64 - 0x1000, 0x2000)`", Overflow,
             || on_standard(|a| a.xalloc(0x2000, &Constraints::exact(u64::MAX - 0xfff, 0x2000)?, InstantFit))),
-        Case::new("xalloc/never-imports", "a constrained request on an importing arena that has no span yet (xalloc never imports)", NoSpace,
+        Case::new("xalloc/nocross-never-imports", "a request with a `nocross` boundary on an importing arena that has no span yet (boundaries and windows never import)", NoSpace,
             never_imports),
         Case::new("xalloc/xfree-of-alloc", "`xfree` of what `alloc` returned", BadFree,
             || after_alloc(Q, |a, x| a.xfree(x, Q))),
@@ -97,7 +97,14 @@ fn never_imports() -> Outcome {
     let root = standard();
     let c = child(&root, 0);
     probe(&[&root, &c], || {
-        c.xalloc(Q, &Constraints::aligned(0x4000), InstantFit)
+        c.xalloc(
+            Q,
+            &Constraints {
+                nocross: 0x4000,
+                ..NONE
+            },
+            InstantFit,
+        )
     })
 }
 
