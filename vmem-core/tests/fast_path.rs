@@ -288,8 +288,9 @@ fn misuse_is_refused_and_the_cache_stays_consistent() {
     assert_eq!(cache.stats().in_use, 0);
 }
 
-/// Size classes made `with_local` the host platform, over a memory arena.
-fn classes(cpus: &'static ThreadCpus) -> &'static SizeClasses<'static> {
+/// Size classes made `with_local` the host platform, over a memory arena
+/// of 1 MiB of leaked host memory.
+fn new_classes(cpus: &'static ThreadCpus) -> SizeClasses<'static> {
     let memory = vmem_testkit::buffer(1 << 20);
     let arena: &'static Arena<'static> = Box::leak(Box::new(
         Arena::create(
@@ -301,8 +302,11 @@ fn classes(cpus: &'static ThreadCpus) -> &'static SizeClasses<'static> {
     ));
     // SAFETY: the arena's integers are addresses of a leaked host buffer
     // nothing else uses.
-    let classes = unsafe { SizeClasses::with_local(arena, &HeapMeta, cpus, cpus, false) };
-    Box::leak(Box::new(classes.unwrap()))
+    unsafe { SizeClasses::with_local(arena, &HeapMeta, cpus, cpus, false) }.unwrap()
+}
+
+fn classes(cpus: &'static ThreadCpus) -> &'static SizeClasses<'static> {
+    Box::leak(Box::new(new_classes(cpus)))
 }
 
 #[test]
@@ -363,18 +367,7 @@ fn size_classes_take_the_fast_path_and_answer_a_reap_from_another_thread() {
 fn a_global_heap_with_a_platform_serves_from_the_held_magazines() {
     static CPUS: std::sync::OnceLock<&'static ThreadCpus> = std::sync::OnceLock::new();
     fn init() -> Option<SizeClasses<'static>> {
-        let cpus = *CPUS.get()?;
-        let memory = vmem_testkit::buffer(1 << 20);
-        let arena: &'static Arena<'static> = Box::leak(Box::new(
-            Arena::create(
-                ArenaConfig::new("gheap", 4096)
-                    .span(memory, 1 << 20)
-                    .meta(&HeapMeta),
-            )
-            .ok()?,
-        ));
-        // SAFETY: a leaked host buffer nothing else uses.
-        unsafe { SizeClasses::with_local(arena, &HeapMeta, cpus, cpus, false) }.ok()
+        Some(new_classes(*CPUS.get()?))
     }
     let cpus = *CPUS.get_or_init(ThreadCpus::leak);
     let heap: &'static GlobalHeap<vmem_core::DefaultLock, ThreadCpus> =
