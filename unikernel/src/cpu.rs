@@ -69,8 +69,11 @@ pub struct CpuCounters {
 }
 
 /// One CPU's data, at its GS base: `index` at offset 0 and the block's
-/// own address at offset 8, which `current_index` and `this` read.
-#[repr(C)]
+/// own address at offset 8, which `current_index` and `this` read. On
+/// 128-byte lines of its own: the fast path writes `held` twice per call,
+/// and no other CPU's data may share its line (or the adjacent one the
+/// prefetcher pairs with it).
+#[repr(C, align(128))]
 pub struct PerCpu {
     index: usize,
     this: AtomicU64,

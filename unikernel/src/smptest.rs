@@ -282,6 +282,45 @@ impl Shared<'_> {
 /// Times 64-byte heap pairs on every CPU at once: pairs per second in all,
 /// and the slowest and fastest CPU's own rate (which shows whether the
 /// host ran the vCPUs side by side).
+/// Steps per second of a register-only loop (a multiply-add) on every CPU
+/// at once, summed, and the slowest CPU's own rate: the scaling the
+/// vCPUs give for work that shares nothing, against which the heap's is
+/// read.
+fn spin_rate(clock: &Clock, cpus: usize, pairs: u64) -> (u64, u64) {
+    let steps = pairs * 16;
+    let slowest = AtomicU64::new(0);
+    let barrier = Barrier {
+        count: AtomicUsize::new(0),
+        sense: AtomicBool::new(false),
+        cpus,
+    };
+    let (start, end) = (AtomicU64::new(0), AtomicU64::new(0));
+    smp::run_on_all(&|cpu| {
+        let mut sense = false;
+        barrier.wait(&mut sense);
+        if cpu == 0 {
+            start.store(rdtsc(), Ordering::Release);
+        }
+        let mine = rdtsc();
+        let mut x = cpu as u64 + 1;
+        for _ in 0..steps {
+            x = core::hint::black_box(x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1));
+        }
+        core::hint::black_box(x);
+        slowest.fetch_max(rdtsc() - mine, Ordering::Relaxed);
+        barrier.wait(&mut sense);
+        if cpu == 0 {
+            end.store(rdtsc(), Ordering::Release);
+        }
+    });
+    let rate = |ns: u64| steps * 1_000_000_000 / ns.max(1);
+    let ns = clock.ns(end.load(Ordering::Acquire) - start.load(Ordering::Acquire));
+    (
+        rate(ns) * cpus as u64,
+        rate(clock.ns(slowest.load(Ordering::Relaxed))),
+    )
+}
+
 fn heap_rate(clock: &Clock, cpus: usize, pairs: u64) -> (u64, u64, u64) {
     let start = AtomicU64::new(0);
     let end = AtomicU64::new(0);
@@ -335,6 +374,11 @@ pub fn run(clock: &Clock, pairs: Option<u64>) -> Verdict {
     let (rate, slow, fast) = heap_rate(clock, cpus, pairs);
     println!(
         "smp: heap alloc+free pairs (64 B) on {cpus} CPU(s) at once: {rate} pairs/s {} ({pairs} pairs each; one CPU's own rate {slow} to {fast} pairs/s)",
+        clock.mark()
+    );
+    let (spins, spins_one) = spin_rate(clock, cpus, pairs);
+    println!(
+        "smp: a loop that touches no shared memory (one multiply-add per step) on {cpus} CPU(s) at once: {spins} steps/s {} (one CPU's own rate {spins_one} steps/s): how far this host's vCPUs scale at all",
         clock.mark()
     );
     let baseline = match Baseline::take() {
