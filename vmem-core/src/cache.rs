@@ -455,6 +455,16 @@ impl<'a> CacheCore<'a> {
         }
         let mut c = self.slot().lock();
         let c = &mut *c;
+        // The hit, here: the loaded magazine's top round, with no poison
+        // to check (`pair_alloc`, out of line, does the rest).
+        if !self.poison
+            && let Some(m) = c.pair.loaded
+            // SAFETY: the CPU's lock is held, so the slot's magazines are ours.
+            && let Some(obj) = unsafe { mag(m) }.pop()
+        {
+            c.alloc_hits += 1;
+            return Ok(Some(obj));
+        }
         let got = self.pair_alloc(&mut c.pair, &mut c.exchanges)?;
         if got.is_some() {
             c.alloc_hits += 1;
@@ -473,6 +483,12 @@ impl<'a> CacheCore<'a> {
         }
         let mut c = self.slot().lock();
         let c = &mut *c;
+        // The hit, here, as in `mag_alloc`.
+        // SAFETY: the CPU's lock is held, so the slot's magazines are ours.
+        if c.pair.loaded.is_some_and(|m| unsafe { mag(m) }.push(obj)) {
+            c.free_hits += 1;
+            return true;
+        }
         let put = self.pair_free(&mut c.pair, obj, &mut c.exchanges);
         if put {
             c.free_hits += 1;
@@ -841,7 +857,14 @@ impl<'a> CacheCore<'a> {
     /// depot with an empty magazine for the frees to come (see the
     /// magazine module: frees never allocate one).
     pub(crate) fn alloc(&self, backing: &dyn Backing) -> Result<u64> {
-        let (obj, from_slab) = self.take_object(backing)?;
+        let got = self.mag_alloc()?;
+        if let Some(obj) = got
+            && !(self.verify || self.poison)
+        {
+            // A magazine hit with no debug checks: nothing to hand out.
+            return Ok(obj);
+        }
+        let (obj, from_slab) = self.hand_out(got, backing)?;
         if from_slab && self.magazines {
             // With no CPU lock or hold; the depot lock alone orders this with
             // the frees that take the magazine.

@@ -110,10 +110,15 @@ impl Magazine {
         self.rounds >= self.cap
     }
 
+    /// Takes the top round; `None`, changing nothing, when there is none
+    /// (so the locked path's inline hit and `pair_alloc` after it may both
+    /// try the same magazine).
     #[inline(always)]
     pub(crate) fn pop(&mut self) -> Option<u64> {
-        self.rounds = self.rounds.checked_sub(1)?;
-        self.objs.get(self.rounds as usize).copied()
+        let rounds = self.rounds.checked_sub(1)?;
+        let obj = self.objs.get(rounds as usize).copied()?;
+        self.rounds = rounds;
+        Some(obj)
     }
 
     #[inline(always)]
@@ -515,6 +520,28 @@ impl Depot {
 mod tests {
     use super::*;
     use crate::HeapMeta;
+
+    /// A pop that finds no round changes nothing, even with a count past
+    /// the array (memory damage): the locked path may try the loaded
+    /// magazine twice, inline and again in `pair_alloc`.
+    #[test]
+    fn a_failed_pop_changes_nothing() {
+        let mut depot = Depot::new(3);
+        depot.stock_empty(&HeapMeta);
+        let m = depot.take_empty().expect("an empty magazine");
+        // SAFETY: taken out of the depot, so the test's alone.
+        let mag = unsafe { mag(m) };
+        assert_eq!(mag.pop(), None);
+        assert_eq!(mag.rounds(), 0);
+        mag.rounds = MAG_ROUNDS as u32 + 1;
+        assert_eq!(mag.pop(), None);
+        assert_eq!(mag.rounds(), MAG_ROUNDS as u32 + 1);
+        mag.rounds = 0;
+        assert!(mag.push(7));
+        assert_eq!((mag.pop(), mag.rounds()), (Some(7), 0));
+        depot.pool.give(m);
+        depot.pool.dispose(&HeapMeta);
+    }
 
     /// Magazines and CPU slots own their cache lines: before this test a
     /// magazine was 8-aligned and started 16 bytes into a line, so its
