@@ -17,6 +17,7 @@ impl Inner {
         let limit = self.tags.owned + 1;
         let (mut alloc, mut free, mut total) = (0u64, 0u64, 0u64);
         let (mut alloc_segs, mut free_segs, mut spans) = (0usize, 0u64, 0u64);
+        let mut imported_spans = 0u64;
         let mut span_end: Option<u64> = None; // end of the current span
         let mut covered = 0u64; // where the next segment of the span must start
         let mut last_span_end = 0u64;
@@ -63,6 +64,7 @@ impl Inner {
                     covered = tag.start();
                     seg_in_span = 0;
                     spans += 1;
+                    imported_spans += u64::from(imported);
                     total += tag.size();
                 }
                 kind => {
@@ -185,9 +187,9 @@ impl Inner {
         if alloc != self.bytes_alloc || free != self.bytes_free || total != self.bytes_total {
             return corrupt("byte counts disagree with the segments", total);
         }
-        if alloc + free != total || spans != self.spans {
+        if alloc + free != total || spans != self.spans || imported_spans != self.imported_spans {
             return corrupt(
-                "alloc + free differs from total, or span count is wrong",
+                "alloc + free differs from total, or a span count is wrong",
                 total,
             );
         }
