@@ -154,22 +154,19 @@ impl Inner {
                 listed,
             );
         }
-        // Hash: every chain member is allocated and in its own bucket, of
+        // Hash: every chain member is allocated and in its own chain, of
         // the table a resize under way has or has not drained it into.
         let mut hashed = 0usize;
         for draining in [false, true] {
-            for bucket in 0..self.hash.buckets_in(draining) {
-                let (mut cursor, key_agrees) = self.hash.bucket(draining, bucket);
-                if !key_agrees {
-                    return corrupt("hash bucket caches a wrong start", bucket as u64);
-                }
+            for chain in 0..self.hash.chains_in(draining) {
+                let mut cursor = self.hash.chain(draining, chain);
                 while let Some(seg) = cursor {
                     hashed += 1;
                     if hashed > limit {
                         return corrupt("a hash chain has a cycle", seg.start());
                     }
                     if !matches!(seg.kind(), Kind::Alloc(_))
-                        || !self.hash.belongs(seg.start(), draining, bucket)
+                        || !self.hash.belongs(seg.start(), draining, chain)
                     {
                         return corrupt("hash holds a wrong or misfiled segment", seg.start());
                     }
