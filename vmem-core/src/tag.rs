@@ -767,6 +767,72 @@ mod tests {
     }
 
     #[test]
+    fn the_kind_shares_words_with_links_and_neither_disturbs_the_other() {
+        assert_eq!((size_of::<Tag>(), core::mem::align_of::<Tag>()), (48, 16));
+        let meta = Budget::new(1);
+        let mut stock = tag_stock(&meta, 1);
+        let [a, b, c] = [0, 1, 2].map(|i| stock.take(i, 1, Kind::Free).unwrap());
+        for tag in [a, b, c] {
+            assert_eq!(tag.addr() % 16, 0, "links keep their low bits free");
+        }
+        let importers = [Importer(NonZeroU32::MIN), Importer(NonZeroU32::MAX)];
+        let kinds = [
+            Kind::Free,
+            Kind::Span { imported: false },
+            Kind::Span { imported: true },
+            Kind::Alloc(AllocBy::Alloc),
+            Kind::Alloc(AllocBy::Xalloc),
+            Kind::Alloc(AllocBy::Cache),
+            Kind::Alloc(AllocBy::QCache),
+            Kind::Alloc(AllocBy::Import(importers[0])),
+            Kind::Alloc(AllocBy::Import(importers[1])),
+        ];
+        for kind in kinds {
+            // The kind survives the links being rewritten around it.
+            a.set_seg_prev(Some(b));
+            a.set_kind(kind);
+            assert_eq!((a.kind(), a.seg_prev()), (kind, Some(b)));
+            a.set_seg_prev(Some(c));
+            a.set_seg_next(Some(b));
+            a.set_list_next(Some(c));
+            a.set_start(0x1000);
+            a.set_size(0x2000);
+            assert_eq!(a.kind(), kind, "{kind:?}");
+            a.set_seg_prev(None);
+            assert_eq!((a.kind(), a.seg_prev()), (kind, None));
+            assert_eq!(a.is_free(), kind == Kind::Free);
+            assert_eq!(a.is_span(), matches!(kind, Kind::Span { .. }));
+            // And the links survive the kind changing under them.
+            a.set_seg_prev(Some(c));
+            a.set_kind(Kind::Free);
+            a.set_kind(kind);
+            assert_eq!(
+                (
+                    a.seg_prev(),
+                    a.seg_next(),
+                    a.list_next(),
+                    a.start(),
+                    a.end()
+                ),
+                (Some(c), Some(b), Some(c), 0x1000, 0x3000)
+            );
+        }
+        // A free segment's and a span marker's list_prev is a link.
+        for kind in [Kind::Free, Kind::Span { imported: true }] {
+            a.set_kind(kind);
+            a.set_list_prev(Some(b));
+            assert_eq!(
+                (a.list_prev(), a.lower(), a.kind()),
+                (Some(b), Some(b), kind)
+            );
+        }
+        for tag in [a, b, c] {
+            stock.give_back(tag);
+        }
+        stock.dispose(Some(&meta));
+    }
+
+    #[test]
     fn spare_tags_are_taken_last_in_first_out_and_initialised() {
         let meta = Budget::new(1);
         let mut stock = tag_stock(&meta, 1);
