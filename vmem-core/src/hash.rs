@@ -5,9 +5,10 @@
 //! segments of a chain link through their tags' `list_next`, newest first,
 //! so an insert writes the chain head and the new tag and reads no other
 //! tag. A lookup reads the chain head and the tags of the chain up to its
-//! segment; the table keeps at most one segment per two chains (a bucket
-//! each) before it asks for a larger one, so that is usually the
-//! segment's own tag alone, which a free reads next anyway. A removal
+//! segment; the table holds at most one segment per chain on average
+//! before it asks for a larger one (of a quarter to a half segment per
+//! chain), so that is usually the segment's own tag alone, which a free
+//! reads next anyway. A removal
 //! walks the same chain again, over the lines the lookup brought in, to
 //! unlink the segment from its predecessor. (A cached start beside each
 //! head, as this hash had before, saves no tag read: the free reads the
@@ -16,7 +17,7 @@
 //!
 //! It starts with a small table inside the arena and grows, one larger
 //! table at a time from the arena's [`crate::MetaSource`], whenever the
-//! number of allocated segments passes the number of buckets. The table is
+//! number of allocated segments passes the number of chains. The table is
 //! taken and given back outside the arena's lock (see `Arena`), so growth
 //! never blocks a free.
 //!
@@ -30,7 +31,7 @@
 //! cursor, in the old table (where inserts put it) if at or past it, and
 //! for the chain at the cursor possibly already in the new one; lookups
 //! look there. Once the old table is drained the call gives it back. A
-//! growth past a load of one segment per bucket takes `chains /
+//! growth past a load of one segment per chain takes `chains /
 //! MIGRATE_CHAINS` calls or so to drain, while the next growth waits for
 //! the load to double again, so a resize is done before another is wanted.
 //!
@@ -402,10 +403,13 @@ impl AllocHash {
     }
 
     /// Pages for the table the hash wants now: it holds more segments than
-    /// buckets, no resize is under way, and the meta source did not refuse
+    /// chains, no resize is under way, and the meta source did not refuse
     /// a table since the count last doubled.
     fn wanted_pages(&self) -> Option<usize> {
-        if self.count <= self.buckets() || self.draining.is_some() || self.count < self.retry_at {
+        if self.count <= self.table.chains()
+            || self.draining.is_some()
+            || self.count < self.retry_at
+        {
             return None;
         }
         let buckets = self.count.checked_next_power_of_two()?;
@@ -676,13 +680,13 @@ mod tests {
         let tables = Budget::new(8);
         let mut stock = tag_stock(&tags, 16);
         let mut hash = AllocHash::new();
-        let mut live = fill(&mut hash, &mut stock, 0, INLINE_BUCKETS as u64);
+        let mut live = fill(&mut hash, &mut stock, 0, INLINE_CHAINS as u64);
         assert_eq!(
             hash.claim_growth(),
             None,
-            "a segment per bucket is no overload"
+            "a segment per chain is no overload"
         );
-        live.extend(fill(&mut hash, &mut stock, 0x100_0000, 24));
+        live.extend(fill(&mut hash, &mut stock, 0x100_0000, 1));
         grow(&mut hash, &tables);
         assert_eq!(
             (hash.buckets(), hash.resizes),
@@ -690,7 +694,7 @@ mod tests {
         );
         // Installing moved nothing: every segment is still found.
         consistent(&mut hash, &live);
-        // 40 segments take two calls at 32 a call.
+        // 33 segments take two calls at 32 a call.
         assert!(
             hash.settle().0.iter().all(Option::is_none),
             "the inline table is no page"
@@ -704,10 +708,10 @@ mod tests {
 
         // A second growth drains a paged table of 512 chains, 32 a call,
         // while segments come and go.
-        let more = hash.buckets() as u64 + 1 - live.len() as u64;
+        let more = 2 * hash.buckets() as u64 + 1 - live.len() as u64;
         live.extend(fill(&mut hash, &mut stock, 0x200_0000, more));
         grow(&mut hash, &tables);
-        assert_eq!(tables.out(), 1 + 2, "the old table and 512 buckets");
+        assert_eq!(tables.out(), 1 + 4, "the old table and 1024 buckets");
         let old_chains = hash.draining.unwrap().chains();
         let mut calls = 0;
         loop {
@@ -735,7 +739,7 @@ mod tests {
         assert!(hash.most_moved <= MIGRATE_SEGMENTS);
         assert_eq!(
             (tables.out(), hash.resizes),
-            (2, 2),
+            (4, 2),
             "the old table went back"
         );
         for seg in live {
@@ -752,13 +756,13 @@ mod tests {
         let meta = Budget::new(16);
         let mut stock = tag_stock(&meta, 2);
         let mut hash = AllocHash::new();
-        let mut live = fill(&mut hash, &mut stock, 0, 17);
+        let mut live = fill(&mut hash, &mut stock, 0, 33);
         assert_eq!(hash.claim_growth(), Some(1));
         assert_eq!(hash.claim_growth(), None, "one fetch at a time");
         hash.refused();
-        live.extend(fill(&mut hash, &mut stock, 0x10_0000, 16));
-        assert_eq!(hash.count, 33);
-        assert_eq!(hash.claim_growth(), None, "not before 34");
+        live.extend(fill(&mut hash, &mut stock, 0x10_0000, 32));
+        assert_eq!(hash.count, 65);
+        assert_eq!(hash.claim_growth(), None, "not before 66");
         consistent(&mut hash, &live);
         live.extend(fill(&mut hash, &mut stock, 0x20_0000, 1));
         assert_eq!(hash.claim_growth(), Some(1));
@@ -775,7 +779,7 @@ mod tests {
         let meta = Budget::new(16);
         let mut stock = tag_stock(&meta, 8);
         let mut hash = AllocHash::new();
-        let mut live = fill(&mut hash, &mut stock, 0, 17);
+        let mut live = fill(&mut hash, &mut stock, 0, 33);
         let pages = hash.claim_growth().unwrap();
         hash.remove(live.pop().unwrap());
         let base = meta.alloc_pages(pages).unwrap();
@@ -800,7 +804,7 @@ mod tests {
             let _ = hash.settle();
         }
         // Overloaded again, a table no larger than the one in use is refused.
-        live.extend(fill(&mut hash, &mut stock, 0x20_0000, 256 + 1 - 17));
+        live.extend(fill(&mut hash, &mut stock, 0x20_0000, 2 * 256 + 1 - 33));
         hash.claim_growth().unwrap();
         let same = meta.alloc_pages(1).unwrap();
         // SAFETY: fresh pages from the meta source.
@@ -832,17 +836,17 @@ mod tests {
         let tables = Budget::new(8);
         let mut stock = tag_stock(&tags, 8);
         let mut hash = AllocHash::new();
-        let live = fill(&mut hash, &mut stock, 0, 17);
+        let live = fill(&mut hash, &mut stock, 0, 33);
         grow(&mut hash, &tables);
         while hash.draining.is_some() {
             let _ = hash.settle();
         }
-        let mut live2 = fill(&mut hash, &mut stock, 0x10_0000, 256 + 1 - 17);
+        let mut live2 = fill(&mut hash, &mut stock, 0x10_0000, 2 * 256 + 1 - 33);
         live2.extend(live);
         grow(&mut hash, &tables);
         let _ = hash.settle();
         assert!(hash.draining.is_some(), "mid-drain, on two paged tables");
-        assert_eq!(tables.out(), 3);
+        assert_eq!(tables.out(), 5);
         for seg in live2 {
             hash.remove(seg);
         }
