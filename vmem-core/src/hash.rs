@@ -1,29 +1,39 @@
 //! The allocated-segment hash: finds the tag of an allocated segment from
 //! its address in expected O(1), so `free` needs no search.
 //!
-//! Each bucket keeps the start address of its first segment beside the
-//! pointer, so a lookup that hits the first segment reads no other tag;
-//! further segments of the bucket chain through their tags.
+//! A table is an array of chain heads, two to a 16-byte bucket. The
+//! segments of a chain link through their tags' `list_next`, newest first,
+//! so an insert writes the chain head and the new tag and reads no other
+//! tag. A lookup reads the chain head and the tags of the chain up to its
+//! segment; the table holds at most one segment per chain on average
+//! before it asks for a larger one (of a quarter to a half segment per
+//! chain), so that is usually the segment's own tag alone, which a free
+//! reads next anyway. A removal
+//! walks the same chain again, over the lines the lookup brought in, to
+//! unlink the segment from its predecessor. (A cached start beside each
+//! head, as this hash had before, saves no tag read: the free reads the
+//! tag right after the lookup. It doubled the bytes of a head, and an
+//! insert second in a chain touched two more tags.)
 //!
 //! It starts with a small table inside the arena and grows, one larger
 //! table at a time from the arena's [`crate::MetaSource`], whenever the
-//! number of allocated segments passes twice the number of buckets. The
-//! table is taken and given back outside the arena's lock (see `Arena`),
-//! so growth never blocks a free.
+//! number of allocated segments passes the number of chains. The table is
+//! taken and given back outside the arena's lock (see `Arena`), so growth
+//! never blocks a free.
 //!
 //! Growth is incremental, so no call pays for rehashing or even clearing
 //! the whole table. Installing the larger table moves and writes nothing:
 //! the old table stays, and every later successful call drains at most
-//! `MIGRATE_BUCKETS` of its buckets and `MIGRATE_SEGMENTS` segments into
-//! the new one, in bucket order, clearing at most a page of new buckets
+//! `MIGRATE_CHAINS` of its chains and `MIGRATE_SEGMENTS` segments into
+//! the new one, in chain order, clearing at most a page of new chain heads
 //! just before they are first used, before it drops the lock. Meanwhile a
-//! segment lives in the new table if its old bucket lies before the drain
+//! segment lives in the new table if its old chain lies before the drain
 //! cursor, in the old table (where inserts put it) if at or past it, and
-//! for the bucket at the cursor possibly already in the new one; lookups
+//! for the chain at the cursor possibly already in the new one; lookups
 //! look there. Once the old table is drained the call gives it back. A
-//! growth past a `2 * buckets` load takes `buckets / MIGRATE_BUCKETS`
-//! calls or so to drain, while the next growth waits for the load to
-//! double again, so a resize is done before another is wanted.
+//! growth past a load of one segment per chain takes `chains /
+//! MIGRATE_CHAINS` calls or so to drain, while the next growth waits for
+//! the load to double again, so a resize is done before another is wanted.
 //!
 //! When the meta source has no table, the hash keeps its table (chains grow
 //! longer) and asks again only once the number of allocated segments has
@@ -33,16 +43,15 @@
 //!
 //! The slab layer's hash (in `slab.rs`) picks buckets the same way
 //! ([`bucket_index`]) and differs in the rest because its keys and its
-//! numbers differ. A free here names a segment's exact start, so a bucket
-//! caches its first start and a hit reads no tag; a slab must be found
-//! from any address inside it, so the slab hash keys slab-size blocks,
-//! registers each slab under the blocks of its first and last integers,
-//! and compares ranges on the records it reads anyway. An arena's
-//! allocated segments are as many as its users make, every call of the
-//! arena waits on its one lock, and the lock is dropped to fetch tables,
-//! so this hash grows a few buckets per call; a cache holds one slab per
-//! many objects, and grows its hash whole under its slab lock, where it
-//! takes slab records from the same meta source.
+//! numbers differ. A free here names a segment's exact start; a slab must
+//! be found from any address inside it, so the slab hash keys slab-size
+//! blocks, registers each slab under the blocks of its first and last
+//! integers, and compares ranges on the records it reads anyway. An
+//! arena's allocated segments are as many as its users make, every call of
+//! the arena waits on its one lock, and the lock is dropped to fetch
+//! tables, so this hash grows a few chains per call; a cache holds one
+//! slab per many objects, and grows its hash whole under its slab lock,
+//! where it takes slab records from the same meta source.
 
 use core::mem::size_of;
 use core::ptr::NonNull;
@@ -50,19 +59,25 @@ use core::ptr::NonNull;
 use crate::meta::{META_PAGE, MetaSource};
 use crate::tag::{Link, TagPtr};
 
+/// Chain heads in a bucket, the 16-byte unit the arena's statistics count
+/// a table in.
+const CHAINS_PER_BUCKET: usize = 2;
+
 /// Buckets in the table that lives inside the arena.
 const INLINE_BUCKETS: usize = 16;
 
-/// Most buckets of the old table one call drains.
-pub(crate) const MIGRATE_BUCKETS: usize = 16;
+/// Chain heads in the table that lives inside the arena.
+const INLINE_CHAINS: usize = INLINE_BUCKETS * CHAINS_PER_BUCKET;
 
-/// Most segments one call moves to the new table (a bucket whose chain is
-/// longer, after the meta source refused tables for a while, takes several
-/// calls).
+/// Most chains of the old table one call drains.
+pub(crate) const MIGRATE_CHAINS: usize = 32;
+
+/// Most segments one call moves to the new table (a chain that is longer,
+/// after the meta source refused tables for a while, takes several calls).
 pub(crate) const MIGRATE_SEGMENTS: usize = 32;
 
-/// Most buckets of the new table one call empties before use (one page).
-const CLEAR_BUCKETS: usize = META_PAGE / size_of::<Bucket>();
+/// Most chain heads of the new table one call empties before use (one page).
+const CLEAR_CHAINS: usize = META_PAGE / size_of::<Link>();
 
 /// Fibonacci hashing: the high bits of `key * 2^64/phi` index the table, so
 /// keys that differ only in high bits, or that come a power of two apart,
@@ -74,13 +89,13 @@ const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
 
 /// The bucket of `key` in a table of `1 << bits` buckets (`bits` from 1 to
 /// 63), by Fibonacci hashing: the allocated-segment hash's and the slab
-/// hash's one way of picking a bucket.
+/// hash's one way of picking a bucket (here a bucket is one chain).
 #[inline(always)]
 pub(crate) fn bucket_index(key: u64, bits: u32) -> usize {
     (key.wrapping_mul(GOLDEN) >> (64 - bits)) as usize
 }
 
-/// A bucket table handed over by the meta source.
+/// A table of chain heads handed over by the meta source.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Table {
     pub(crate) base: NonNull<u8>,
@@ -88,9 +103,9 @@ pub(crate) struct Table {
 }
 
 impl Table {
-    /// log2 of the buckets the table holds.
+    /// log2 of the chains the table holds.
     fn bits(self) -> u32 {
-        (self.pages * META_PAGE / size_of::<Bucket>()).ilog2()
+        (self.pages * META_PAGE / size_of::<Link>()).ilog2()
     }
 }
 
@@ -132,37 +147,28 @@ impl Retired {
     }
 }
 
-/// Where a segment may be: the bucket an insert uses, and for the bucket a
-/// resize is draining, the new bucket its segments move to.
+/// Where a segment may be: the chain an insert uses, and for the chain a
+/// resize is draining, the new chain its segments move to.
 struct Homes {
-    first: NonNull<Bucket>,
-    moved: Option<NonNull<Bucket>>,
+    first: NonNull<Link>,
+    moved: Option<NonNull<Link>>,
 }
 
 impl Homes {
     #[inline(always)]
-    fn all(self) -> impl Iterator<Item = NonNull<Bucket>> {
+    fn all(self) -> impl Iterator<Item = NonNull<Link>> {
         core::iter::once(self.first).chain(self.moved)
     }
 }
 
-/// One bucket: its first segment and that segment's start.
-#[derive(Clone, Copy)]
-pub(crate) struct Bucket {
-    key: u64,
-    head: Link,
-}
-
-const EMPTY: Bucket = Bucket { key: 0, head: None };
-
-/// Where a table's buckets are.
+/// Where a table's chain heads are.
 #[derive(Clone, Copy)]
 enum Store {
     Inline,
     Pages(Table),
 }
 
-/// A table of `1 << bits` buckets.
+/// A table of `1 << bits` chains.
 #[derive(Clone, Copy)]
 struct Level {
     store: Store,
@@ -172,7 +178,7 @@ struct Level {
 impl Level {
     const INLINE: Level = Level {
         store: Store::Inline,
-        bits: INLINE_BUCKETS.trailing_zeros(),
+        bits: INLINE_CHAINS.trailing_zeros(),
     };
 
     #[inline(always)]
@@ -180,21 +186,21 @@ impl Level {
         bucket_index(addr, self.bits)
     }
 
-    fn buckets(self) -> usize {
+    fn chains(self) -> usize {
         1 << self.bits
     }
 }
 
-/// The hash of allocated segments, chained through `list_prev`/`list_next`.
+/// The hash of allocated segments, chained through `list_next`.
 pub(crate) struct AllocHash {
-    inline: [Bucket; INLINE_BUCKETS],
+    inline: [Link; INLINE_CHAINS],
     /// The table segments go to.
     table: Level,
     /// The table being drained into `table`, while a resize is under way.
     draining: Option<Level>,
-    /// Buckets of `draining` below this one are empty.
+    /// Chains of `draining` below this one are empty.
     cursor: usize,
-    /// Buckets of `table` below this one are emptied for use, while a
+    /// Chains of `table` below this one are emptied for use, while a
     /// resize is under way (the rest are not yet written).
     cleared: usize,
     /// Allocated segments in the hash.
@@ -216,7 +222,7 @@ pub(crate) struct AllocHash {
 impl AllocHash {
     pub(crate) const fn new() -> Self {
         AllocHash {
-            inline: [EMPTY; INLINE_BUCKETS],
+            inline: [None; INLINE_CHAINS],
             table: Level::INLINE,
             draining: None,
             cursor: 0,
@@ -230,34 +236,35 @@ impl AllocHash {
         }
     }
 
-    /// Number of buckets of the table segments go to.
+    /// Number of buckets (16 bytes, two chains each) of the table segments
+    /// go to.
     pub(crate) fn buckets(&self) -> usize {
-        self.table.buckets()
+        self.table.chains() / CHAINS_PER_BUCKET
     }
 
-    /// The inline buckets, as the one pointer an operation derives every
-    /// bucket pointer from.
+    /// The inline chain heads, as the one pointer an operation derives
+    /// every chain pointer from.
     #[inline(always)]
-    fn inline_base(&mut self) -> NonNull<Bucket> {
+    fn inline_base(&mut self) -> NonNull<Link> {
         NonNull::from(&mut self.inline).cast()
     }
 
-    /// Bucket `index` of `level`, whose inline buckets start at `inline`.
+    /// Chain head `index` of `level`, whose inline heads start at `inline`.
     #[inline(always)]
-    fn slot(inline: NonNull<Bucket>, level: Level, index: usize) -> NonNull<Bucket> {
+    fn slot(inline: NonNull<Link>, level: Level, index: usize) -> NonNull<Link> {
         let base = match level.store {
             Store::Pages(table) => table.base.cast(),
             Store::Inline => inline,
         };
-        // SAFETY: a table holds `1 << bits` buckets (`bits` came from its
-        // size, or is the inline table's) and `index` is below that.
+        // SAFETY: a table holds `1 << bits` chain heads (`bits` came from
+        // its size, or is the inline table's) and `index` is below that.
         unsafe { base.add(index) }
     }
 
-    /// The buckets that may hold a segment starting at `addr`. While a
-    /// resize is under way, a segment whose old bucket the cursor passed is
+    /// The chains that may hold a segment starting at `addr`. While a
+    /// resize is under way, a segment whose old chain the cursor passed is
     /// in the new table, else in the old one (where inserts put it) or, for
-    /// the bucket being drained, already moved to its new bucket.
+    /// the chain being drained, already moved to its new chain.
     #[inline(always)]
     fn homes(&mut self, addr: u64) -> Homes {
         let inline = self.inline_base();
@@ -271,7 +278,7 @@ impl AllocHash {
         };
         let index = old.index(addr);
         if index < self.cursor {
-            // Drained, so its new buckets were cleared first.
+            // Drained, so its new chains were cleared first.
             return Homes {
                 first: Self::slot(inline, table, new),
                 moved: None,
@@ -284,7 +291,7 @@ impl AllocHash {
         }
     }
 
-    /// Whether the checker may find `addr` in bucket `index` of the new
+    /// Whether the checker may find `addr` in chain `index` of the new
     /// table (`draining == false`) or of the table being drained.
     pub(crate) fn belongs(&self, addr: u64, draining: bool, index: usize) -> bool {
         match (draining, self.draining) {
@@ -295,24 +302,30 @@ impl AllocHash {
         }
     }
 
-    /// Buckets in use of the new table (`draining == false`: all, or those
+    /// Chains in use of the new table (`draining == false`: all, or those
     /// cleared while a resize is under way) or of the table being drained
     /// (none when no resize is under way), for the checker.
-    pub(crate) fn buckets_in(&self, draining: bool) -> usize {
+    pub(crate) fn chains_in(&self, draining: bool) -> usize {
         match (draining, self.draining) {
-            (true, old) => old.map_or(0, Level::buckets),
+            (true, old) => old.map_or(0, Level::chains),
             (false, Some(_)) => self.cleared,
-            (false, None) => self.table.buckets(),
+            (false, None) => self.table.chains(),
         }
     }
 
-    /// The first segment of bucket `index` of the new table or the table
-    /// being drained, and whether the bucket's cached start agrees with it
-    /// (for the checker; an `index` not below [`AllocHash::buckets_in`]
-    /// reads as an empty bucket).
-    pub(crate) fn bucket(&mut self, draining: bool, index: usize) -> (Link, bool) {
-        if index >= self.buckets_in(draining) {
-            return (None, true);
+    /// Buckets of the table being drained (`draining == true`), or in use
+    /// of the new table, for tests that watch a resize.
+    #[cfg(test)]
+    pub(crate) fn buckets_in(&self, draining: bool) -> usize {
+        self.chains_in(draining) / CHAINS_PER_BUCKET
+    }
+
+    /// The first segment of chain `index` of the new table or the table
+    /// being drained (for the checker; an `index` not below
+    /// [`AllocHash::chains_in`] reads as an empty chain).
+    pub(crate) fn chain(&mut self, draining: bool, index: usize) -> Link {
+        if index >= self.chains_in(draining) {
+            return None;
         }
         let level = if draining {
             self.draining.unwrap_or(self.table)
@@ -320,41 +333,21 @@ impl AllocHash {
             self.table
         };
         let inline = self.inline_base();
-        // SAFETY: a bucket of this hash, reached through `&mut self`.
-        let bucket = unsafe { Self::slot(inline, level, index).read() };
-        (
-            bucket.head,
-            bucket.head.is_none_or(|head| head.start() == bucket.key),
-        )
+        // SAFETY: a chain head of this hash, reached through `&mut self`.
+        unsafe { Self::slot(inline, level, index).read() }
     }
 
-    /// Puts `seg` at the front of `slot`'s chain (second, if the chain has a
-    /// head, so the bucket keeps its cached key).
+    /// Puts `seg` at the front of `slot`'s chain. Only the chain head and
+    /// `seg` are written: no other tag is touched.
     ///
     /// # Safety
-    /// `slot` is a bucket of this hash, and nothing else refers to it.
+    /// `slot` is a chain head of this hash, and nothing else refers to it.
     #[inline(always)]
-    unsafe fn push(mut slot: NonNull<Bucket>, seg: TagPtr) {
+    unsafe fn push(slot: NonNull<Link>, seg: TagPtr) {
         // SAFETY: the caller's promise.
-        let slot = unsafe { slot.as_mut() };
-        match slot.head {
-            Some(head) => {
-                let next = head.list_next();
-                seg.set_list_prev(Some(head));
-                seg.set_list_next(next);
-                head.set_list_next(Some(seg));
-                if let Some(next) = next {
-                    next.set_list_prev(Some(seg));
-                }
-            }
-            None => {
-                *slot = Bucket {
-                    key: seg.start(),
-                    head: Some(seg),
-                };
-                seg.set_list_prev(None);
-                seg.set_list_next(None);
-            }
+        unsafe {
+            seg.set_list_next(slot.read());
+            slot.write(Some(seg));
         }
     }
 
@@ -362,7 +355,7 @@ impl AllocHash {
     #[inline]
     pub(crate) fn insert(&mut self, seg: TagPtr) {
         let slot = self.homes(seg.start()).first;
-        // SAFETY: a bucket of this hash, reached through `&mut self`.
+        // SAFETY: a chain head of this hash, reached through `&mut self`.
         unsafe { Self::push(slot, seg) };
         self.count += 1;
     }
@@ -371,13 +364,8 @@ impl AllocHash {
     #[inline]
     pub(crate) fn find(&mut self, addr: u64) -> Link {
         for slot in self.homes(addr).all() {
-            // SAFETY: a bucket of this hash, reached through `&mut self`.
-            let bucket = unsafe { slot.read() };
-            let Some(head) = bucket.head else { continue };
-            if bucket.key == addr {
-                return Some(head);
-            }
-            let mut cursor = head.list_next();
+            // SAFETY: a chain head of this hash, reached through `&mut self`.
+            let mut cursor = unsafe { slot.read() };
             while let Some(seg) = cursor {
                 if seg.start() == addr {
                     return Some(seg);
@@ -388,42 +376,44 @@ impl AllocHash {
         None
     }
 
-    /// Takes an allocated segment out.
+    /// Takes an allocated segment out: unlinks it from its predecessor in
+    /// its chain, which a lookup of the segment has just walked.
     #[inline]
     pub(crate) fn remove(&mut self, seg: TagPtr) {
-        let prev = seg.list_prev();
-        let next = seg.list_next();
-        match prev {
-            Some(prev) => prev.set_list_next(next),
-            None => {
-                let key = next.map_or(0, |n| n.start());
-                for mut slot in self.homes(seg.start()).all() {
-                    // SAFETY: a bucket of this hash, reached through `&mut self`.
-                    let bucket = unsafe { slot.as_mut() };
-                    if bucket.head == Some(seg) {
-                        *bucket = Bucket { key, head: next };
+        for slot in self.homes(seg.start()).all() {
+            let mut prev: Link = None;
+            // SAFETY: a chain head of this hash, reached through `&mut self`.
+            let mut cursor = unsafe { slot.read() };
+            while let Some(member) = cursor {
+                if member == seg {
+                    let next = seg.list_next();
+                    match prev {
+                        Some(prev) => prev.set_list_next(next),
+                        // SAFETY: as above.
+                        None => unsafe { slot.write(next) },
                     }
+                    seg.set_list_next(None);
+                    self.count -= 1;
+                    return;
                 }
+                prev = Some(member);
+                cursor = member.list_next();
             }
         }
-        if let Some(next) = next {
-            next.set_list_prev(prev);
-        }
-        seg.set_list_prev(None);
-        seg.set_list_next(None);
-        self.count -= 1;
     }
 
-    /// Pages for the table the hash wants now: it is overloaded, no resize
-    /// is under way, and the meta source did not refuse a table since the
-    /// count last doubled.
+    /// Pages for the table the hash wants now: it holds more segments than
+    /// chains, no resize is under way, and the meta source did not refuse
+    /// a table since the count last doubled.
     fn wanted_pages(&self) -> Option<usize> {
-        if self.count <= 2 * self.buckets() || self.draining.is_some() || self.count < self.retry_at
+        if self.count <= self.table.chains()
+            || self.draining.is_some()
+            || self.count < self.retry_at
         {
             return None;
         }
         let buckets = self.count.checked_next_power_of_two()?;
-        let bytes = buckets.checked_mul(size_of::<Bucket>())?;
+        let bytes = buckets.checked_mul(CHAINS_PER_BUCKET * size_of::<Link>())?;
         Some(bytes.div_ceil(META_PAGE))
     }
 
@@ -470,7 +460,7 @@ impl AllocHash {
     }
 
     /// The hash's share of a successful call, before the arena unlocks:
-    /// drains the next buckets of a resize under way, and once no segment
+    /// drains the next chains of a resize under way, and once no segment
     /// is left goes back to the table inside the arena. Returns the tables
     /// no longer used, for the caller to give back after unlocking.
     #[inline]
@@ -486,14 +476,14 @@ impl AllocHash {
         Retired([self.drain(), None])
     }
 
-    /// Moves up to `MIGRATE_BUCKETS` buckets and `MIGRATE_SEGMENTS`
+    /// Moves up to `MIGRATE_CHAINS` chains and `MIGRATE_SEGMENTS`
     /// segments of the draining table into the new one, clearing up to
-    /// `CLEAR_BUCKETS` buckets of the new table just before they are first
-    /// used; returns the draining table once it is empty.
+    /// `CLEAR_CHAINS` chain heads of the new table just before they are
+    /// first used; returns the draining table once it is empty.
     ///
-    /// Bucket `i` of a table of `2^b` buckets holds the addresses whose hash
-    /// has `i` in its top `b` bits, so old bucket `i` spreads over new
-    /// buckets `i << shift .. (i + 1) << shift`, and the new buckets are
+    /// Chain `i` of a table of `2^b` chains holds the addresses whose hash
+    /// has `i` in its top `b` bits, so old chain `i` spreads over new
+    /// chains `i << shift .. (i + 1) << shift`, and the new chains are
     /// cleared in the order the cursor reaches them.
     fn drain(&mut self) -> Option<Table> {
         let old = self.draining?;
@@ -501,11 +491,11 @@ impl AllocHash {
         let shift = table.bits - old.bits;
         let inline = self.inline_base();
         let (mut moved, mut cleared, mut drained) = (0, 0, 0);
-        while self.cursor < old.buckets() && drained < MIGRATE_BUCKETS {
+        while self.cursor < old.chains() && drained < MIGRATE_CHAINS {
             let needed = (self.cursor + 1) << shift;
-            while self.cleared < needed && cleared < CLEAR_BUCKETS {
-                // SAFETY: a bucket of the new table not in use yet.
-                unsafe { Self::slot(inline, table, self.cleared).write(EMPTY) };
+            while self.cleared < needed && cleared < CLEAR_CHAINS {
+                // SAFETY: a chain head of the new table not in use yet.
+                unsafe { Self::slot(inline, table, self.cleared).write(None) };
                 self.cleared += 1;
                 cleared += 1;
             }
@@ -513,29 +503,20 @@ impl AllocHash {
                 break;
             }
             let from = Self::slot(inline, old, self.cursor);
-            // SAFETY: a bucket of this hash, reached through `&mut self`.
-            while let Some(seg) = unsafe { from.as_ref() }.head {
+            // SAFETY: a chain head of this hash, reached through `&mut self`.
+            while let Some(seg) = unsafe { from.read() } {
                 if moved == MIGRATE_SEGMENTS {
                     break;
                 }
-                let next = seg.list_next();
-                if let Some(next) = next {
-                    next.set_list_prev(None);
-                }
                 // SAFETY: as above.
-                unsafe {
-                    from.write(Bucket {
-                        key: next.map_or(0, |n| n.start()),
-                        head: next,
-                    })
-                };
+                unsafe { from.write(seg.list_next()) };
                 let to = Self::slot(inline, table, table.index(seg.start()));
-                // SAFETY: a cleared bucket of the new table, not `from`.
+                // SAFETY: a cleared chain head of the new table, not `from`.
                 unsafe { Self::push(to, seg) };
                 moved += 1;
             }
             // SAFETY: as above.
-            if unsafe { from.as_ref() }.head.is_some() {
+            if unsafe { from.read() }.is_some() {
                 break;
             }
             self.cursor += 1;
@@ -545,7 +526,7 @@ impl AllocHash {
         {
             self.most_moved = self.most_moved.max(moved);
         }
-        if self.cursor < old.buckets() {
+        if self.cursor < old.chains() {
             return None;
         }
         self.draining = None;
@@ -594,15 +575,13 @@ mod tests {
             .collect()
     }
 
-    /// Checks every bucket of both tables as the arena's checker does, and
-    /// that each of `live` is found; returns the segments the buckets hold.
+    /// Checks every chain of both tables as the arena's checker does, and
+    /// that each of `live` is found; returns the segments the chains hold.
     fn consistent(hash: &mut AllocHash, live: &[TagPtr]) -> usize {
         let mut held = 0;
         for draining in [false, true] {
-            for index in 0..hash.buckets_in(draining) {
-                let (head, key_agrees) = hash.bucket(draining, index);
-                assert!(key_agrees, "bucket {index} caches its head's start");
-                let mut cursor = head;
+            for index in 0..hash.chains_in(draining) {
+                let mut cursor = hash.chain(draining, index);
                 while let Some(seg) = cursor {
                     assert!(hash.belongs(seg.start(), draining, index));
                     held += 1;
@@ -637,18 +616,18 @@ mod tests {
                 bits,
             };
             for shift in 0..=20 {
-                let mut hit = vec![false; level.buckets()];
-                for k in 0..level.buckets() as u64 {
+                let mut hit = vec![false; level.chains()];
+                for k in 0..level.chains() as u64 {
                     hit[level.index(k << shift)] = true;
                 }
                 let used = hit.iter().filter(|&&h| h).count();
                 assert!(
-                    4 * used >= level.buckets(),
-                    "stride 2^{shift} uses {used} of {} buckets",
-                    level.buckets()
+                    4 * used >= level.chains(),
+                    "stride 2^{shift} uses {used} of {} chains",
+                    level.chains()
                 );
             }
-            assert!(level.index(u64::MAX) < level.buckets());
+            assert!(level.index(u64::MAX) < level.chains());
         }
     }
 
@@ -657,11 +636,11 @@ mod tests {
         let meta = Budget::new(1);
         let mut stock = tag_stock(&meta, 1);
         let mut hash = AllocHash::new();
-        // Three starts that share the inline bucket of 0.
-        let bucket = Level::INLINE.index(0);
+        // Three starts that share the inline chain of 0.
+        let chain = Level::INLINE.index(0);
         let starts: Vec<u64> = (0..)
             .map(|k| k * 8)
-            .filter(|&a| Level::INLINE.index(a) == bucket)
+            .filter(|&a| Level::INLINE.index(a) == chain)
             .take(3)
             .collect();
         let segs: Vec<TagPtr> = starts
@@ -674,14 +653,19 @@ mod tests {
             .collect();
         assert_eq!(consistent(&mut hash, &segs), 3);
         assert_eq!(hash.find(starts[2] + 8), None);
-        // Removing the head moves the cached key on to the next member.
-        hash.remove(segs[0]);
-        assert_eq!(hash.find(starts[0]), None);
-        assert_eq!(hash.bucket(false, bucket), (Some(segs[2]), true));
-        consistent(&mut hash, &segs[1..]);
+        // The newest heads the chain; an insert touched no other tag.
+        assert_eq!(hash.chain(false, chain), Some(segs[2]));
+        assert_eq!(segs[0].list_next(), None);
+        // Out of the middle, then the head, then the last.
         hash.remove(segs[1]);
+        assert_eq!(hash.find(starts[1]), None);
+        assert_eq!(segs[2].list_next(), Some(segs[0]));
+        consistent(&mut hash, &[segs[0], segs[2]]);
         hash.remove(segs[2]);
-        assert_eq!(hash.bucket(false, bucket), (None, true));
+        assert_eq!(hash.chain(false, chain), Some(segs[0]));
+        consistent(&mut hash, &segs[..1]);
+        hash.remove(segs[0]);
+        assert_eq!(hash.chain(false, chain), None);
         assert_eq!(hash.count, 0);
         assert!(
             hash.settle().0.iter().all(Option::is_none),
@@ -696,13 +680,17 @@ mod tests {
         let tables = Budget::new(8);
         let mut stock = tag_stock(&tags, 16);
         let mut hash = AllocHash::new();
-        let mut live = fill(&mut hash, &mut stock, 0, 2 * INLINE_BUCKETS as u64);
-        assert_eq!(hash.claim_growth(), None, "2 * buckets is no overload");
+        let mut live = fill(&mut hash, &mut stock, 0, INLINE_CHAINS as u64);
+        assert_eq!(
+            hash.claim_growth(),
+            None,
+            "a segment per chain is no overload"
+        );
         live.extend(fill(&mut hash, &mut stock, 0x100_0000, 1));
         grow(&mut hash, &tables);
         assert_eq!(
             (hash.buckets(), hash.resizes),
-            (META_PAGE / size_of::<Bucket>(), 1)
+            (META_PAGE / (CHAINS_PER_BUCKET * size_of::<Link>()), 1)
         );
         // Installing moved nothing: every segment is still found.
         consistent(&mut hash, &live);
@@ -718,13 +706,13 @@ mod tests {
         assert_eq!(hash.most_moved, MIGRATE_SEGMENTS);
         consistent(&mut hash, &live);
 
-        // A second growth drains a paged table of 256 buckets, 16 a call,
+        // A second growth drains a paged table of 512 chains, 32 a call,
         // while segments come and go.
         let more = 2 * hash.buckets() as u64 + 1 - live.len() as u64;
         live.extend(fill(&mut hash, &mut stock, 0x200_0000, more));
         grow(&mut hash, &tables);
         assert_eq!(tables.out(), 1 + 4, "the old table and 1024 buckets");
-        let old_buckets = hash.draining.unwrap().buckets();
+        let old_chains = hash.draining.unwrap().chains();
         let mut calls = 0;
         loop {
             let cursor = hash.cursor;
@@ -745,9 +733,9 @@ mod tests {
                 retired.0.iter().all(Option::is_none),
                 "nothing back mid-drain"
             );
-            assert!(hash.cursor - cursor <= MIGRATE_BUCKETS);
+            assert!(hash.cursor - cursor <= MIGRATE_CHAINS);
         }
-        assert!(calls as usize >= old_buckets / MIGRATE_BUCKETS);
+        assert!(calls as usize >= old_chains / MIGRATE_CHAINS);
         assert!(hash.most_moved <= MIGRATE_SEGMENTS);
         assert_eq!(
             (tables.out(), hash.resizes),

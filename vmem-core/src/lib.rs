@@ -42,8 +42,8 @@
 //! Allocated segments sit in a **hash** keyed by address, so a free finds
 //! its segment in expected O(1) time. The hash grows with the number of
 //! live segments a little at a time: a larger table is installed without
-//! moving anything, and each later successful call moves at most 16
-//! buckets and 32 segments into it, lookups searching both tables
+//! moving anything, and each later successful call moves at most 32
+//! chains and 32 segments into it, lookups searching both tables
 //! meanwhile, so no call rehashes the whole table under the lock. A meta
 //! source that refused a table is asked again only once the live count has
 //! doubled, and the tables go back when the arena empties. A free names the

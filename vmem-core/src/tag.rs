@@ -78,21 +78,83 @@ pub(crate) enum Kind {
     Alloc(AllocBy),
 }
 
-/// A boundary tag.
+/// A boundary tag: 48 bytes, aligned to 16 (on 64-bit targets; on 32-bit
+/// ones the links are narrower and the tag pads to 48).
 ///
 /// `seg_prev`/`seg_next` link every span marker and segment in address
-/// order. `list_prev`/`list_next` link a free segment into its freelist, an
-/// allocated segment into its hash chain, and a spare tag into the arena's
-/// stock; a span marker's are its lower and higher children in the arena's
-/// span tree.
+/// order. `list_prev`/`list_next` link a free segment into its freelist and
+/// a spare tag into the arena's stock; a span marker's are its lower and
+/// higher children in the arena's span tree; an allocated segment chains
+/// through `list_next` in the allocated-segment hash.
+///
+/// What the tag describes costs no field of its own. Tags are aligned to
+/// 16 bytes, so the low bits of every link are zero: `seg_prev`'s two
+/// lowest bits hold the tag's class (free, allocated, span, imported span),
+/// next to `start` and in the tag's first 16 bytes, so testing whether a
+/// neighbour is free reads one cache line. An allocated segment is on no
+/// freelist, so its `list_prev` word holds who allocated it ([`AllocBy`]
+/// and an importer's identity).
+#[repr(C, align(16))]
 pub(crate) struct Tag {
     start: u64,
+    /// The previous tag's address, its low bits the class.
+    seg_prev_class: usize,
     size: u64,
-    seg_prev: Link,
     seg_next: Link,
-    list_prev: Link,
+    /// A link (free segments, span markers), or an allocated segment's
+    /// [`AllocBy`] (see [`encode_by`]).
+    list_prev_by: u64,
     list_next: Link,
-    kind: Kind,
+}
+
+/// The class bits of `seg_prev_class`.
+const CLASS_MASK: usize = 0b11;
+const CLASS_FREE: usize = 0;
+const CLASS_ALLOC: usize = 1;
+const CLASS_SPAN: usize = 2;
+const CLASS_SPAN_IMPORTED: usize = 3;
+
+/// An allocated segment's [`AllocBy`] as its `list_prev_by` word: the
+/// variant in the low byte, an importer's identity in the high half.
+/// `AllocBy::Alloc` is zero, as a link of none is.
+#[inline(always)]
+fn encode_by(by: AllocBy) -> u64 {
+    match by {
+        AllocBy::Alloc => 0,
+        AllocBy::Xalloc => 1,
+        AllocBy::Cache => 2,
+        AllocBy::QCache => 3,
+        AllocBy::Import(importer) => 4 | (u64::from(importer.0.get()) << 32),
+    }
+}
+
+/// The [`AllocBy`] [`encode_by`] wrote.
+#[inline(always)]
+fn decode_by(word: u64) -> AllocBy {
+    match word & 0xff {
+        0 => AllocBy::Alloc,
+        1 => AllocBy::Xalloc,
+        2 => AllocBy::Cache,
+        3 => AllocBy::QCache,
+        // Only `encode_by` writes the word of an allocated segment, and it
+        // writes a non-zero identity with 4.
+        _ => match NonZeroU32::new((word >> 32) as u32) {
+            Some(id) => AllocBy::Import(Importer(id)),
+            None => AllocBy::Alloc,
+        },
+    }
+}
+
+/// A link as the bits stored in a tag (none is zero).
+#[inline(always)]
+fn link_bits(link: Link) -> usize {
+    link.map_or(0, |tag| tag.addr())
+}
+
+/// The link stored as `bits` (class bits masked off by the caller).
+#[inline(always)]
+fn bits_link(bits: usize) -> Link {
+    NonNull::new(bits as *mut Tag).map(TagPtr)
 }
 
 /// A link to a tag, or none.
@@ -126,11 +188,87 @@ macro_rules! tag_field {
 impl TagPtr {
     tag_field!(start, set_start, u64);
     tag_field!(size, set_size, u64);
-    tag_field!(seg_prev, set_seg_prev, Link);
     tag_field!(seg_next, set_seg_next, Link);
-    tag_field!(list_prev, set_list_prev, Link);
     tag_field!(list_next, set_list_next, Link);
-    tag_field!(kind, set_kind, Kind);
+
+    #[inline(always)]
+    fn seg_prev_class(self) -> usize {
+        // SAFETY: as in `tag_field!`.
+        unsafe { (*self.0.as_ptr()).seg_prev_class }
+    }
+
+    #[inline(always)]
+    fn set_seg_prev_class(self, word: usize) {
+        // SAFETY: as in `tag_field!`.
+        unsafe { (*self.0.as_ptr()).seg_prev_class = word }
+    }
+
+    #[inline(always)]
+    fn list_prev_by(self) -> u64 {
+        // SAFETY: as in `tag_field!`.
+        unsafe { (*self.0.as_ptr()).list_prev_by }
+    }
+
+    #[inline(always)]
+    fn set_list_prev_by(self, word: u64) {
+        // SAFETY: as in `tag_field!`.
+        unsafe { (*self.0.as_ptr()).list_prev_by = word }
+    }
+
+    #[inline(always)]
+    fn class(self) -> usize {
+        self.seg_prev_class() & CLASS_MASK
+    }
+
+    /// The previous tag in address order.
+    #[inline(always)]
+    pub(crate) fn seg_prev(self) -> Link {
+        bits_link(self.seg_prev_class() & !CLASS_MASK)
+    }
+
+    #[inline(always)]
+    pub(crate) fn set_seg_prev(self, link: Link) {
+        self.set_seg_prev_class(link_bits(link) | self.class());
+    }
+
+    /// The previous tag on a free segment's list, or a span marker's lower
+    /// child; an allocated segment's word is its [`AllocBy`] instead.
+    #[inline(always)]
+    pub(crate) fn list_prev(self) -> Link {
+        bits_link(self.list_prev_by() as usize)
+    }
+
+    #[inline(always)]
+    pub(crate) fn set_list_prev(self, link: Link) {
+        self.set_list_prev_by(link_bits(link) as u64);
+    }
+
+    /// What the tag describes.
+    #[inline(always)]
+    pub(crate) fn kind(self) -> Kind {
+        match self.class() {
+            CLASS_FREE => Kind::Free,
+            CLASS_SPAN => Kind::Span { imported: false },
+            CLASS_SPAN_IMPORTED => Kind::Span { imported: true },
+            _ => Kind::Alloc(decode_by(self.list_prev_by())),
+        }
+    }
+
+    /// Makes the tag describe `kind`. An allocated segment's [`AllocBy`]
+    /// takes its `list_prev` word, so a tag leaves its freelist first.
+    #[inline(always)]
+    pub(crate) fn set_kind(self, kind: Kind) {
+        let class = match kind {
+            Kind::Free => CLASS_FREE,
+            Kind::Span { imported: false } => CLASS_SPAN,
+            Kind::Span { imported: true } => CLASS_SPAN_IMPORTED,
+            Kind::Alloc(by) => {
+                self.set_list_prev_by(encode_by(by));
+                CLASS_ALLOC
+            }
+        };
+        self.set_seg_prev_class((self.seg_prev_class() & !CLASS_MASK) | class);
+    }
 
     /// A span marker's child in the span tree whose subtree holds the
     /// spans below it (kept in `list_prev`).
@@ -166,13 +304,13 @@ impl TagPtr {
     /// Whether the tag is a free segment.
     #[inline(always)]
     pub(crate) fn is_free(self) -> bool {
-        self.kind() == Kind::Free
+        self.class() == CLASS_FREE
     }
 
     /// Whether the tag is a span marker.
     #[inline(always)]
     pub(crate) fn is_span(self) -> bool {
-        matches!(self.kind(), Kind::Span { .. })
+        self.class() >= CLASS_SPAN
     }
 
     /// Writes a whole fresh tag into the slot.
@@ -183,14 +321,14 @@ impl TagPtr {
         unsafe {
             self.0.as_ptr().write(Tag {
                 start,
+                seg_prev_class: CLASS_FREE,
                 size,
-                seg_prev: None,
                 seg_next: None,
-                list_prev: None,
+                list_prev_by: 0,
                 list_next: None,
-                kind,
             })
         }
+        self.set_kind(kind);
     }
 
     fn addr(self) -> usize {
@@ -576,10 +714,9 @@ fn page_record(tag: TagPtr) -> Option<TagPtr> {
 /// Whether the meta page layout holds: a page keeps a record and tags.
 const _: () = assert!(TAGS_PER_PAGE >= 8 && size_of::<Tag>() <= 64);
 
-/// The importer's identity in a tag's kind costs no room: the kind fits in
-/// the last 8 bytes, which it filled with padding before (56 bytes a tag on
-/// 64-bit targets).
-const _: () = assert!(size_of::<Tag>() <= 2 * size_of::<u64>() + 4 * size_of::<Link>() + 8);
+/// What a tag describes costs no room: 48 bytes a tag, the class in spare
+/// bits of a link, aligned so that those bits are spare.
+const _: () = assert!(size_of::<Tag>() == 48 && core::mem::align_of::<Tag>() > CLASS_MASK);
 
 #[cfg(test)]
 mod tests {
@@ -627,6 +764,72 @@ mod tests {
         assert_eq!(seen.len(), 2 * TAGS_PER_PAGE, "no slot handed out twice");
         stock.dispose(Some(&meta));
         assert_eq!((meta.out(), stock.owned, stock.page_count), (0, 0, 0));
+    }
+
+    #[test]
+    fn the_kind_shares_words_with_links_and_neither_disturbs_the_other() {
+        assert_eq!((size_of::<Tag>(), core::mem::align_of::<Tag>()), (48, 16));
+        let meta = Budget::new(1);
+        let mut stock = tag_stock(&meta, 1);
+        let [a, b, c] = [0, 1, 2].map(|i| stock.take(i, 1, Kind::Free).unwrap());
+        for tag in [a, b, c] {
+            assert_eq!(tag.addr() % 16, 0, "links keep their low bits free");
+        }
+        let importers = [Importer(NonZeroU32::MIN), Importer(NonZeroU32::MAX)];
+        let kinds = [
+            Kind::Free,
+            Kind::Span { imported: false },
+            Kind::Span { imported: true },
+            Kind::Alloc(AllocBy::Alloc),
+            Kind::Alloc(AllocBy::Xalloc),
+            Kind::Alloc(AllocBy::Cache),
+            Kind::Alloc(AllocBy::QCache),
+            Kind::Alloc(AllocBy::Import(importers[0])),
+            Kind::Alloc(AllocBy::Import(importers[1])),
+        ];
+        for kind in kinds {
+            // The kind survives the links being rewritten around it.
+            a.set_seg_prev(Some(b));
+            a.set_kind(kind);
+            assert_eq!((a.kind(), a.seg_prev()), (kind, Some(b)));
+            a.set_seg_prev(Some(c));
+            a.set_seg_next(Some(b));
+            a.set_list_next(Some(c));
+            a.set_start(0x1000);
+            a.set_size(0x2000);
+            assert_eq!(a.kind(), kind, "{kind:?}");
+            a.set_seg_prev(None);
+            assert_eq!((a.kind(), a.seg_prev()), (kind, None));
+            assert_eq!(a.is_free(), kind == Kind::Free);
+            assert_eq!(a.is_span(), matches!(kind, Kind::Span { .. }));
+            // And the links survive the kind changing under them.
+            a.set_seg_prev(Some(c));
+            a.set_kind(Kind::Free);
+            a.set_kind(kind);
+            assert_eq!(
+                (
+                    a.seg_prev(),
+                    a.seg_next(),
+                    a.list_next(),
+                    a.start(),
+                    a.end()
+                ),
+                (Some(c), Some(b), Some(c), 0x1000, 0x3000)
+            );
+        }
+        // A free segment's and a span marker's list_prev is a link.
+        for kind in [Kind::Free, Kind::Span { imported: true }] {
+            a.set_kind(kind);
+            a.set_list_prev(Some(b));
+            assert_eq!(
+                (a.list_prev(), a.lower(), a.kind()),
+                (Some(b), Some(b), kind)
+            );
+        }
+        for tag in [a, b, c] {
+            stock.give_back(tag);
+        }
+        stock.dispose(Some(&meta));
     }
 
     #[test]

@@ -17,6 +17,7 @@ impl Inner {
         let limit = self.tags.owned + 1;
         let (mut alloc, mut free, mut total) = (0u64, 0u64, 0u64);
         let (mut alloc_segs, mut free_segs, mut spans) = (0usize, 0u64, 0u64);
+        let mut imported_spans = 0u64;
         let mut span_end: Option<u64> = None; // end of the current span
         let mut covered = 0u64; // where the next segment of the span must start
         let mut last_span_end = 0u64;
@@ -63,6 +64,7 @@ impl Inner {
                     covered = tag.start();
                     seg_in_span = 0;
                     spans += 1;
+                    imported_spans += u64::from(imported);
                     total += tag.size();
                 }
                 kind => {
@@ -152,22 +154,19 @@ impl Inner {
                 listed,
             );
         }
-        // Hash: every chain member is allocated and in its own bucket, of
+        // Hash: every chain member is allocated and in its own chain, of
         // the table a resize under way has or has not drained it into.
         let mut hashed = 0usize;
         for draining in [false, true] {
-            for bucket in 0..self.hash.buckets_in(draining) {
-                let (mut cursor, key_agrees) = self.hash.bucket(draining, bucket);
-                if !key_agrees {
-                    return corrupt("hash bucket caches a wrong start", bucket as u64);
-                }
+            for chain in 0..self.hash.chains_in(draining) {
+                let mut cursor = self.hash.chain(draining, chain);
                 while let Some(seg) = cursor {
                     hashed += 1;
                     if hashed > limit {
                         return corrupt("a hash chain has a cycle", seg.start());
                     }
                     if !matches!(seg.kind(), Kind::Alloc(_))
-                        || !self.hash.belongs(seg.start(), draining, bucket)
+                        || !self.hash.belongs(seg.start(), draining, chain)
                     {
                         return corrupt("hash holds a wrong or misfiled segment", seg.start());
                     }
@@ -185,9 +184,9 @@ impl Inner {
         if alloc != self.bytes_alloc || free != self.bytes_free || total != self.bytes_total {
             return corrupt("byte counts disagree with the segments", total);
         }
-        if alloc + free != total || spans != self.spans {
+        if alloc + free != total || spans != self.spans || imported_spans != self.imported_spans {
             return corrupt(
-                "alloc + free differs from total, or span count is wrong",
+                "alloc + free differs from total, or a span count is wrong",
                 total,
             );
         }

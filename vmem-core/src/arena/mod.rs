@@ -139,7 +139,8 @@ pub struct Stats {
     pub tags_spare: u64,
     /// Meta pages holding the arena's tags.
     pub tag_pages: u64,
-    /// Buckets in the allocated-segment hash.
+    /// Buckets in the allocated-segment hash: 16 bytes each, the heads of
+    /// two chains.
     pub hash_buckets: u64,
     /// Times the hash grew.
     pub hash_resizes: u64,

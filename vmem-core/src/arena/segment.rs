@@ -36,6 +36,9 @@ pub(super) struct Inner {
     pub(super) bytes_free: u64,
     pub(super) bytes_total: u64,
     pub(super) spans: u64,
+    /// Spans imported from the source, of `spans`: while there are none, a
+    /// free need not look for a wholly free imported span to release.
+    pub(super) imported_spans: u64,
     pub(super) free_segments: u64,
     /// Injected faults: which imports and tag refills fail.
     pub(super) faults: ArenaFaults,
@@ -69,6 +72,7 @@ impl Inner {
             bytes_free: 0,
             bytes_total: 0,
             spans: 0,
+            imported_spans: 0,
             free_segments: 0,
             faults: ArenaFaults::new(),
             allocs: 0,
@@ -269,6 +273,7 @@ impl Inner {
         self.free.insert(seg);
         self.free_segments += 1;
         self.spans += 1;
+        self.imported_spans += u64::from(imported);
         self.bytes_total += size;
         self.bytes_free += size;
         Ok(seg)
@@ -292,6 +297,7 @@ impl Inner {
         self.free_segments -= 1;
         self.span_tree.remove(span);
         self.spans -= 1;
+        self.imported_spans -= u64::from(span.kind() == (Kind::Span { imported: true }));
         self.bytes_total -= span.size();
         self.bytes_free -= span.size();
         self.seg_destroy(seg, None);
@@ -331,6 +337,7 @@ impl Inner {
                 self.seg_destroy(seg, None);
             }
             self.spans -= 1;
+            self.imported_spans -= u64::from(imported);
             self.bytes_total -= size;
             self.seg_destroy(span, None);
             if imported {
@@ -469,6 +476,11 @@ impl Inner {
                 prev
             }
         };
+        // Only an imported span goes back; with none, the tag before the
+        // merged segment need not be read at all.
+        if self.imported_spans == 0 {
+            return None;
+        }
         let span = merged.seg_prev()?;
         if span.kind() == (Kind::Span { imported: true }) && span.size() == merged.size() {
             let whole = (span.start(), span.size());
