@@ -249,7 +249,7 @@ impl GuestLayout {
     ) -> Result<Allocation> {
         let arena = self.region_arena(region)?;
         let q = self.machine.quantum;
-        if size == 0 || (start | size) % q != 0 {
+        if size == 0 || !(start | size).is_multiple_of(q) {
             return Err(Error::new(
                 ErrorKind::BadRequest,
                 "start and size must be non-zero multiples of the quantum",

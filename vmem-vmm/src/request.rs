@@ -123,7 +123,7 @@ impl Request {
         if !align.is_power_of_two() || align < quantum {
             return bad("align is not a power of two at least the quantum");
         }
-        if self.phase >= align || self.phase % quantum != 0 {
+        if self.phase >= align || !self.phase.is_multiple_of(quantum) {
             return bad("phase is not a multiple of the quantum below align");
         }
         if self.boundary != 0

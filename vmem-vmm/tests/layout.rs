@@ -1,34 +1,13 @@
 //! The layout's verbs on a q35-like guest, their errors, and random
 //! sequences in which every failed call changes nothing.
 
+mod common;
+
+use common::{MIB, apply, bar, op, q35, state};
 use proptest::prelude::*;
 use vmem_vmm::{
-    Allocation, DeviceId, ErrorKind, FOUR_GIB, GuestLayout, IdPick, Machine, MapEntry, Owner,
-    Request,
+    DeviceId, ErrorKind, FOUR_GIB, GuestLayout, IdPick, Machine, MapEntry, Owner, Request,
 };
-
-const MIB: u64 = 1 << 20;
-
-fn q35() -> GuestLayout {
-    GuestLayout::new(Machine::q35(4 << 30)).unwrap()
-}
-
-fn bar(device: u32, bar: u8) -> Owner {
-    Owner::Bar {
-        device: DeviceId(device),
-        bar,
-    }
-}
-
-/// Everything observable: walks, allocations, IDs.
-fn state(g: &GuestLayout) -> (Vec<vmem_vmm::Segment>, Vec<Allocation>, Vec<Vec<(u32, Owner)>>) {
-    let mut walk = Vec::new();
-    g.walk(|s| walk.push(s));
-    let pools = (0..g.machine().pools.len() as u16)
-        .map(|p| g.ids(vmem_vmm::PoolId(p)).collect())
-        .collect();
-    (walk, g.allocations().copied().collect(), pools)
-}
 
 #[test]
 fn the_map_tiles_the_address_space() {
@@ -47,7 +26,10 @@ fn the_map_tiles_the_address_space() {
         .map(|e| (e.0, e.1))
         .collect();
     assert_eq!(ram_ranges, vec![(0, 2 << 30), (FOUR_GIB, 2 << 30)]);
-    assert!(map.iter().any(|e| e.0 == 0xfee0_0000 && matches!(e.2, MapEntry::Reserved(_))));
+    assert!(
+        map.iter()
+            .any(|e| e.0 == 0xfee0_0000 && matches!(e.2, MapEntry::Reserved(_)))
+    );
     g.check().unwrap();
 }
 
@@ -56,24 +38,46 @@ fn bars_meet_alignment_window_boundary_and_direction() {
     let mut g = q35();
     let mmio32 = g.region("mmio32").unwrap();
     let mmio64 = g.region("mmio64").unwrap();
-    let low = g.allocate(mmio32, &Request::bar(16 * MIB).bottom_up(), bar(1, 0)).unwrap();
+    let low = g
+        .allocate(mmio32, &Request::bar(16 * MIB).bottom_up(), bar(1, 0))
+        .unwrap();
     assert_eq!(low.start, 0x8000_0000);
-    let high = g.allocate(mmio32, &Request::bar(16 * MIB).top_down(), bar(1, 1)).unwrap();
-    assert_eq!(high.end(), 0xfe00_0000, "the highest 16 MiB-aligned range below the IOAPIC");
-    let big = g.allocate(mmio64, &Request::bar(8 << 30), bar(2, 0)).unwrap();
+    let high = g
+        .allocate(mmio32, &Request::bar(16 * MIB).top_down(), bar(1, 1))
+        .unwrap();
+    assert_eq!(
+        high.end(),
+        0xfe00_0000,
+        "the highest 16 MiB-aligned range below the IOAPIC"
+    );
+    let big = g
+        .allocate(mmio64, &Request::bar(8 << 30), bar(2, 0))
+        .unwrap();
     assert_eq!(big.start % (8 << 30), 0);
     // A 64-bit BAR that must sit below 4 GiB goes to mmio32; in mmio64 the
     // window holds nothing.
     let err = g
         .allocate(mmio64, &Request::bar(MIB).below_4g(), bar(2, 1))
         .unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::NoSpace, "mmio64 has nothing below 4 GiB");
+    assert_eq!(
+        err.kind(),
+        ErrorKind::NoSpace,
+        "mmio64 has nothing below 4 GiB"
+    );
     let dma = g
-        .allocate(mmio32, &Request::new(3 * MIB).boundary(4 * MIB).top_down(), Owner::label("dma").unwrap())
+        .allocate(
+            mmio32,
+            &Request::new(3 * MIB).boundary(4 * MIB).top_down(),
+            Owner::label("dma").unwrap(),
+        )
         .unwrap();
     assert_eq!(dma.start / (4 * MIB), (dma.end() - 1) / (4 * MIB));
     let phased = g
-        .allocate(mmio32, &Request::new(MIB).align(16 * MIB).phase(MIB), bar(3, 0))
+        .allocate(
+            mmio32,
+            &Request::new(MIB).align(16 * MIB).phase(MIB),
+            bar(3, 0),
+        )
         .unwrap();
     assert_eq!(phased.start % (16 * MIB), MIB);
     g.check().unwrap();
@@ -85,16 +89,27 @@ fn allocate_at_free_and_containing() {
     let ram = g.region("ram").unwrap();
     let fw = Owner::label("firmware-tables").unwrap();
     let a = g.allocate_at(ram, 0xe_0000, 0x2_0000, fw).unwrap();
-    assert_eq!(g.allocate_at(ram, 0xf_0000, 0x1000, fw).unwrap_err().kind(), ErrorKind::InUse);
     assert_eq!(
-        g.allocate_at(ram, 0x7fff_f000, 0x2000, fw).unwrap_err().kind(),
+        g.allocate_at(ram, 0xf_0000, 0x1000, fw).unwrap_err().kind(),
+        ErrorKind::InUse
+    );
+    assert_eq!(
+        g.allocate_at(ram, 0x7fff_f000, 0x2000, fw)
+            .unwrap_err()
+            .kind(),
         ErrorKind::NoSpace,
         "crosses the end of low RAM"
     );
     assert_eq!(g.find(0xf_1234), Some(&a));
-    assert_eq!(g.free(a.start, 0x1000).unwrap_err().kind(), ErrorKind::NotAllocated);
+    assert_eq!(
+        g.free(a.start, 0x1000).unwrap_err().kind(),
+        ErrorKind::NotAllocated
+    );
     assert_eq!(g.free_containing(0xf_1234).unwrap(), a);
-    assert_eq!(g.free_containing(0xf_1234).unwrap_err().kind(), ErrorKind::NotAllocated);
+    assert_eq!(
+        g.free_containing(0xf_1234).unwrap_err().kind(),
+        ErrorKind::NotAllocated
+    );
     g.check().unwrap();
 }
 
@@ -107,9 +122,11 @@ fn owners_and_hot_unplug() {
     for dev in 1..=3 {
         for b in 0..6u8 {
             let region = if b % 2 == 0 { mmio32 } else { mmio64 };
-            g.allocate(region, &Request::bar(0x4000 << b), bar(dev, b)).unwrap();
+            g.allocate(region, &Request::bar(0x4000 << b), bar(dev, b))
+                .unwrap();
         }
-        g.allocate_id(gsi, IdPick::Next, Owner::Device(DeviceId(dev))).unwrap();
+        g.allocate_id(gsi, IdPick::Next, Owner::Device(DeviceId(dev)))
+            .unwrap();
     }
     assert_eq!(g.owned_by(bar(2, 3)).count(), 1);
     let freed = g.free_device(DeviceId(2)).unwrap();
@@ -117,7 +134,10 @@ fn owners_and_hot_unplug() {
     assert!(freed.iter().all(|a| a.owner.device() == Some(DeviceId(2))));
     assert_eq!(g.allocations().count(), 12);
     assert_eq!(g.ids(gsi).count(), 2);
-    assert_eq!(g.free_device(DeviceId(2)).unwrap_err().kind(), ErrorKind::NotAllocated);
+    assert_eq!(
+        g.free_device(DeviceId(2)).unwrap_err().kind(),
+        ErrorKind::NotAllocated
+    );
     assert_eq!(g.free_owner(bar(1, 0)).unwrap().len(), 1);
     g.check().unwrap();
 }
@@ -130,21 +150,41 @@ fn ids_by_next_fit_lowest_and_number() {
     for irq in 0..24 {
         assert_eq!(g.allocate_id(gsi, IdPick::Exactly(irq), o).unwrap(), irq);
     }
-    assert_eq!(g.allocate_id(gsi, IdPick::Exactly(4), o).unwrap_err().kind(), ErrorKind::InUse);
-    assert_eq!(g.allocate_id(gsi, IdPick::Exactly(5000), o).unwrap_err().kind(), ErrorKind::BadRequest);
+    assert_eq!(
+        g.allocate_id(gsi, IdPick::Exactly(4), o)
+            .unwrap_err()
+            .kind(),
+        ErrorKind::InUse
+    );
+    assert_eq!(
+        g.allocate_id(gsi, IdPick::Exactly(5000), o)
+            .unwrap_err()
+            .kind(),
+        ErrorKind::BadRequest
+    );
     let a = g.allocate_id(gsi, IdPick::Next, o).unwrap();
     let b = g.allocate_id(gsi, IdPick::Next, o).unwrap();
     assert_eq!((a, b), (24, 25));
     g.free_id(gsi, a).unwrap();
     g.free_id(gsi, 3).unwrap();
-    assert_eq!(g.allocate_id(gsi, IdPick::Next, o).unwrap(), 26, "next fit does not reuse at once");
+    assert_eq!(
+        g.allocate_id(gsi, IdPick::Next, o).unwrap(),
+        26,
+        "next fit does not reuse at once"
+    );
     assert_eq!(g.allocate_id(gsi, IdPick::Lowest, o).unwrap(), 3);
-    assert_eq!(g.free_id(gsi, 3000).unwrap_err().kind(), ErrorKind::NotAllocated);
+    assert_eq!(
+        g.free_id(gsi, 3000).unwrap_err().kind(),
+        ErrorKind::NotAllocated
+    );
     let slots = g.pool("pci-slot").unwrap();
     for _ in 0..256 {
         g.allocate_id(slots, IdPick::Next, o).unwrap();
     }
-    assert_eq!(g.allocate_id(slots, IdPick::Next, o).unwrap_err().kind(), ErrorKind::NoSpace);
+    assert_eq!(
+        g.allocate_id(slots, IdPick::Next, o).unwrap_err().kind(),
+        ErrorKind::NoSpace
+    );
     g.check().unwrap();
 }
 
@@ -156,23 +196,46 @@ fn a_refused_move_changes_nothing() {
     let b = g.allocate(mmio32, &Request::bar(MIB), bar(1, 1)).unwrap();
     let before = state(&g);
     // Taken by b.
-    assert_eq!(g.relocate(a.start, b.start).unwrap_err().kind(), ErrorKind::InUse);
+    assert_eq!(
+        g.relocate(a.start, b.start).unwrap_err().kind(),
+        ErrorKind::InUse
+    );
     // Off the BAR's alignment.
-    assert_eq!(g.relocate(a.start, a.start + 0x1000).unwrap_err().kind(), ErrorKind::Constraint);
+    assert_eq!(
+        g.relocate(a.start, a.start + 0x1000).unwrap_err().kind(),
+        ErrorKind::Constraint
+    );
     // Overlapping its own range and b's.
-    let c = g.allocate(mmio32, &Request::new(2 * MIB).align(MIB), bar(1, 2)).unwrap();
+    let c = g
+        .allocate(mmio32, &Request::new(2 * MIB).align(MIB), bar(1, 2))
+        .unwrap();
     let before_c = state(&g);
-    assert_eq!(g.relocate(c.start, b.start).unwrap_err().kind(), ErrorKind::InUse);
+    assert_eq!(
+        g.relocate(c.start, b.start).unwrap_err().kind(),
+        ErrorKind::InUse
+    );
     assert_eq!(state(&g), before_c);
     g.free(c.start, c.size).unwrap();
     assert_eq!(state(&g), before);
     // Into the ECAM window, which is not the region's.
-    assert_eq!(g.relocate(a.start, 0xb000_0000).unwrap_err().kind(), ErrorKind::NoSpace);
+    assert_eq!(
+        g.relocate(a.start, 0xb000_0000).unwrap_err().kind(),
+        ErrorKind::NoSpace
+    );
     assert_eq!(state(&g), before);
     // A move that overlaps its own range succeeds.
-    let c = g.allocate(mmio32, &Request::new(2 * MIB).align(MIB).top_down(), bar(1, 3)).unwrap();
+    let c = g
+        .allocate(
+            mmio32,
+            &Request::new(2 * MIB).align(MIB).top_down(),
+            bar(1, 3),
+        )
+        .unwrap();
     let moved = g.relocate(c.start, c.start - MIB).unwrap();
-    assert_eq!((moved.start, moved.size, moved.owner), (c.start - MIB, c.size, c.owner));
+    assert_eq!(
+        (moved.start, moved.size, moved.owner),
+        (c.start - MIB, c.size, c.owner)
+    );
     assert_eq!(g.find(c.start + MIB), None);
     g.check().unwrap();
 }
@@ -181,90 +244,27 @@ fn a_refused_move_changes_nothing() {
 fn bad_machines_are_refused() {
     let cases = [
         Machine::new(8),
-        Machine::new(40).region("a", &[(0, 0x1000)]).region("b", &[(0x800, 0x1000)]),
+        Machine::new(40)
+            .region("a", &[(0, 0x1000)])
+            .region("b", &[(0x800, 0x1000)]),
         Machine::new(40).region("a", &[(0, 0x1800)]),
         Machine::new(40).region("a", &[(0, 0)]),
         Machine::new(32).region("a", &[(0xffff_f000, 0x2000)]),
-        Machine::new(40).region("a", &[(0, 0x1000)]).region("a", &[(0x1000, 0x1000)]),
-        Machine::new(40).region("a", &[(0, 0x1000)]).reserve("r", 0, 0x1000),
+        Machine::new(40)
+            .region("a", &[(0, 0x1000)])
+            .region("a", &[(0x1000, 0x1000)]),
+        Machine::new(40)
+            .region("a", &[(0, 0x1000)])
+            .reserve("r", 0, 0x1000),
         Machine::new(40).id_pool("p", u32::MAX, 2),
         Machine::new(40).region("", &[(0, 0x1000)]),
     ];
     for m in cases {
-        assert_eq!(GuestLayout::new(m.clone()).unwrap_err().kind(), ErrorKind::BadMachine, "{m:?}");
-    }
-}
-
-#[derive(Clone, Debug)]
-enum Op {
-    Alloc { region: u16, size_log: u8, align_log: u8, how: u8, device: u32, bar: u8 },
-    At { region: u16, page: u64, pages: u64, device: u32 },
-    Free { pick: usize, wrong_size: bool },
-    Containing { addr: u64 },
-    Unplug { device: u32 },
-    Move { pick: usize, delta_pages: i64 },
-    Id { pool: u16, how: u8, id: u32, device: u32 },
-    FreeId { pool: u16, id: u32 },
-}
-
-fn op() -> impl Strategy<Value = Op> {
-    prop_oneof![
-        (0u16..4, 12u8..32, 0u8..32, 0u8..5, 0u32..8, 0u8..6).prop_map(|(region, size_log, align_log, how, device, bar)| Op::Alloc { region, size_log, align_log, how, device, bar }),
-        (0u16..3, 0u64..0x10_0000, 1u64..64, 0u32..8).prop_map(|(region, page, pages, device)| Op::At { region, page, pages, device }),
-        (any::<usize>(), any::<bool>()).prop_map(|(pick, wrong_size)| Op::Free { pick, wrong_size }),
-        (0u64..(1 << 40)).prop_map(|addr| Op::Containing { addr }),
-        (0u32..8).prop_map(|device| Op::Unplug { device }),
-        (any::<usize>(), -64i64..64).prop_map(|(pick, delta_pages)| Op::Move { pick, delta_pages }),
-        (0u16..3, 0u8..3, 0u32..1100, 0u32..8).prop_map(|(pool, how, id, device)| Op::Id { pool, how, id, device }),
-        (0u16..3, 0u32..1100).prop_map(|(pool, id)| Op::FreeId { pool, id }),
-    ]
-}
-
-/// Applies `op`, returning what it answered (for comparing layouts).
-fn apply(g: &mut GuestLayout, op: &Op) -> String {
-    use vmem_vmm::{Placement, PoolId, RegionId};
-    let pick = |g: &GuestLayout, i: usize| {
-        let n = g.allocations().count();
-        (n > 0).then(|| *g.allocations().nth(i % n).unwrap())
-    };
-    match *op {
-        Op::Alloc { region, size_log, align_log, how, device, bar: b } => {
-            let size = 1u64 << size_log;
-            let mut r = Request::new(size).align(if align_log >= 12 { 1 << align_log } else { 0 });
-            r = match how {
-                0 => r.placed(Placement::Fit),
-                1 => r.bottom_up(),
-                2 => r.top_down(),
-                3 => r.below_4g(),
-                _ => r.boundary(size.max(1 << 22)),
-            };
-            format!("{:?}", g.allocate(RegionId(region), &r, bar(device, b)))
-        }
-        Op::At { region, page, pages, device } => {
-            format!("{:?}", g.allocate_at(RegionId(region), page << 12, pages << 12, Owner::Device(DeviceId(device))))
-        }
-        Op::Free { pick: i, wrong_size } => match pick(g, i) {
-            Some(a) => format!("{:?}", g.free(a.start, if wrong_size { a.size + 0x1000 } else { a.size })),
-            None => "none".into(),
-        },
-        Op::Containing { addr } => format!("{:?}", g.free_containing(addr)),
-        Op::Unplug { device } => format!("{:?}", g.free_device(DeviceId(device))),
-        Op::Move { pick: i, delta_pages } => match pick(g, i) {
-            Some(a) => {
-                let to = a.start.wrapping_add_signed(delta_pages * 0x1000);
-                format!("{:?}", g.relocate(a.start, to))
-            }
-            None => "none".into(),
-        },
-        Op::Id { pool, how, id, device } => {
-            let pick = match how {
-                0 => IdPick::Next,
-                1 => IdPick::Lowest,
-                _ => IdPick::Exactly(id),
-            };
-            format!("{:?}", g.allocate_id(PoolId(pool), pick, Owner::Device(DeviceId(device))))
-        }
-        Op::FreeId { pool, id } => format!("{:?}", g.free_id(PoolId(pool), id)),
+        assert_eq!(
+            GuestLayout::new(m.clone()).unwrap_err().kind(),
+            ErrorKind::BadMachine,
+            "{m:?}"
+        );
     }
 }
 
