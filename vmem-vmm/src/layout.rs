@@ -111,7 +111,9 @@ pub struct GuestLayout {
     pub(crate) root: Arena<'static>,
     pub(crate) regions: Vec<Region>,
     pub(crate) allocs: BTreeMap<u64, Allocation>,
-    pub(crate) by_owner: BTreeMap<Owner, BTreeSet<u64>>,
+    /// Every allocation's `(owner, start)`: one ordered set, so an owner's
+    /// allocations are a range of it and recording one allocates no set.
+    pub(crate) by_owner: BTreeSet<(Owner, u64)>,
     pub(crate) pools: Vec<Pool>,
 }
 
@@ -162,7 +164,7 @@ impl GuestLayout {
             root,
             regions,
             allocs: BTreeMap::new(),
-            by_owner: BTreeMap::new(),
+            by_owner: BTreeSet::new(),
             pools,
         })
     }
@@ -220,9 +222,16 @@ impl GuestLayout {
         let arena = self.region_arena(region)?;
         let rule = request.check(self.machine.quantum)?;
         let start = match request.placement {
-            Placement::Fit => arena
-                .xalloc(rule.size, &constraints(&rule), Policy::BestFit)
-                .map_err(Error::from_arena)?,
+            Placement::Fit | Placement::Instant => {
+                let policy = if request.placement == Placement::Fit {
+                    Policy::BestFit
+                } else {
+                    Policy::InstantFit
+                };
+                arena
+                    .xalloc(rule.size, &constraints(&rule), policy)
+                    .map_err(Error::from_arena)?
+            }
             Placement::Lowest | Placement::Highest => {
                 let top = request.placement == Placement::Highest;
                 let start = extreme(arena, &rule, top).ok_or(Error::new(
@@ -285,18 +294,13 @@ impl GuestLayout {
             max: rule.max,
         };
         self.allocs.insert(start, a);
-        self.by_owner.entry(owner).or_default().insert(start);
+        self.by_owner.insert((owner, start));
         a
     }
 
     fn forget(&mut self, start: u64) -> Option<Allocation> {
         let a = self.allocs.remove(&start)?;
-        if let Some(set) = self.by_owner.get_mut(&a.owner) {
-            set.remove(&start);
-            if set.is_empty() {
-                self.by_owner.remove(&a.owner);
-            }
-        }
+        self.by_owner.remove(&(a.owner, start));
         Some(a)
     }
 
@@ -339,11 +343,7 @@ impl GuestLayout {
     /// Frees every allocation `owner` holds and every ID it holds,
     /// returning the allocations; `NotAllocated` when it holds nothing.
     pub fn free_owner(&mut self, owner: Owner) -> Result<Vec<Allocation>> {
-        let starts: Vec<u64> = self
-            .by_owner
-            .get(&owner)
-            .map(|set| set.iter().copied().collect())
-            .unwrap_or_default();
+        let starts: Vec<u64> = self.starts_of(owner).collect();
         let ids = self.release_ids(|o| o == owner);
         if starts.is_empty() && ids == 0 {
             return Err(Error::new(
@@ -358,15 +358,19 @@ impl GuestLayout {
     /// on hot-unplug, returning the allocations; `NotAllocated` when it
     /// holds nothing.
     pub fn free_device(&mut self, device: DeviceId) -> Result<Vec<Allocation>> {
-        let bars = Owner::Bar { device, bar: 0 }..=Owner::Bar {
-            device,
-            bar: u8::MAX,
-        };
+        let bars = (Owner::Bar { device, bar: 0 }, 0)
+            ..=(
+                Owner::Bar {
+                    device,
+                    bar: u8::MAX,
+                },
+                u64::MAX,
+            );
         let starts: Vec<u64> = self
             .by_owner
             .range(bars)
-            .chain(self.by_owner.get_key_value(&Owner::Device(device)))
-            .flat_map(|(_, set)| set.iter().copied())
+            .map(|&(_, start)| start)
+            .chain(self.starts_of(Owner::Device(device)))
             .collect();
         let ids = self.release_ids(|o| o.device() == Some(device));
         if starts.is_empty() && ids == 0 {
@@ -405,10 +409,14 @@ impl GuestLayout {
 
     /// The allocations `owner` holds, in address order.
     pub fn owned_by(&self, owner: Owner) -> impl Iterator<Item = &Allocation> {
+        self.starts_of(owner).filter_map(|s| self.allocs.get(&s))
+    }
+
+    /// The starts of `owner`'s allocations, in address order.
+    fn starts_of(&self, owner: Owner) -> impl Iterator<Item = u64> + '_ {
         self.by_owner
-            .get(&owner)
-            .into_iter()
-            .flat_map(|set| set.iter().filter_map(|s| self.allocs.get(s)))
+            .range((owner, 0)..=(owner, u64::MAX))
+            .map(|&(_, start)| start)
     }
 
     /// Moves the allocation starting at `start` to `to` (a guest
@@ -463,7 +471,7 @@ impl GuestLayout {
         self.forget(start);
         let moved = Allocation { start: to, ..a };
         self.allocs.insert(to, moved);
-        self.by_owner.entry(a.owner).or_default().insert(to);
+        self.by_owner.insert((a.owner, to));
         Ok(moved)
     }
 
@@ -625,16 +633,13 @@ impl GuestLayout {
             r.arena.check().map_err(Error::from_arena)?;
             allocated += r.arena.size().alloc;
         }
-        if allocated != self.allocs.values().map(|a| a.size).sum::<u64>() {
+        if allocated != self.allocs.values().map(|a| a.size).sum::<u64>()
+            || self.by_owner.len() != self.allocs.len()
+        {
             return corrupt("the regions' allocated bytes differ from the records");
         }
         for a in self.allocs.values() {
-            if !a.rule().admits(a.start)
-                || !self
-                    .by_owner
-                    .get(&a.owner)
-                    .is_some_and(|s| s.contains(&a.start))
-            {
+            if !a.rule().admits(a.start) || !self.by_owner.contains(&(a.owner, a.start)) {
                 return corrupt(
                     "an allocation breaks its rules or is missing from its owner's index",
                 );

@@ -12,6 +12,11 @@ pub enum Placement {
     /// restored layout places exactly as the original.
     #[default]
     Fit,
+    /// vmem's instant fit: O(1) for requests constrained by alignment and
+    /// phase alone, taking the head of the first freelist whose every
+    /// member holds it. The freelists' order is not saved, so a restored
+    /// layout may place these differently from the original.
+    Instant,
     /// The lowest address (bottom-up first fit), found by walking the
     /// region: O(segments).
     Lowest,

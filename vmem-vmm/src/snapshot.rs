@@ -232,7 +232,7 @@ impl GuestLayout {
                 .xalloc(a.size, &exact(a.start, a.size)?, Policy::InstantFit)
                 .map_err(Error::from_arena)?;
             layout.allocs.insert(a.start, *a);
-            layout.by_owner.entry(a.owner).or_default().insert(a.start);
+            layout.by_owner.insert((a.owner, a.start));
         }
         for (pool, state) in layout.pools.iter_mut().zip(pools) {
             for &(id, owner) in &state.ids {
