@@ -17,8 +17,8 @@
 //! - [`GuestLayout::allocate`] places a [`Request`] in a region: alignment
 //!   (a BAR's natural alignment: [`Request::bar`]), phase, a boundary not
 //!   to cross, a window ([`Request::below_4g`]), and [`Placement`]: the
-//!   smallest free range that holds it (vmem's best fit), the lowest
-//!   address (bottom-up) or the highest (top-down);
+//!   smallest free range that holds it (vmem's best fit), vmem's O(1)
+//!   instant fit, the lowest address (bottom-up) or the highest (top-down);
 //!   [`GuestLayout::allocate_at`] takes a given range;
 //! - [`GuestLayout::free`] (an exact range), [`GuestLayout::free_containing`]
 //!   (the allocation holding an address), [`GuestLayout::free_owner`] and

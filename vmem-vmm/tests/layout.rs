@@ -84,6 +84,19 @@ fn bars_meet_alignment_window_boundary_and_direction() {
 }
 
 #[test]
+fn instant_fit_places_aligned_bars() {
+    let mut g = q35();
+    let mmio64 = g.region("mmio64").unwrap();
+    for (i, log) in (12..34).enumerate() {
+        let r = Request::bar(1 << log).placed(vmem_vmm::Placement::Instant);
+        let a = g.allocate(mmio64, &r, bar(i as u32, 0)).unwrap();
+        assert_eq!(a.start % (1 << log), 0);
+        assert!(a.start >= 512 << 30 && a.end() <= 1 << 40);
+    }
+    g.check().unwrap();
+}
+
+#[test]
 fn allocate_at_free_and_containing() {
     let mut g = q35();
     let ram = g.region("ram").unwrap();
