@@ -130,13 +130,20 @@ fn hotplug<P: Peer>(devices: usize, b: Budget) -> Row {
     }
 }
 
-/// The workload at 100, 1,000 and 10,000 devices, every peer.
-pub fn run(b: Budget) -> Vec<Row> {
+/// The workload at 100, 1,000 and 10,000 devices, for every peer `peer`
+/// selects by name.
+pub fn run(b: Budget, peer: impl Fn(&str) -> bool) -> Vec<Row> {
+    type Run = fn(usize, Budget) -> Row;
+    let peers: [(&str, Run); 3] = [
+        (Vmm::<false>::NAME, hotplug::<Vmm<false>>),
+        (Vmm::<true>::NAME, hotplug::<Vmm<true>>),
+        (VmAlloc::NAME, hotplug::<VmAlloc>),
+    ];
     let mut rows = Vec::new();
     for devices in [100, 1_000, 10_000] {
-        rows.push(hotplug::<Vmm<false>>(devices, b));
-        rows.push(hotplug::<Vmm<true>>(devices, b));
-        rows.push(hotplug::<VmAlloc>(devices, b));
+        for (_, run) in peers.iter().filter(|(n, _)| peer(n)) {
+            rows.push(run(devices, b));
+        }
     }
     rows
 }

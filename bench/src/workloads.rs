@@ -555,7 +555,7 @@ pub fn run(plan: &Plan) -> Results {
 
     // (7) the VMM workload.
     let vmm_rows = if run("vmm") {
-        crate::vmm::run(budget)
+        crate::vmm::run(budget, peer)
     } else {
         Vec::new()
     };
