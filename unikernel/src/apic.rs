@@ -132,3 +132,8 @@ pub fn send_startup(dest: u32, page: u64) {
 pub fn send_all_others(vector: u8) {
     send(0, ALL_BUT_SELF | ASSERT | u32::from(vector));
 }
+
+/// A fixed interrupt on `vector` to the CPU with APIC ID `dest`.
+pub fn send_to(dest: u32, vector: u8) {
+    send(dest, ASSERT | u32::from(vector));
+}

@@ -16,6 +16,34 @@ use x86_64::PhysAddr;
 
 use crate::layout::DIRECT_BASE;
 
+/// The boot stack's size (`.skip` in the stub below).
+pub const BOOT_STACK: usize = 512 * 1024;
+
+unsafe extern "C" {
+    /// The lowest byte of the boot stack.
+    static boot_stack_bottom: u8;
+}
+
+/// Bytes at the bottom of the boot stack that are still zero, as the stub
+/// left them (it zeroes `.bss`): how far the deepest call stayed from
+/// overflowing it. The stack has no guard page, so `kmain` checks this
+/// after building the arenas, the deepest thing it does there.
+pub fn boot_stack_unused() -> usize {
+    // SAFETY: the symbol is the first of BOOT_STACK bytes of .bss that only
+    // the boot CPU's stack uses; reading its unused bottom races nothing.
+    let bottom = core::ptr::addr_of!(boot_stack_bottom).cast::<u64>();
+    let words = BOOT_STACK / 8;
+    let mut zero = 0;
+    while zero < words {
+        // SAFETY: within the stack, as above.
+        if unsafe { bottom.add(zero).read_volatile() } != 0 {
+            break;
+        }
+        zero += 1;
+    }
+    zero * 8
+}
+
 /// TSC at the first instruction after `.bss` was zeroed.
 #[unsafe(no_mangle)]
 pub static ENTRY_TSC: AtomicU64 = AtomicU64::new(0);
@@ -41,11 +69,12 @@ core::arch::global_asm!(
 boot_pml4:      .skip 4096
 boot_pdpt:      .skip 4096
 boot_pd:        .skip 4 * 4096
-    /* Large: vmem-core's quantum caches and size classes are built by
-       value (tens of KiB each) and moved a few times on their way into
-       their statics. */
+    /* Large: vmem-core's quantum caches are built by value (some 75 KiB)
+       and moved a few times on their way into their static. It has no
+       guard page: `boot_stack_unused` tells kmain how much stayed zero. */
+    .global boot_stack_bottom
 boot_stack_bottom:
-    .skip 256 * 1024
+    .skip 512 * 1024
 boot_stack_top:
 
     .section .rodata.boot, "a"

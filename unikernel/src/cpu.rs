@@ -11,7 +11,7 @@
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 
-use vmem_core::{CpuId, CpuLocal, MAX_CPUS};
+use vmem_core::{CpuId, MAX_CPUS};
 use x86_64::VirtAddr;
 use x86_64::instructions::segmentation::{CS, DS, ES, SS, Segment};
 use x86_64::instructions::tables::{DescriptorTablePointer, lidt, load_tss};
@@ -61,13 +61,19 @@ pub struct CpuCounters {
     /// Shootdown rounds this CPU started, and shootdown IPIs it handled.
     pub shootdowns_sent: AtomicU64,
     pub shootdowns_received: AtomicU64,
+    /// Cross-calls this CPU posted to others (`local`: a reap asking a
+    /// CPU that holds magazines to give them back).
+    pub calls_sent: AtomicU64,
     /// Allocations this CPU made in the `smp` test (heap, caches, IDs).
     pub allocs: AtomicU64,
 }
 
 /// One CPU's data, at its GS base: `index` at offset 0 and the block's
-/// own address at offset 8, which `current_index` and `this` read.
-#[repr(C)]
+/// own address at offset 8, which `current_index` and `this` read. On
+/// 128-byte lines of its own: the fast path writes `held` twice per call,
+/// and no other CPU's data may share its line (or the adjacent one the
+/// prefetcher pairs with it).
+#[repr(C, align(128))]
 pub struct PerCpu {
     index: usize,
     this: AtomicU64,
@@ -78,8 +84,12 @@ pub struct PerCpu {
     /// Set while `phys`'s meta source allocates on this CPU.
     pub in_meta: AtomicBool,
     /// Set while a context on this CPU holds it for vmem-core's fast path
-    /// (`LOCAL`); only this CPU reads or writes it.
+    /// (`hold`); only this CPU reads or writes it.
     held: AtomicBool,
+    /// Cross-calls posted to this CPU (by any CPU), and how many of them it
+    /// had seen when it last finished answering (`local`).
+    pub calls_posted: AtomicU64,
+    pub calls_answered: AtomicU64,
     pub counters: CpuCounters,
     tss: UnsafeCell<TaskStateSegment>,
     gdt: spin::Once<Gdt>,
@@ -103,10 +113,13 @@ impl PerCpu {
             online_tsc: AtomicU64::new(0),
             in_meta: AtomicBool::new(false),
             held: AtomicBool::new(false),
+            calls_posted: AtomicU64::new(0),
+            calls_answered: AtomicU64::new(0),
             counters: CpuCounters {
                 remote_frees: AtomicU64::new(0),
                 shootdowns_sent: AtomicU64::new(0),
                 shootdowns_received: AtomicU64::new(0),
+                calls_sent: AtomicU64::new(0),
                 allocs: AtomicU64::new(0),
             },
             tss: UnsafeCell::new(tss),
@@ -196,57 +209,25 @@ impl CpuId for CurrentCpu {
 
 pub static CURRENT: CurrentCpu = CurrentCpu;
 
-/// vmem-core's fast path on this kernel ([`CpuLocal`]): a context holds
-/// the CPU it runs on while that CPU's `held` flag is set, and a second
-/// `enter` on the same CPU (an interrupt handler's) is refused and takes
-/// the locked path. Interrupts stay enabled while a CPU is held: a CPU
-/// that waits under the hold for a cache lock keeps answering shootdown
-/// IPIs, so a CPU that holds that lock while it waits for a shootdown
-/// round (a reap releasing slabs to `kmem_default`) is answered, not
-/// deadlocked. No interrupt handler here uses a cache (the shootdown,
-/// wake and spurious handlers take no lock; an exception fails the run),
-/// and no context migrates: every hold on CPU `i` is by code on CPU `i`,
-/// in program order. Another CPU is never held from outside
-/// (`enter_idle` is false), so a reap asks its holder, who answers on its
-/// next slow path or its own reap. Not zero-sized: vmem-core tells
-/// platforms apart by address.
-pub struct KernelLocal {
-    _by_address: u8,
+/// Holds the running CPU for vmem-core's fast path (`local::LOCAL`): its
+/// index, or `None` when a context on it holds it already (an interrupt
+/// handler that interrupted a holder).
+#[inline(always)]
+pub fn hold() -> Option<usize> {
+    let me = this();
+    if me.held.load(Ordering::Acquire) {
+        return None;
+    }
+    me.held.store(true, Ordering::Relaxed);
+    core::sync::atomic::compiler_fence(Ordering::SeqCst);
+    Some(me.index)
 }
 
-/// The kernel's one `CpuLocal` platform.
-pub static LOCAL: KernelLocal = KernelLocal { _by_address: 0 };
-
-// SAFETY: a hold of CPU `i` starts and ends on CPU `i` (enter gives the
-// running CPU's index from its GS block and nothing migrates), and
-// `enter` refuses while the flag is set, so one context holds `i` at a
-// time; a nested (interrupt) hold runs to its end before the interrupted
-// code goes on, and the compiler fences keep every access of a hold
-// between its flag store and its flag clear, so each hold sees the last
-// one's writes in program order on that CPU. Nothing here waits.
-unsafe impl CpuLocal for KernelLocal {
-    #[inline(always)]
-    fn enter(&self) -> Option<usize> {
-        let me = this();
-        if me.held.load(Ordering::Acquire) {
-            return None;
-        }
-        me.held.store(true, Ordering::Relaxed);
-        core::sync::atomic::compiler_fence(Ordering::SeqCst);
-        Some(me.index)
-    }
-
-    #[inline(always)]
-    fn leave(&self, _index: usize) {
-        core::sync::atomic::compiler_fence(Ordering::SeqCst);
-        this().held.store(false, Ordering::Release);
-    }
-
-    fn enter_idle(&self, _index: usize) -> bool {
-        false
-    }
-
-    fn leave_idle(&self, _index: usize) {}
+/// Ends the running CPU's hold.
+#[inline(always)]
+pub fn unhold() {
+    core::sync::atomic::compiler_fence(Ordering::SeqCst);
+    this().held.store(false, Ordering::Release);
 }
 
 /// Points this CPU's GS base at `cpu` and loads its GDT, TSS and the IDT.

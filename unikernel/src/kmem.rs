@@ -17,8 +17,8 @@ use core::fmt;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use vmem_core::{
-    Arena, ArenaConfig, GlobalHeap, Importer, MAX_CPUS, Policy, QCACHE_MAX_QUANTA, QuantumCaches,
-    SizeClasses, Source,
+    Arena, ArenaConfig, Constraints, DefaultLock, GlobalHeap, Importer, MAX_CPUS, Policy,
+    QCACHE_MAX_QUANTA, QuantumCaches, SizeClasses, Source,
 };
 use x86_64::structures::paging::page::PageRange;
 use x86_64::structures::paging::{Page, PageTableFlags as Flags, PhysFrame, Size4KiB};
@@ -27,6 +27,7 @@ use x86_64::{PhysAddr, VirtAddr};
 use crate::cpu;
 use crate::error::MemError;
 use crate::layout::{DEVICE_BASE, DEVICE_SIZE, KERNEL_VA_BASE, KERNEL_VA_SIZE, PAGE, virt_to_phys};
+use crate::local::{self, KernelLocal};
 use crate::paging::{self, DeferredTables};
 use crate::phys::{PHYS_META, phys, try_phys};
 use crate::shootdown::{self, ROUND_RANGES};
@@ -109,6 +110,53 @@ impl BackedPages {
     }
 }
 
+/// Bases of the ranges `BackedPages` holds that `kmem_va` gave by
+/// `xalloc` (imports aligned above a page: a heap block or slab aligned
+/// to more than a page), which go back by `xfree`; 0 is an empty place.
+/// Few are ever held at once; one more is refused.
+const ALIGNED_MAX: usize = 32;
+static ALIGNED: spin::Mutex<[u64; ALIGNED_MAX]> = spin::Mutex::new([0; ALIGNED_MAX]);
+
+/// VA for an import of `size` aligned to `align` from `kmem_va`: through
+/// its quantum caches when a page aligns it, else by `xalloc` (which
+/// imports an aligned span from `kernel_va` when it must), noted in
+/// `ALIGNED`.
+fn va_alloc(size: u64, align: u64) -> vmem_core::Result<u64> {
+    if align <= PAGE {
+        return kmem_va().alloc(size, Policy::InstantFit);
+    }
+    let mut aligned = ALIGNED.lock();
+    let Some(place) = aligned.iter_mut().find(|b| **b == 0) else {
+        return Err(vmem_core::Error::new(
+            vmem_core::ErrorKind::ImportFailed,
+            "kmem_default holds its most imports aligned above a page",
+        ));
+    };
+    let base = kmem_va().xalloc(size, &Constraints::aligned(align), Policy::InstantFit)?;
+    *place = base;
+    Ok(base)
+}
+
+/// Gives `[base, base + size)` back to `kmem_va` the way `va_alloc` took
+/// it.
+fn va_free(base: u64, size: u64) -> vmem_core::Result<()> {
+    let xalloced = {
+        let mut aligned = ALIGNED.lock();
+        match aligned.iter_mut().find(|b| **b == base) {
+            Some(place) => {
+                *place = 0;
+                true
+            }
+            None => false,
+        }
+    };
+    if xalloced {
+        kmem_va().xfree(base, size)
+    } else {
+        kmem_va().free(base, size)
+    }
+}
+
 /// Ranges `kmem_default` released, unmapped here but perhaps still in
 /// another CPU's TLB, waiting for a shootdown round before `kmem_va` gets
 /// them back; with the page-table frames their unmapping emptied.
@@ -138,7 +186,7 @@ fn retire(base: u64, size: u64) -> vmem_core::Result<()> {
     BackedPages::unback(range);
     if !shootdown::needed() {
         paging::free_empty_tables(range, None);
-        return kmem_va().free(base, size);
+        return va_free(base, size);
     }
     let full = {
         let mut purge = PURGE.lock();
@@ -177,7 +225,7 @@ pub fn purge() {
     for &(base, size) in &ranges[..count] {
         // `retire` took the range from `kmem_default`'s release, which
         // `import` had from `kmem_va`.
-        let _ = kmem_va().free(base, size);
+        let _ = va_free(base, size);
     }
 }
 
@@ -188,15 +236,15 @@ fn pages(base: u64, size: u64) -> PageRange {
 }
 
 impl Source for BackedPages {
-    fn import(&self, _importer: Importer, size: u64, _align: u64) -> vmem_core::Result<u64> {
-        let base = kmem_va().alloc(size, Policy::InstantFit)?;
+    fn import(&self, _importer: Importer, size: u64, align: u64) -> vmem_core::Result<u64> {
+        let base = va_alloc(size, align)?;
         let range = pages(base, size);
         for page in range {
             if let Err(e) = Self::back(page) {
                 let done = Page::range(range.start, page);
                 Self::unback(done);
                 paging::free_empty_tables(done, None);
-                let _ = kmem_va().free(base, size);
+                let _ = va_free(base, size);
                 return Err(e.into());
             }
             PAGES_MAPPED.fetch_add(1, Ordering::Relaxed);
@@ -245,17 +293,33 @@ pub fn init() -> Result<(), MemError> {
     Ok(())
 }
 
+/// Makes the heap's size classes (on the main kernel stack: they are
+/// built by value, too large for the boot stack) and registers them for
+/// cross-calls, so a reap on one CPU asks the others for the magazines
+/// they hold.
+pub fn init_heap() -> Result<(), &'static str> {
+    let classes = HEAP.classes().ok_or("no heap size classes")?;
+    if local::register_forever(classes) {
+        Ok(())
+    } else {
+        Err("no room to register the heap for cross-calls")
+    }
+}
+
 fn heap_classes() -> Option<SizeClasses<'static>> {
     let arena = KMEM_DEFAULT.get()?;
     // SAFETY: kmem_default hands out addresses of pages BackedPages mapped
     // writable and keeps mapped until they are freed.
-    unsafe { SizeClasses::new(arena, &PHYS_META, &cpu::CURRENT, false) }.ok()
+    unsafe { SizeClasses::with_local(arena, &PHYS_META, &cpu::CURRENT, &local::LOCAL, false) }.ok()
 }
 
 /// The kernel heap: the size classes over `kmem_default`, whose blocks
 /// above the largest class come from `kmem_default` itself (importing).
+/// Every `Box`, `Vec` and `BTreeMap` allocates and frees through
+/// `local::LOCAL`: the running CPU's own magazines, without a lock.
 #[global_allocator]
-pub static HEAP: GlobalHeap = GlobalHeap::new(heap_classes);
+pub static HEAP: GlobalHeap<DefaultLock, KernelLocal> =
+    GlobalHeap::with_local(heap_classes, &local::LOCAL);
 
 /// The quantum caches in front of `kmem_va`.
 pub fn kmem_va_qcaches() -> &'static QuantumCaches<'static> {

@@ -53,10 +53,11 @@ pub const LAPIC: PhysAddr = PhysAddr::new(0xfee0_0000);
 /// The IOAPIC's registers.
 pub const IOAPIC: PhysAddr = PhysAddr::new(0xfec0_0000);
 
-/// Pages of the main kernel stack (the heap's size classes, some 55 KiB,
-/// are built on it by value) and of the double-fault stack. Both come
+/// Pages of the main kernel stack (the heap's size classes, some 100 KiB,
+/// are built on it by value and moved a few times) and of the
+/// double-fault stack. Both come
 /// from `kernel_va`, each above an unmapped guard page.
-pub const MAIN_STACK_PAGES: u64 = 64;
+pub const MAIN_STACK_PAGES: u64 = 128;
 pub const DOUBLE_FAULT_STACK_PAGES: u64 = 4;
 
 unsafe extern "C" {

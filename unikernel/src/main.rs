@@ -16,6 +16,7 @@
 //!    and data, the loader's data, the firmware's CPUs;
 //! 2. `paging`: the page tables (frames from the arena `build` is handed);
 //!    `apic`; `shootdown`: the IPI round that flushes every CPU's TLB;
+//!    `local`: vmem-core's per-CPU fast path and its cross-call;
 //! 3. `phys`, then `kmem`: the arenas, the heap and the kernel stacks;
 //! 4. `devices`, `time`, `trace`, `smp`: starting the other CPUs;
 //! 5. `exception`, `report`, `tests`, `pressure`, `smptest`: reports and
@@ -36,6 +37,7 @@ mod error;
 mod exception;
 mod kmem;
 mod layout;
+mod local;
 mod paging;
 mod phys;
 mod pressure;
@@ -57,6 +59,8 @@ use layout::{DOUBLE_FAULT_STACK_PAGES, MAIN_STACK_PAGES};
 use x86_64::PhysAddr;
 
 static BOOT: spin::Once<BootInfo> = spin::Once::new();
+/// Bytes of the boot stack still unused after the arenas were built.
+static BOOT_STACK_UNUSED: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
 /// The MADT's CPUs, or why there is no MADT (then the boot CPU runs alone).
 static MADT: spin::Once<Result<acpi::Madt, &'static str>> = spin::Once::new();
 
@@ -94,6 +98,13 @@ extern "C" fn kmain(start_info: u32) -> ! {
     if let Err(e) = kmem::init() {
         fail(e);
     }
+    // The boot stack has no guard page: an overflow would have written
+    // over the statics below it. Keep a margin.
+    let unused = boot::boot_stack_unused();
+    BOOT_STACK_UNUSED.store(unused, Ordering::Relaxed);
+    if unused < 64 * 1024 {
+        fail("the boot stack came within 64 KiB of overflowing while the arenas were built");
+    }
     let Ok(df) = Stack::new("double fault", DOUBLE_FAULT_STACK_PAGES) else {
         fail("no double-fault stack")
     };
@@ -120,6 +131,14 @@ extern "C" fn kmain(start_info: u32) -> ! {
 /// The rest of the boot, on a kernel stack with a guard page below it.
 extern "C" fn kmain_on_stack() -> ! {
     let boot = BOOT.get().expect("set by kmain");
+    if let Err(e) = kmem::init_heap() {
+        fail(e);
+    }
+    println!(
+        "boot stack: {} of {} KiB used while the arenas were built (it has no guard page)",
+        (boot::BOOT_STACK - BOOT_STACK_UNUSED.load(Ordering::Relaxed)) / 1024,
+        boot::BOOT_STACK / 1024
+    );
     trace::init(boot.has_word("trace"));
     if boot.value_of("shootdown") == Some("off") {
         shootdown::disable();

@@ -359,7 +359,7 @@ pub fn cpu_table(clock: &Clock) {
     println!();
     println!("per CPU:");
     println!(
-        "  {:>3} {:>7} {:>10} {:>12} {:>15} {:>19} {:>21} {:>21} {:>15}",
+        "  {:>3} {:>7} {:>10} {:>12} {:>15} {:>19} {:>21} {:>21} {:>15} {:>23}",
         "cpu",
         "APIC id",
         "allocs",
@@ -368,13 +368,14 @@ pub fn cpu_table(clock: &Clock) {
         "shootdowns received",
         "mag alloc hits/misses",
         "mag free hits/misses",
-        "depot exchanges"
+        "depot exchanges",
+        "cross-calls sent/answ."
     );
     for c in (0..smp::online()).filter_map(cpu::cpu) {
         let n = &c.counters;
         let m = cpu_magazines(c.index());
         println!(
-            "  {:>3} {:>7} {:>10} {:>12} {:>15} {:>19} {:>21} {:>21} {:>15}",
+            "  {:>3} {:>7} {:>10} {:>12} {:>15} {:>19} {:>21} {:>21} {:>15} {:>23}",
             c.index(),
             c.apic_id.load(Ordering::Relaxed),
             n.allocs.load(Ordering::Relaxed),
@@ -383,7 +384,11 @@ pub fn cpu_table(clock: &Clock) {
             n.shootdowns_received.load(Ordering::Relaxed),
             Pair(m.alloc_hits, m.alloc_misses),
             Pair(m.free_hits, m.free_misses),
-            m.depot_exchanges
+            m.depot_exchanges,
+            Pair(
+                n.calls_sent.load(Ordering::Relaxed),
+                c.calls_answered.load(Ordering::Relaxed)
+            )
         );
     }
     let mut all = vmem_core::CacheStats::default();

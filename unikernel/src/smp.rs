@@ -22,6 +22,7 @@ use crate::apic;
 use crate::cpu::{self, PerCpu, WAKE_VECTOR, rdtsc};
 use crate::kmem::Stack;
 use crate::layout::{PAGE, REAL_MODE_END, phys_to_virt};
+use crate::local;
 use crate::paging;
 use crate::phys::phys;
 use crate::shootdown;
@@ -340,8 +341,15 @@ static JOB_DONE: AtomicUsize = AtomicUsize::new(0);
 fn idle() -> ! {
     let mut seen = 0;
     loop {
+        // A safe point: no lock, no hold. Cross-calls posted here are
+        // answered before the CPU sleeps again.
+        local::answer();
         x86_64::instructions::interrupts::disable();
         let generation = JOB_GENERATION.load(Ordering::Acquire);
+        if generation == seen && local::pending() {
+            x86_64::instructions::interrupts::enable();
+            continue;
+        }
         if generation == seen {
             // `sti` takes effect after `hlt` starts, so an IPI sent after
             // the check wakes it.
@@ -375,6 +383,8 @@ pub fn run_on_all<'a>(job: &'a (dyn Fn(usize) + Sync + 'a)) {
         apic::send_all_others(WAKE_VECTOR);
     }
     job(cpu::current_index());
+    // The end of a job is a safe point: answer what other CPUs asked.
+    local::answer();
     while JOB_DONE.load(Ordering::Acquire) < others {
         core::hint::spin_loop();
     }

@@ -33,6 +33,7 @@ use crate::console::Verdict;
 use crate::cpu::{self, rdtsc};
 use crate::kmem::{self, PAGES_MAPPED, PAGES_UNMAPPED};
 use crate::layout::PAGE;
+use crate::local;
 use crate::paging;
 use crate::phys::PHYS_META;
 use crate::phys::phys;
@@ -146,7 +147,7 @@ impl Shared<'_> {
             2 => {
                 let obj = self
                     .cache
-                    .alloc_local(&cpu::LOCAL)
+                    .alloc_local(&local::LOCAL)
                     .map_err(|e| format!("cache alloc: {e}"))?;
                 fill(obj, OBJECT_SIZE / 8 * 8, seed);
                 Object::Cached(obj, seed)
@@ -192,7 +193,7 @@ impl Shared<'_> {
             Object::Cached(obj, seed) => {
                 check(obj, OBJECT_SIZE / 8 * 8, seed)?;
                 self.cache
-                    .free_local(&cpu::LOCAL, obj)
+                    .free_local(&local::LOCAL, obj)
                     .map_err(|e| format!("cache free: {e}"))?;
             }
             Object::Quantum(obj, size, seed) => {
@@ -281,6 +282,45 @@ impl Shared<'_> {
 /// Times 64-byte heap pairs on every CPU at once: pairs per second in all,
 /// and the slowest and fastest CPU's own rate (which shows whether the
 /// host ran the vCPUs side by side).
+/// Steps per second of a register-only loop (a multiply-add) on every CPU
+/// at once, summed, and the slowest CPU's own rate: the scaling the
+/// vCPUs give for work that shares nothing, against which the heap's is
+/// read.
+fn spin_rate(clock: &Clock, cpus: usize, pairs: u64) -> (u64, u64) {
+    let steps = pairs * 16;
+    let slowest = AtomicU64::new(0);
+    let barrier = Barrier {
+        count: AtomicUsize::new(0),
+        sense: AtomicBool::new(false),
+        cpus,
+    };
+    let (start, end) = (AtomicU64::new(0), AtomicU64::new(0));
+    smp::run_on_all(&|cpu| {
+        let mut sense = false;
+        barrier.wait(&mut sense);
+        if cpu == 0 {
+            start.store(rdtsc(), Ordering::Release);
+        }
+        let mine = rdtsc();
+        let mut x = cpu as u64 + 1;
+        for _ in 0..steps {
+            x = core::hint::black_box(x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1));
+        }
+        core::hint::black_box(x);
+        slowest.fetch_max(rdtsc() - mine, Ordering::Relaxed);
+        barrier.wait(&mut sense);
+        if cpu == 0 {
+            end.store(rdtsc(), Ordering::Release);
+        }
+    });
+    let rate = |ns: u64| steps * 1_000_000_000 / ns.max(1);
+    let ns = clock.ns(end.load(Ordering::Acquire) - start.load(Ordering::Acquire));
+    (
+        rate(ns) * cpus as u64,
+        rate(clock.ns(slowest.load(Ordering::Relaxed))),
+    )
+}
+
 fn heap_rate(clock: &Clock, cpus: usize, pairs: u64) -> (u64, u64, u64) {
     let start = AtomicU64::new(0);
     let end = AtomicU64::new(0);
@@ -334,6 +374,11 @@ pub fn run(clock: &Clock, pairs: Option<u64>) -> Verdict {
     let (rate, slow, fast) = heap_rate(clock, cpus, pairs);
     println!(
         "smp: heap alloc+free pairs (64 B) on {cpus} CPU(s) at once: {rate} pairs/s {} ({pairs} pairs each; one CPU's own rate {slow} to {fast} pairs/s)",
+        clock.mark()
+    );
+    let (spins, spins_one) = spin_rate(clock, cpus, pairs);
+    println!(
+        "smp: a loop that touches no shared memory (one multiply-add per step) on {cpus} CPU(s) at once: {spins} steps/s {} (one CPU's own rate {spins_one} steps/s): how far this host's vCPUs scale at all",
         clock.mark()
     );
     let baseline = match Baseline::take() {
@@ -582,14 +627,25 @@ fn rounds(clock: &Clock, cpus: usize) -> Vec<(String, Outcome)> {
         // the cache's until freed.
         let config = unsafe {
             CacheConfig::new("smp_objects", OBJECT_SIZE, &PHYS_META, &cpu::CURRENT)
-                .local(&cpu::LOCAL)
+                .local(&local::LOCAL)
                 .memory()
                 .debug(true)
         };
         match ObjectCache::new(config, kmem::kmem_default()) {
             Ok(cache) => {
-                run_rounds(clock, cpus, &cache, &qc, &mut out);
-                say_path(&cache, cpus);
+                // Registered for cross-calls while the test runs: a reap on
+                // one CPU asks the others for their held magazines.
+                match local::register(&cache) {
+                    Some(registration) => {
+                        run_rounds(clock, cpus, &cache, &qc, &mut out);
+                        say_path(&cache, cpus);
+                        drop(registration);
+                    }
+                    None => out.push((
+                        "setup".to_string(),
+                        Err("no room to register smp_objects for cross-calls".to_string()),
+                    )),
+                }
                 let _ = cache.reap();
             }
             Err(e) => out.push(("setup".to_string(), Err(format!("smp_objects cache: {e}")))),
@@ -602,13 +658,12 @@ fn rounds(clock: &Clock, cpus: usize) -> Vec<(String, Outcome)> {
 }
 
 /// Says which path the test's object cache took: `alloc_local` and
-/// `free_local` through `cpu::LOCAL`, the held (fast) path on CPUs below
+/// `free_local` through `local::LOCAL`, the held (fast) path on CPUs below
 /// `HELD_CPUS`, the locked path above; with each CPU's magazine figures.
 fn say_path(cache: &ObjectCache<'_>, cpus: usize) {
     let held = cpus.min(vmem_core::HELD_CPUS);
     println!(
-        "smp_objects: alloc_local/free_local through cpu::LOCAL (per-CPU held flag): held fast path on {held} of {cpus} CPU(s), locked path on {}",
-        cpus - held
+        "smp_objects: alloc_local/free_local through local::LOCAL (per-CPU held flag): held fast path on {held} of {cpus} CPU(s)"
     );
     for i in 0..cpus {
         if let Ok(s) = cache.cpu_stats(i) {
@@ -618,6 +673,66 @@ fn say_path(cache: &ObjectCache<'_>, cpus: usize) {
             );
         }
     }
+}
+
+/// CPU 0 reaps the test's cache, the quantum caches and the heap while
+/// every other CPU is idle in `hlt` and holds magazines of the cache and
+/// the heap from the rounds: the reaps post cross-calls, the other CPUs
+/// wake and answer from their idle loops, and once all have answered a
+/// second reap returns the slabs they emptied. Fails when a CPU does not
+/// answer in time or a CPU slot still holds a magazine.
+fn reap_by_cross_call(
+    clock: &Clock,
+    cpus: usize,
+    cache: &ObjectCache<'_>,
+    qc: &Arena<'_>,
+) -> Outcome {
+    let sent = || {
+        (0..cpus)
+            .filter_map(cpu::cpu)
+            .map(|c| c.counters.calls_sent.load(Ordering::Relaxed))
+            .sum::<u64>()
+    };
+    let before = sent();
+    let start = rdtsc();
+    let reap_all = || -> Result<(), String> {
+        cache.reap().map_err(|e| format!("smp_objects reap: {e}"))?;
+        qc.reap().map_err(|e| format!("smp_qc reap: {e}"))?;
+        if let Some(classes) = kmem::HEAP.classes() {
+            classes.reap().map_err(|e| format!("heap reap: {e}"))?;
+        }
+        Ok(())
+    };
+    reap_all()?;
+    let asked = sent() - before;
+    local::settle().map_err(|cpu| format!("CPU {cpu} did not answer its cross-call"))?;
+    let us = clock.ns(rdtsc() - start) / 1000;
+    reap_all()?;
+    let mut left = Vec::new();
+    let s = cache.stats();
+    let in_slots = s.magazines - s.depot_full - s.depot_empty;
+    if in_slots != 0 {
+        left.push(format!("smp_objects: {in_slots}"));
+    }
+    if let Some(classes) = kmem::HEAP.classes() {
+        for c in classes.caches() {
+            let s = c.stats();
+            let in_slots = s.magazines - s.depot_full - s.depot_empty;
+            if in_slots != 0 {
+                left.push(format!("{}: {in_slots}", c.name()));
+            }
+        }
+    }
+    if !left.is_empty() {
+        return Err(format!(
+            "magazines still in CPU slots after every CPU answered: {}",
+            left.join(", ")
+        ));
+    }
+    Ok(format!(
+        "{asked} cross-call(s) posted, every CPU answered and the second reap done in {us} us {}; no magazine left in a CPU slot",
+        clock.mark()
+    ))
 }
 
 fn run_rounds(
@@ -659,14 +774,13 @@ fn run_rounds(
             }
             shared.barrier.wait(&mut sense);
         }
-        // Every CPU drains the magazines (the reaps drain every CPU's).
-        let _ = cache.reap();
-        let _ = qc.reap();
-        if let Some(classes) = kmem::HEAP.classes() {
-            let _ = classes.reap();
-        }
     });
     let ms = clock.ns(rdtsc() - start) / 1_000_000;
+    out.push((
+        "a reap on CPU 0 alone gets back the magazines every other CPU holds, by cross-call"
+            .to_string(),
+        reap_by_cross_call(clock, cpus, cache, qc),
+    ));
     let remote: u64 = (0..cpus)
         .filter_map(cpu::cpu)
         .map(|c| c.counters.remote_frees.load(Ordering::Relaxed))

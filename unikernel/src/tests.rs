@@ -32,7 +32,7 @@ macro_rules! ensure {
 pub fn run(devices: &Devices) -> Verdict {
     println!();
     println!("=== in-kernel tests ===");
-    let tests: [(&str, &dyn Fn() -> Outcome); 9] = [
+    let tests: [(&str, &dyn Fn() -> Outcome); 10] = [
         ("heap patterns in every allocation", &heap_patterns),
         ("collections on the heap", &collections),
         (
@@ -53,6 +53,10 @@ pub fn run(devices: &Devices) -> Verdict {
             mmio(devices)
         }),
         ("task IDs by next fit, guard page unmapped", &ids_and_guard),
+        (
+            "heap blocks aligned above a page: kmem_default imports aligned spans",
+            &aligned_heap,
+        ),
     ];
     let (mut passed, mut failed) = (0, 0);
     for (name, test) in tests {
@@ -399,5 +403,45 @@ fn ids_and_guard() -> Outcome {
         paging::translate(VirtAddr::zero()).is_none(),
         "page 0 is mapped"
     );
+    Ok(())
+}
+
+/// `Layout`s aligned to 16 KiB .. 1 MiB through the global allocator:
+/// above the largest class, so the size classes `xalloc` them from
+/// `kmem_default`, which imports a span with that alignment from
+/// `kmem_va` (and `kmem_va` from `kernel_va`). Each block is written and
+/// read back, then freed; `kmem_default` gives the spans back.
+fn aligned_heap() -> Outcome {
+    use alloc::alloc::{Layout, alloc, dealloc};
+    let mut blocks = Vec::new();
+    for shift in 14..=20u32 {
+        let align = 1usize << shift;
+        let size = align / 2 + 3 * PAGE as usize;
+        let layout = Layout::from_size_align(size, align).map_err(|e| format!("layout: {e}"))?;
+        // SAFETY: a layout of non-zero size.
+        let p = unsafe { alloc(layout) };
+        ensure!(!p.is_null(), "no {size}-byte block aligned to {align}");
+        ensure!(
+            (p as usize).is_multiple_of(align),
+            "{p:p} is not aligned to {align}"
+        );
+        for i in 0..size {
+            // SAFETY: the block is `size` bytes, ours until freed.
+            unsafe { p.add(i).write(pattern(u64::from(shift), i)) };
+        }
+        blocks.push((p, layout));
+    }
+    for &(p, layout) in &blocks {
+        let shift = u64::from(layout.align().trailing_zeros());
+        for i in 0..layout.size() {
+            // SAFETY: as above.
+            let b = unsafe { p.add(i).read() };
+            ensure!(b == pattern(shift, i), "block {p:p} differs at byte {i}");
+        }
+    }
+    for (p, layout) in blocks {
+        // SAFETY: allocated above with this layout, freed once.
+        unsafe { dealloc(p, layout) };
+    }
     Ok(())
 }

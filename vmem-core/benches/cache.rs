@@ -41,6 +41,12 @@
 //! `time(1_thread) / time(2_threads)` is the two-thread throughput over the
 //! one-thread throughput (2.0 would be perfect scaling on two cores).
 //!
+//! Id `ALLOCATOR/2_threads_apart`: two threads on the one allocator, each
+//! freeing only its own batches. `time(1_thread) / time(2_threads_apart)`
+//! is what two CPUs give on this machine when they share nothing but the
+//! allocator: the ceiling `2_threads` is read against (below 2.0 where the
+//! host's two vCPUs share a core or its caches).
+//!
 //! The vmem caches here name the CPU with a bench-local `CpuId` that reads a
 //! thread-local index set at thread start (0 and 1), since a `FixedCpu` is
 //! one index for everyone; `vmem/held` gives each thread the CPU slot it
@@ -171,6 +177,9 @@ fn cross<S: Shared>(group: &mut BenchmarkGroup<'_, WallTime>, name: &str, alloc:
     });
     group.bench_function(BenchmarkId::new(name, "2_threads"), |b| {
         b.iter_custom(|iters| run_two_threads(alloc, iters));
+    });
+    group.bench_function(BenchmarkId::new(name, "2_threads_apart"), |b| {
+        b.iter_custom(|iters| run_two_threads_apart(alloc, iters));
     });
 }
 

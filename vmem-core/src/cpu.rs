@@ -10,10 +10,9 @@ pub const MAX_CPUS: usize = 32;
 
 /// CPUs whose slots in every cache have a held part: the fast path
 /// ([`CpuLocal`]) serves CPU indices below this, and a held CPU at or above
-/// it takes the locked path. Eight keeps a cache small enough for a kernel
-/// that builds its quantum caches by value on a boot stack (each held slot
-/// takes 128 bytes, each other slot 64).
-pub const HELD_CPUS: usize = 8;
+/// it takes the locked path. Every slot has one (each slot takes 128
+/// bytes, so a cache's slots take 4 KiB).
+pub const HELD_CPUS: usize = MAX_CPUS;
 
 /// The current CPU, as the platform knows it: a thread index on a host,
 /// the `cpu N` command in scenarios, per-CPU data in a kernel.
@@ -60,12 +59,14 @@ pub static CPU0: FixedCpu = FixedCpu::new(0);
 /// lets that context alone touch the part of its slot `i` the fast path
 /// uses, with plain loads and stores: no lock, no atomic read-modify-write.
 ///
-/// A kernel implements it by disabling interrupts on the running CPU and
-/// refusing a second `enter` while a first is held (a per-CPU flag: an
-/// interrupt handler that allocates must fall back, not nest);
-/// `enter_idle` of another CPU answers `false` (a running CPU is never
-/// idle), and [`notify`](CpuLocal::notify) sends that CPU a cross-call whose
-/// handler holds its own CPU and calls [`crate::ObjectCache::honour`].
+/// A kernel implements it with a per-CPU flag that refuses a second
+/// `enter` while a first is held (an interrupt handler that allocates
+/// falls back, it does not nest), with interrupts disabled under the hold
+/// unless no interrupt handler uses the caches; `enter_idle` of another
+/// CPU answers `false` (a running CPU is never idle), and
+/// [`notify`](CpuLocal::notify) makes that CPU, at a point where it holds
+/// nothing, hold itself and call [`crate::ObjectCache::honour`] (the
+/// unikernel posts a cross-call and wakes the CPU with an IPI).
 /// The host implementation is [`crate::ThreadCpus`].
 ///
 /// # Safety
@@ -104,6 +105,29 @@ pub unsafe trait CpuLocal: Sync {
     fn notify(&self, index: usize) {
         let _ = index;
     }
+}
+
+/// The platform with no fast path: no context ever holds a CPU, so every
+/// `*_local` call through it is the locked path. The default platform of a
+/// [`crate::GlobalHeap`] made with [`crate::GlobalHeap::new`].
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoCpuLocal;
+
+// SAFETY: no context ever holds an index, so every promise holds vacuously;
+// nothing here waits.
+unsafe impl CpuLocal for NoCpuLocal {
+    #[inline(always)]
+    fn enter(&self) -> Option<usize> {
+        None
+    }
+
+    fn leave(&self, _index: usize) {}
+
+    fn enter_idle(&self, _index: usize) -> bool {
+        false
+    }
+
+    fn leave_idle(&self, _index: usize) {}
 }
 
 /// A hold on one CPU of a [`CpuLocal`] platform, ended when the guard

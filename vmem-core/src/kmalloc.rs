@@ -12,7 +12,7 @@ use lock_api::RawMutex;
 use crate::arena::{Arena, DefaultLock, Policy};
 use crate::cache::{CacheConfig, ObjectCache};
 use crate::constraint::Constraints;
-use crate::cpu::CpuId;
+use crate::cpu::{CpuGuard, CpuId, CpuLocal, NoCpuLocal};
 use crate::error::{Error, ErrorKind, Result};
 use crate::meta::MetaSource;
 
@@ -61,12 +61,47 @@ impl<'a, R: RawMutex> SizeClasses<'a, R> {
         cpu: &'a dyn CpuId,
         debug: bool,
     ) -> Result<Self> {
+        // SAFETY: passed on from the caller.
+        unsafe { Self::build(arena, meta, cpu, None, debug) }
+    }
+
+    /// As [`SizeClasses::new`], with every cache configured for the fast
+    /// path of `local` ([`CacheConfig::local`]): [`SizeClasses::alloc_local`]
+    /// and [`SizeClasses::free_local`] through `local` take a class's
+    /// magazine without a lock.
+    ///
+    /// # Safety
+    /// As [`SizeClasses::new`].
+    pub unsafe fn with_local(
+        arena: &'a Arena<'a, R>,
+        meta: &'a dyn MetaSource,
+        cpu: &'a dyn CpuId,
+        local: &'a dyn CpuLocal,
+        debug: bool,
+    ) -> Result<Self> {
+        // SAFETY: passed on from the caller.
+        unsafe { Self::build(arena, meta, cpu, Some(local), debug) }
+    }
+
+    /// # Safety
+    /// As [`SizeClasses::new`].
+    unsafe fn build(
+        arena: &'a Arena<'a, R>,
+        meta: &'a dyn MetaSource,
+        cpu: &'a dyn CpuId,
+        local: Option<&'a dyn CpuLocal>,
+        debug: bool,
+    ) -> Result<Self> {
         let mut caches = ArrayVec::new();
         for size in SIZE_CLASSES {
             let mut name = arrayvec::ArrayString::<24>::new();
             let _ = core::fmt::write(&mut name, format_args!("kmem_alloc_{size}"));
             // SAFETY: the caller promises the arena's integers are memory.
-            let config = unsafe { CacheConfig::new(&name, size, meta, cpu).memory() }.debug(debug);
+            let mut config =
+                unsafe { CacheConfig::new(&name, size, meta, cpu).memory() }.debug(debug);
+            if let Some(local) = local {
+                config = config.local(local);
+            }
             caches.push(ObjectCache::new(config, arena)?);
         }
         Ok(SizeClasses { arena, caches })
@@ -95,8 +130,75 @@ impl<'a, R: RawMutex> SizeClasses<'a, R> {
 
     /// Allocates `size` bytes aligned to `align` (a power of two).
     pub fn alloc(&self, size: u64, align: u64) -> Result<u64> {
+        match self.route(size, align, "allocation of size zero")? {
+            Some(cache) => cache.alloc(),
+            None => self.alloc_large(size, align),
+        }
+    }
+
+    /// As [`SizeClasses::alloc`], through the CPU `local` lets this context
+    /// hold alone: a class's [`ObjectCache::alloc_local`] (the fast path
+    /// when the classes were made [`SizeClasses::with_local`] the same
+    /// platform, the locked path otherwise).
+    #[inline]
+    pub fn alloc_local<L: CpuLocal>(&self, local: &L, size: u64, align: u64) -> Result<u64> {
+        match self.route(size, align, "allocation of size zero")? {
+            Some(cache) => cache.alloc_local(local),
+            None => self.alloc_large(size, align),
+        }
+    }
+
+    /// Frees what [`SizeClasses::alloc`] returned for the same size and
+    /// alignment (an alignment `alloc` refuses is refused here too).
+    pub fn free(&self, addr: u64, size: u64, align: u64) -> Result<()> {
+        match self
+            .route(size, align, "free of size zero")
+            .map_err(|e| e.at(addr))?
+        {
+            Some(cache) => cache.free(addr),
+            None => self.free_large(addr, size, align),
+        }
+    }
+
+    /// As [`SizeClasses::free`], through the CPU `local` lets this context
+    /// hold alone (see [`SizeClasses::alloc_local`]). Either free takes
+    /// what either alloc returned.
+    #[inline]
+    pub fn free_local<L: CpuLocal>(
+        &self,
+        local: &L,
+        addr: u64,
+        size: u64,
+        align: u64,
+    ) -> Result<()> {
+        match self
+            .route(size, align, "free of size zero")
+            .map_err(|e| e.at(addr))?
+        {
+            Some(cache) => cache.free_local(local, addr),
+            None => self.free_large(addr, size, align),
+        }
+    }
+
+    /// Answers the requests other contexts posted on the slot of the CPU
+    /// `guard` holds, in every class ([`ObjectCache::honour`]).
+    pub fn honour<L: CpuLocal>(&self, guard: &CpuGuard<'_, L>) {
+        for cache in &self.caches {
+            cache.honour(guard);
+        }
+    }
+
+    /// The class cache for a request, `None` when the arena serves it, or
+    /// the error for a size or alignment no call takes.
+    #[inline]
+    fn route(
+        &self,
+        size: u64,
+        align: u64,
+        verb: &'static str,
+    ) -> Result<Option<&ObjectCache<'a, R>>> {
         if size == 0 {
-            return Err(Error::new(ErrorKind::ZeroSize, "allocation of size zero"));
+            return Err(Error::new(ErrorKind::ZeroSize, verb));
         }
         if !align.is_power_of_two() {
             return Err(Error::new(
@@ -104,32 +206,25 @@ impl<'a, R: RawMutex> SizeClasses<'a, R> {
                 "align is not a power of two",
             ));
         }
-        match self.class(size, align) {
-            Some(cache) => cache.alloc(),
+        Ok(self.class(size, align))
+    }
+
+    fn alloc_large(&self, size: u64, align: u64) -> Result<u64> {
+        if align <= self.arena.quantum() {
             // Plain alignment goes through `alloc`, so an importing arena
             // imports; stricter alignment needs `xalloc`.
-            None if align <= self.arena.quantum() => self.arena.alloc(size, Policy::InstantFit),
-            None => self
-                .arena
-                .xalloc(size, &Constraints::aligned(align), Policy::InstantFit),
+            self.arena.alloc(size, Policy::InstantFit)
+        } else {
+            self.arena
+                .xalloc(size, &Constraints::aligned(align), Policy::InstantFit)
         }
     }
 
-    /// Frees what [`SizeClasses::alloc`] returned for the same size and
-    /// alignment (an alignment `alloc` refuses is refused here too).
-    pub fn free(&self, addr: u64, size: u64, align: u64) -> Result<()> {
-        if size == 0 {
-            return Err(Error::new(ErrorKind::ZeroSize, "free of size zero").at(addr));
-        }
-        if !align.is_power_of_two() {
-            return Err(
-                Error::new(ErrorKind::BadConstraint, "align is not a power of two").at(addr),
-            );
-        }
-        match self.class(size, align) {
-            Some(cache) => cache.free(addr),
-            None if align <= self.arena.quantum() => self.arena.free(addr, size),
-            None => self.arena.xfree(addr, size),
+    fn free_large(&self, addr: u64, size: u64, align: u64) -> Result<()> {
+        if align <= self.arena.quantum() {
+            self.arena.free(addr, size)
+        } else {
+            self.arena.xfree(addr, size)
         }
     }
 
@@ -157,25 +252,43 @@ impl<'a, R: RawMutex> SizeClasses<'a, R> {
 /// The size classes as a `GlobalAlloc`: a kernel's `#[global_allocator]`,
 /// or a host program's. The classes are made on first use by `init`.
 ///
+/// A heap made [`GlobalHeap::with_local`] a platform allocates and frees
+/// through it ([`SizeClasses::alloc_local`]): the classes' fast path, when
+/// `init` made them [`SizeClasses::with_local`] the same platform. One made
+/// [`GlobalHeap::new`] takes the locked path.
+///
 /// An allocation made while `init` runs gets null: by `init` itself, by a
 /// meta source of its arenas and caches that allocates from the global
 /// allocator (`HeapMeta` then serves them from its static reserve), or by
 /// another thread. Such a call cannot wait for `init`, since it may be what
 /// `init` waits for.
-pub struct GlobalHeap<R: RawMutex + 'static = DefaultLock> {
+pub struct GlobalHeap<R: RawMutex + 'static = DefaultLock, L: CpuLocal + 'static = NoCpuLocal> {
     classes: spin::Once<Option<SizeClasses<'static, R>>>,
     /// Whether a call has begun making the classes.
     started: AtomicBool,
     init: fn() -> Option<SizeClasses<'static, R>>,
+    local: &'static L,
 }
 
 impl<R: RawMutex + 'static> GlobalHeap<R> {
-    /// A heap whose classes `init` makes on first use.
+    /// A heap whose classes `init` makes on first use, on the locked path.
     pub const fn new(init: fn() -> Option<SizeClasses<'static, R>>) -> Self {
+        GlobalHeap::with_local(init, &NoCpuLocal)
+    }
+}
+
+impl<R: RawMutex + 'static, L: CpuLocal + 'static> GlobalHeap<R, L> {
+    /// A heap whose classes `init` makes on first use, allocating and
+    /// freeing through the CPU `local` lets each context hold.
+    pub const fn with_local(
+        init: fn() -> Option<SizeClasses<'static, R>>,
+        local: &'static L,
+    ) -> Self {
         GlobalHeap {
             classes: spin::Once::new(),
             started: AtomicBool::new(false),
             init,
+            local,
         }
     }
 
@@ -196,23 +309,30 @@ impl<R: RawMutex + 'static> GlobalHeap<R> {
 // (which the `SizeClasses::new` caller vouched for), sized and aligned as
 // the layout asks, or null; `dealloc` hands back exactly such a block with
 // the layout it was allocated with.
-unsafe impl<R: RawMutex + 'static> GlobalAlloc for GlobalHeap<R>
+unsafe impl<R: RawMutex + 'static, L: CpuLocal + 'static> GlobalAlloc for GlobalHeap<R, L>
 where
     SizeClasses<'static, R>: Sync,
 {
+    #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         let Some(classes) = self.classes() else {
             return core::ptr::null_mut();
         };
-        match classes.alloc(layout.size().max(1) as u64, layout.align() as u64) {
+        match classes.alloc_local(
+            self.local,
+            layout.size().max(1) as u64,
+            layout.align() as u64,
+        ) {
             Ok(addr) => addr as usize as *mut u8,
             Err(_) => core::ptr::null_mut(),
         }
     }
 
+    #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         if let Some(classes) = self.classes() {
-            let _ = classes.free(
+            let _ = classes.free_local(
+                self.local,
                 ptr as usize as u64,
                 layout.size().max(1) as u64,
                 layout.align() as u64,

@@ -258,7 +258,7 @@ pub use arena::{
 pub use arena_meta::ArenaMeta;
 pub use cache::{CacheConfig, CacheStats, CpuStats, DEFAULT_MAGAZINE, ObjectCache, ObjectHook};
 pub use constraint::Constraints;
-pub use cpu::{CPU0, CpuGuard, CpuId, CpuLocal, FixedCpu, HELD_CPUS, MAX_CPUS};
+pub use cpu::{CPU0, CpuGuard, CpuId, CpuLocal, FixedCpu, HELD_CPUS, MAX_CPUS, NoCpuLocal};
 pub use error::{Error, ErrorKind, Result};
 pub use fault::{FaultPlan, FaultSchedule, FaultSite, FaultyMeta};
 #[cfg(feature = "alloc")]

@@ -7,8 +7,11 @@
 use std::sync::mpsc;
 use std::thread;
 
+use std::alloc::GlobalAlloc;
+
 use vmem_core::{
-    Arena, CacheConfig, CpuGuard, ErrorKind, HeapMeta, MAX_CPUS, ObjectCache, ThreadCpus,
+    Arena, ArenaConfig, CacheConfig, CpuGuard, ErrorKind, GlobalHeap, HeapMeta, MAX_CPUS,
+    ObjectCache, SizeClasses, ThreadCpus,
 };
 
 /// A cache of 64-integer objects with `rounds`-round magazines on `cpus`.
@@ -283,4 +286,105 @@ fn misuse_is_refused_and_the_cache_stays_consistent() {
     cache.reap().unwrap();
     cache.check().unwrap();
     assert_eq!(cache.stats().in_use, 0);
+}
+
+/// Size classes made `with_local` the host platform, over a memory arena
+/// of 1 MiB of leaked host memory.
+fn new_classes(cpus: &'static ThreadCpus) -> SizeClasses<'static> {
+    let memory = vmem_testkit::buffer(1 << 20);
+    let arena: &'static Arena<'static> = Box::leak(Box::new(
+        Arena::create(
+            ArenaConfig::new("heap", 4096)
+                .span(memory, 1 << 20)
+                .meta(&HeapMeta),
+        )
+        .unwrap(),
+    ));
+    // SAFETY: the arena's integers are addresses of a leaked host buffer
+    // nothing else uses.
+    unsafe { SizeClasses::with_local(arena, &HeapMeta, cpus, cpus, false) }.unwrap()
+}
+
+fn classes(cpus: &'static ThreadCpus) -> &'static SizeClasses<'static> {
+    Box::leak(Box::new(new_classes(cpus)))
+}
+
+#[test]
+fn size_classes_take_the_fast_path_and_answer_a_reap_from_another_thread() {
+    let cpus = ThreadCpus::leak();
+    let classes = classes(cpus);
+    let class64 = &classes.caches()[5];
+    assert_eq!(class64.object_size(), 64);
+    // Warm the held magazines, then pairs are held hits.
+    let warm: Vec<u64> = (0..40)
+        .map(|_| classes.alloc_local(cpus, 64, 8).unwrap())
+        .collect();
+    for &a in &warm {
+        classes.free_local(cpus, a, 64, 8).unwrap();
+    }
+    let before = class64.cpu_stats(0).unwrap();
+    for _ in 0..100 {
+        let a = classes.alloc_local(cpus, 60, 8).unwrap();
+        // SAFETY: 60 bytes of the leaked buffer, ours until freed.
+        unsafe { (a as usize as *mut u8).write_bytes(0xa5, 60) };
+        classes.free_local(cpus, a, 60, 8).unwrap();
+    }
+    let after = class64.cpu_stats(0).unwrap();
+    assert_eq!(after.alloc_hits - before.alloc_hits, 100, "{after:?}");
+    assert_eq!(after.free_hits - before.free_hits, 100, "{after:?}");
+    // Blocks above the largest class and bad requests go where `alloc` sends them.
+    let big = classes.alloc_local(cpus, 3 * 4096, 8).unwrap();
+    classes.free_local(cpus, big, 3 * 4096, 8).unwrap();
+    assert_eq!(
+        classes.alloc_local(cpus, 0, 8).unwrap_err().kind(),
+        ErrorKind::ZeroSize
+    );
+    assert_eq!(
+        classes.free_local(cpus, warm[0], 64, 3).unwrap_err().kind(),
+        ErrorKind::BadConstraint
+    );
+    // A reap from another thread is asked of this one, which answers.
+    let held = in_slots(class64);
+    assert!(held > 0);
+    thread::scope(|s| {
+        s.spawn(|| classes.reap().unwrap());
+    });
+    assert_eq!(in_slots(class64), held, "the reap asked, it did not take");
+    let guard = CpuGuard::enter(cpus).unwrap();
+    classes.honour(&guard);
+    drop(guard);
+    assert_eq!(
+        in_slots(class64),
+        0,
+        "honour gave back every class's held magazines"
+    );
+    classes.reap().unwrap();
+    classes.check().unwrap();
+    assert!(classes.caches().iter().all(|c| c.stats().slabs == 0));
+}
+
+#[test]
+fn a_global_heap_with_a_platform_serves_from_the_held_magazines() {
+    static CPUS: std::sync::OnceLock<&'static ThreadCpus> = std::sync::OnceLock::new();
+    fn init() -> Option<SizeClasses<'static>> {
+        Some(new_classes(*CPUS.get()?))
+    }
+    let cpus = *CPUS.get_or_init(ThreadCpus::leak);
+    let heap: &'static GlobalHeap<vmem_core::DefaultLock, ThreadCpus> =
+        Box::leak(Box::new(GlobalHeap::with_local(init, cpus)));
+    let layout = std::alloc::Layout::from_size_align(48, 8).unwrap();
+    // SAFETY: layouts of non-zero size, each pointer freed once with its layout.
+    unsafe {
+        for _ in 0..50 {
+            let p = heap.alloc(layout);
+            assert!(!p.is_null());
+            p.write_bytes(7, 48);
+            heap.dealloc(p, layout);
+        }
+    }
+    let class48 = &heap.classes().unwrap().caches()[4];
+    assert_eq!(class48.object_size(), 48);
+    let s = class48.cpu_stats(0).unwrap();
+    assert!(s.alloc_hits >= 48 && s.free_hits >= 48, "{s:?}");
+    assert_eq!(class48.stats().in_use, 0);
 }

@@ -150,9 +150,39 @@ pub fn run_two_threads<S: Shared>(alloc: &S, iters: u64) -> Duration {
     elapsed.mul_f64(iters as f64 / (2 * per_thread) as f64)
 }
 
+/// `iters` pairs split over two threads that each free only their own
+/// objects, in the same batches: what two CPUs give when they share
+/// nothing but the allocator, the ceiling `run_two_threads` is read
+/// against on a given machine.
+pub fn run_two_threads_apart<S: Shared>(alloc: &S, iters: u64) -> Duration {
+    let per_thread = iters.div_ceil(2);
+    let barrier = SpinBarrier::new(2);
+    let worker = |me: usize| {
+        CPU_INDEX.with(|c| c.set(me));
+        barrier.wait();
+        let start = Instant::now();
+        let _ = batches(alloc, per_thread);
+        barrier.wait();
+        start.elapsed()
+    };
+    let elapsed = thread::scope(|s| {
+        let other = s.spawn(|| worker(1));
+        let mine = worker(0);
+        other.join().expect("second thread");
+        mine
+    });
+    CPU_INDEX.with(|c| c.set(0));
+    elapsed.mul_f64(iters as f64 / (2 * per_thread) as f64)
+}
+
 /// `iters` pairs on this thread (CPU 0), in the same batches.
 pub fn run_one_thread<S: Shared>(alloc: &S, iters: u64) -> Duration {
     CPU_INDEX.with(|c| c.set(0));
+    batches(alloc, iters)
+}
+
+/// `iters` pairs on the calling thread, allocated and freed in batches.
+fn batches<S: Shared>(alloc: &S, iters: u64) -> Duration {
     let iters = iters as usize;
     let mut batch = Vec::with_capacity(BATCH);
     let start = Instant::now();

@@ -10,6 +10,7 @@ use vmem_core::{Arena, CacheStats, SegmentKind};
 use super::{Failure, Outcome};
 use crate::kmem::{self, HEAP, PAGES_MAPPED, PAGES_UNMAPPED};
 use crate::layout::PAGE;
+use crate::local;
 use crate::paging::TABLE_FRAMES;
 use crate::phys::{META_PAGES, phys};
 
@@ -18,6 +19,11 @@ use crate::phys::{META_PAGES, phys};
 /// arena's (`kmem_va`'s quantum caches among them).
 pub(super) fn reap() -> Outcome {
     if let Some(classes) = HEAP.classes() {
+        classes.reap().map_err(|e| failure!("heap reap: {e}"))?;
+        // Another CPU's held magazines are asked for: once every CPU has
+        // answered, a second reap returns the slabs they emptied.
+        local::settle()
+            .map_err(|cpu| failure!("CPU {cpu} did not answer the heap reap's cross-call"))?;
         classes.reap().map_err(|e| failure!("heap reap: {e}"))?;
     }
     // The ranges `kmem_default` released and a shootdown holds back.

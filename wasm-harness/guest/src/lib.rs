@@ -33,7 +33,7 @@
 //!
 //! # Memory
 //!
-//! Linear memory starts with only the stack (256 KiB, set by the build's
+//! Linear memory starts with only the stack (512 KiB, set by the build's
 //! `-zstack-size`; `wasm-harness/src/guest_stack.rs` says why) and static
 //! data. The heap arena grows it with `memory.grow` when the size classes
 //! run out, so the host's memory limit is the only bound on a scenario's
@@ -45,7 +45,7 @@
 //! from the repository root:
 //!
 //! ```sh
-//! RUSTFLAGS="-C link-arg=-zstack-size=262144" cargo build --release \
+//! RUSTFLAGS="-C link-arg=-zstack-size=524288" cargo build --release \
 //!     --target wasm32-unknown-unknown --manifest-path wasm-harness/guest/Cargo.toml
 //! ```
 
