@@ -115,6 +115,8 @@ pub struct GuestLayout {
     /// allocations are a range of it and recording one allocates no set.
     pub(crate) by_owner: BTreeSet<(Owner, u64)>,
     pub(crate) pools: Vec<Pool>,
+    /// Every taken ID's `(owner, pool, id)`, so an owner's IDs are a range.
+    pub(crate) ids_by_owner: BTreeSet<(Owner, u16, u32)>,
 }
 
 fn arena(name: &str, quantum: u64) -> Result<Arena<'static>> {
@@ -166,6 +168,7 @@ impl GuestLayout {
             allocs: BTreeMap::new(),
             by_owner: BTreeSet::new(),
             pools,
+            ids_by_owner: BTreeSet::new(),
         })
     }
 
@@ -344,7 +347,7 @@ impl GuestLayout {
     /// returning the allocations; `NotAllocated` when it holds nothing.
     pub fn free_owner(&mut self, owner: Owner) -> Result<Vec<Allocation>> {
         let starts: Vec<u64> = self.starts_of(owner).collect();
-        let ids = self.release_ids(|o| o == owner);
+        let ids = self.release_ids(owner..=owner);
         if starts.is_empty() && ids == 0 {
             return Err(Error::new(
                 ErrorKind::NotAllocated,
@@ -372,7 +375,12 @@ impl GuestLayout {
             .map(|&(_, start)| start)
             .chain(self.starts_of(Owner::Device(device)))
             .collect();
-        let ids = self.release_ids(|o| o.device() == Some(device));
+        let ids = self.release_ids(
+            Owner::Bar { device, bar: 0 }..=Owner::Bar {
+                device,
+                bar: u8::MAX,
+            },
+        ) + self.release_ids(Owner::Device(device)..=Owner::Device(device));
         if starts.is_empty() && ids == 0 {
             return Err(Error::new(
                 ErrorKind::NotAllocated,
@@ -529,6 +537,7 @@ impl GuestLayout {
             };
         }
         p.owners.insert(id, owner);
+        self.ids_by_owner.insert((owner, pool.0, id));
         Ok(id)
     }
 
@@ -544,6 +553,7 @@ impl GuestLayout {
             .ok_or(Error::new(ErrorKind::NotAllocated, "the ID is not taken").at(id.into()))?;
         // Taken IDs are allocated in the arena one by one.
         let _ = p.arena.xfree(u64::from(id), 1);
+        self.ids_by_owner.remove(&(owner, pool.0, id));
         Ok(owner)
     }
 
@@ -564,22 +574,22 @@ impl GuestLayout {
             .flat_map(|p| p.owners.iter().map(|(&id, &o)| (id, o)))
     }
 
-    fn release_ids(&mut self, mut matches: impl FnMut(Owner) -> bool) -> usize {
-        let mut count = 0;
-        for p in &mut self.pools {
-            let ids: Vec<u32> = p
-                .owners
-                .iter()
-                .filter(|&(_, &o)| matches(o))
-                .map(|(&id, _)| id)
-                .collect();
-            for id in ids {
-                p.owners.remove(&id);
-                let _ = p.arena.xfree(u64::from(id), 1);
-                count += 1;
-            }
+    /// Frees the IDs of the owners in `owners` (a range of the index).
+    fn release_ids(&mut self, owners: core::ops::RangeInclusive<Owner>) -> usize {
+        let (low, high) = owners.into_inner();
+        let taken: Vec<(Owner, u16, u32)> = self
+            .ids_by_owner
+            .range((low, 0, 0)..=(high, u16::MAX, u32::MAX))
+            .copied()
+            .collect();
+        for &(owner, pool, id) in &taken {
+            self.ids_by_owner.remove(&(owner, pool, id));
+            let p = &mut self.pools[usize::from(pool)];
+            p.owners.remove(&id);
+            // Taken IDs are allocated in the arena one by one.
+            let _ = p.arena.xfree(u64::from(id), 1);
         }
-        count
+        taken.len()
     }
 
     /// The machine's map in address order: each region range, reserved
@@ -650,6 +660,14 @@ impl GuestLayout {
             if p.arena.size().alloc != p.owners.len() as u64 {
                 return corrupt("a pool's taken IDs differ from the records");
             }
+        }
+        let taken: usize = self.pools.iter().map(|p| p.owners.len()).sum();
+        if taken != self.ids_by_owner.len()
+            || self.ids_by_owner.iter().any(|&(owner, pool, id)| {
+                self.pools[usize::from(pool)].owners.get(&id) != Some(&owner)
+            })
+        {
+            return corrupt("the owners' index of IDs differs from the pools");
         }
         Ok(())
     }

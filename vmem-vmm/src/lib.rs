@@ -75,7 +75,7 @@
 //! with no serialization dependency, the format records what the layout
 //! *means* (the machine, allocations with owners and rules, ID state)
 //! rather than any arena's internals, so it survives changes to vmem-core,
-//! and every field is one restore can check. It is compact: 63 bytes per
+//! and every field is one restore can check. It is compact: 64 bytes per
 //! allocation with a BAR owner. Integers are little-endian; a *name* is one
 //! length byte (1 to 31) and that many bytes of UTF-8; an *owner* is a
 //! kind byte then `u32 device, u8 bar` (0, a BAR), `u32 device` (1, a

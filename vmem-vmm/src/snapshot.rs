@@ -234,12 +234,13 @@ impl GuestLayout {
             layout.allocs.insert(a.start, *a);
             layout.by_owner.insert((a.owner, a.start));
         }
-        for (pool, state) in layout.pools.iter_mut().zip(pools) {
+        for (index, (pool, state)) in layout.pools.iter_mut().zip(pools).enumerate() {
             for &(id, owner) in &state.ids {
                 pool.arena
                     .xalloc(1, &exact(u64::from(id), 1)?, Policy::InstantFit)
                     .map_err(Error::from_arena)?;
                 pool.owners.insert(id, owner);
+                layout.ids_by_owner.insert((owner, index as u16, id));
             }
             pool.rotor = state.rotor;
         }
