@@ -75,8 +75,12 @@ fn vmm_section(s: &mut String, rows: &[crate::vmm::Row]) {
         "\nTargets (issue 16): every vmem-vmm row faster than vm-allocator at every count: **{}**.",
         if faster { "met" } else { "missed" },
     );
-    let mut peers: Vec<&str> = rows.iter().filter(ours).map(|r| r.peer).collect();
-    peers.dedup();
+    let mut peers: Vec<&str> = Vec::new();
+    for r in rows.iter().filter(ours) {
+        if !peers.contains(&r.peer) {
+            peers.push(r.peer);
+        }
+    }
     for peer in peers {
         let mine: Vec<&crate::vmm::Row> = rows.iter().filter(|r| r.peer == peer).collect();
         if let (Some(a), Some(z)) = (mine.first(), mine.last()) {
