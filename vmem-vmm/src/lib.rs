@@ -41,8 +41,10 @@
 //! `vm-allocator` 0.1.
 //!
 //! The crate is `no_std` (it needs `alloc`): the arenas' boundary tags and
-//! the records come from the heap. The `std` feature adds nothing the core
-//! lacks yet but is reserved for `std::io` conveniences.
+//! the records come from the heap; `ci/test` builds it for
+//! `x86_64-unknown-none`. The `std` feature adds
+//! [`GuestLayout::save_to`] and [`GuestLayout::restore_from`], the snapshot
+//! written to and read from `std::io` streams.
 //!
 //! ## Example
 //!
@@ -101,6 +103,8 @@
 #![deny(missing_docs)]
 
 extern crate alloc;
+#[cfg(feature = "std")]
+extern crate std;
 
 pub mod compat;
 mod error;

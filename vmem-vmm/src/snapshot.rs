@@ -262,6 +262,24 @@ impl GuestLayout {
     }
 }
 
+#[cfg(feature = "std")]
+impl GuestLayout {
+    /// Writes [`GuestLayout::save`]'s bytes to `out`.
+    pub fn save_to(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        out.write_all(&self.save())
+    }
+
+    /// Reads `input` to its end and restores the layout it holds, as
+    /// [`GuestLayout::restore`]: an I/O error is `std::io::Error`'s, a bad
+    /// snapshot an `InvalidData` error wrapping the [`Error`].
+    pub fn restore_from(input: &mut impl std::io::Read) -> std::io::Result<GuestLayout> {
+        let mut bytes = Vec::new();
+        input.read_to_end(&mut bytes)?;
+        GuestLayout::restore(&bytes)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+    }
+}
+
 fn read_machine(r: &mut Reader<'_>) -> Result<Machine> {
     let phys_bits = r.u8()?;
     let quantum = r.u64()?;

@@ -53,6 +53,30 @@ proptest! {
     }
 }
 
+#[cfg(feature = "std")]
+#[test]
+fn snapshots_go_through_io_streams() {
+    let mut g = q35();
+    apply(
+        &mut g,
+        &common::Op::Alloc {
+            region: 2,
+            size_log: 30,
+            align_log: 30,
+            how: 2,
+            device: 7,
+            bar: 1,
+        },
+    );
+    let mut file = Vec::new();
+    g.save_to(&mut file).unwrap();
+    assert_eq!(file, g.save());
+    let back = GuestLayout::restore_from(&mut file.as_slice()).unwrap();
+    assert_eq!(state(&back), state(&g));
+    let e = GuestLayout::restore_from(&mut &file[..10]).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::InvalidData);
+}
+
 #[test]
 fn every_truncation_is_refused() {
     let mut g = q35();
