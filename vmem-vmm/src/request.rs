@@ -181,6 +181,9 @@ impl Rule {
     pub(crate) fn lowest_in(&self, lo: u64, hi: u64) -> Option<u64> {
         let (lo, hi) = (lo.max(self.min), hi.min(self.max));
         let mut r = self.up(lo)?;
+        if r.checked_add(self.size)? > hi {
+            return None;
+        }
         if self.boundary != 0 && !self.admits_boundary(r) {
             // The next block starts on the alignment, so its phase fits.
             r = self.up((r / self.boundary + 1).checked_mul(self.boundary)?)?;
@@ -200,6 +203,8 @@ impl Rule {
         (r >= lo).then_some(r)
     }
 
+    /// Whether `[r, r + size)` stays in one boundary block (`r + size`
+    /// fits in a `u64`: the callers checked).
     fn admits_boundary(&self, r: u64) -> bool {
         r / self.boundary == (r + self.size - 1) / self.boundary
     }

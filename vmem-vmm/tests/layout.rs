@@ -97,6 +97,41 @@ fn instant_fit_places_aligned_bars() {
 }
 
 #[test]
+fn extreme_parameters_are_refused_or_met_without_panic() {
+    let mut g = GuestLayout::new(Machine::new(63).region("top", &[(1 << 62, 1 << 62)])).unwrap();
+    let top = g.region("top").unwrap();
+    let o = bar(0, 0);
+    for r in [
+        Request::new(1 << 62).align(1 << 62),
+        Request::new(1 << 62).align(1 << 62).top_down(),
+        Request::new(1 << 62).align(1 << 62).bottom_up(),
+        Request::new(0x1000).align(1 << 63),
+        Request::new(0x1000).align(1 << 63).bottom_up(),
+        Request::new(0x1000).align(1 << 63).top_down(),
+        Request::new(0x2000).boundary(1 << 63).bottom_up(),
+        Request::new(0x2000).boundary(1 << 63).top_down(),
+        Request::new(0x1000)
+            .align(1 << 62)
+            .phase(0x1000)
+            .bottom_up(),
+        Request::new(u64::MAX - 0xfff),
+        Request::new(0x1000)
+            .window(u64::MAX - 0x1000, u64::MAX)
+            .bottom_up(),
+    ] {
+        if let Ok(a) = g.allocate(top, &r, o) {
+            assert!(a.start >= 1 << 62 && a.end() <= 1 << 63, "{r:?}");
+            g.free(a.start, a.size).unwrap();
+        }
+        g.check().unwrap();
+    }
+    let a = g.allocate_at(top, 1 << 62, 0x1000, o).unwrap();
+    assert!(g.relocate(a.start, u64::MAX - 0xfff).is_err());
+    assert!(g.allocate_at(top, u64::MAX - 0xfff, 0x2000, o).is_err());
+    g.check().unwrap();
+}
+
+#[test]
 fn allocate_at_free_and_containing() {
     let mut g = q35();
     let ram = g.region("ram").unwrap();
