@@ -461,7 +461,8 @@ impl GuestLayout {
         if overlaps {
             // Give the old range back first so the target may reuse it; if
             // the target is refused, the old range (free and coalesced, and
-            // no one else can have taken it under `&mut self`) comes back.
+            // no one else can have taken it under `&mut self`) comes back:
+            // the refused call reserved the tags that takes and used none.
             let _ = arena.xfree(start, a.size);
             if arena.xalloc(a.size, &target, Policy::InstantFit).is_err() {
                 arena
