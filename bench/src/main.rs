@@ -10,6 +10,7 @@
 mod objects;
 mod page;
 mod peers;
+mod vmm;
 mod workloads;
 
 use clap::Parser;
@@ -27,7 +28,7 @@ struct Args {
     /// adds 1M live ranges, longer caps
     #[arg(long, overrides_with = "quick")]
     full: bool,
-    /// workloads to run: churn, ids, aligned, heaps, threads
+    /// workloads to run: churn, ids, aligned, heaps, threads, vmm
     #[arg(long, value_name = "W,..", value_delimiter = ',')]
     only: Option<Vec<String>>,
     /// range peers to run, by table name (vmem-core, vmem 1.0, vm-allocator,

@@ -375,6 +375,8 @@ pub struct Results {
     pub al: Vec<Aligned>,
     pub heaps: Vec<(&'static str, f64, u64)>,
     pub cross: Vec<objects::Cross>,
+    /// The VMM workload: BARs with hotplug churn.
+    pub vmm: Vec<crate::vmm::Row>,
 }
 
 /// Runs every workload `plan` selects, with progress on stderr.
@@ -551,6 +553,22 @@ pub fn run(plan: &Plan) -> Results {
         Vec::new()
     };
 
+    // (7) the VMM workload.
+    let vmm_rows = if run("vmm") {
+        crate::vmm::run(budget, peer)
+    } else {
+        Vec::new()
+    };
+    for v in &vmm_rows {
+        progress(&format!(
+            "vmm {:>34} {:>6} devices: {}/BAR op over {} ops",
+            v.peer,
+            v.devices,
+            fmt_ns(v.ns_per_op),
+            v.ops
+        ));
+    }
+
     Results {
         mode,
         b: budget,
@@ -565,5 +583,6 @@ pub fn run(plan: &Plan) -> Results {
         al,
         heaps: heap_rows,
         cross: cross_rows,
+        vmm: vmm_rows,
     }
 }

@@ -569,18 +569,29 @@ impl<'a> Run<'a> {
         };
         let free = free_ranges(segs);
         let fits = want.as_ref().is_some_and(|w| w.fits_somewhere(&free));
-        // Only the child imports, only for `alloc`, only when nothing fits.
-        let imports =
-            which == Which::Child && c.is_none() && want.is_some() && !fits && self.attached;
+        // Only the child imports, only when nothing fits, and only for a
+        // request constrained by alignment and phase alone: it asks its
+        // parent for `size + phase` aligned to the alignment (just `size`
+        // when the alignment is its quantum), at least its minimum import.
+        let imports = which == Which::Child
+            && want
+                .as_ref()
+                .is_some_and(|w| w.nocross == 0 && w.min == 0 && w.max == u64::MAX)
+            && !fits
+            && self.attached;
+        let ask = want.as_ref().and_then(|w| {
+            if w.align > q {
+                w.size.checked_add(w.phase).map(|s| (s, w.align))
+            } else {
+                Some((w.size, q))
+            }
+        });
         let import_ok = imports && self.fail == 0 && {
-            let w = want.as_ref().map_or(0, |w| w.size);
-            let import = w.max(self.import_min);
             let pq = self.pm.q;
-            let align = q.max(pq);
-            match round_up(import, pq) {
-                Some(import) => Request {
+            match ask.and_then(|(s, a)| round_up(s.max(self.import_min), pq).map(|s| (s, a))) {
+                Some((import, align)) => Request {
                     size: import,
-                    align,
+                    align: align.max(pq),
                     phase: 0,
                     nocross: 0,
                     min: 0,
@@ -648,6 +659,8 @@ impl<'a> Run<'a> {
                         what()
                     );
                     self.fail -= 1;
+                } else if imports && ask.is_none() {
+                    assert_eq!(k, ErrorKind::Overflow, "{}: {e} (import size)", what());
                 } else if imports && !import_ok {
                     assert_eq!(k, ErrorKind::ImportFailed, "{}: {e}", what());
                 } else if imports && (self.tight || child_has_own_spans) {
