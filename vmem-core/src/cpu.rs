@@ -67,7 +67,7 @@ pub static CPU0: FixedCpu = FixedCpu::new(0);
 /// [`notify`](CpuLocal::notify) makes that CPU, at a point where it holds
 /// nothing, hold itself and call [`crate::ObjectCache::honour`] (the
 /// unikernel posts a cross-call and wakes the CPU with an IPI).
-/// The host implementation is [`crate::ThreadCpus`].
+/// The host implementation is `ThreadCpus` (feature `std`).
 ///
 /// # Safety
 /// An implementation promises, for every index `i`:
