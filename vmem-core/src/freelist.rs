@@ -220,9 +220,7 @@ mod tests {
     fn marked(lists: &FreeLists) -> Vec<usize> {
         assert!(lists.levels_agree(), "level bitmap out of step");
         let marked: Vec<usize> = (0..CLASSES).filter(|&c| lists.marked(c)).collect();
-        let headed: Vec<usize> = (0..CLASSES)
-            .filter(|&c| lists.head(c).is_some())
-            .collect();
+        let headed: Vec<usize> = (0..CLASSES).filter(|&c| lists.head(c).is_some()).collect();
         assert_eq!(marked, headed, "bitmaps and heads disagree");
         marked
     }
@@ -357,11 +355,19 @@ mod tests {
         }
         assert_eq!(lists.first_sure_fit(1), Some(24));
         assert_eq!(lists.first_sure_fit(8), Some(24), "a floor fits its class");
-        assert_eq!(lists.first_sure_fit(9), Some(31), "15 holds 9; 64 is not needed");
+        assert_eq!(
+            lists.first_sure_fit(9),
+            Some(31),
+            "15 holds 9; 64 is not needed"
+        );
         assert_eq!(lists.first_sure_fit(15), Some(31));
         assert_eq!(lists.first_sure_fit(16), Some(48));
         assert_eq!(lists.first_sure_fit(64), Some(48));
-        assert_eq!(lists.first_sure_fit(65), None, "class 48 only might hold 65");
+        assert_eq!(
+            lists.first_sure_fit(65),
+            None,
+            "class 48 only might hold 65"
+        );
         assert_eq!(lists.first_sure_fit(u64::MAX), None, "past the last list");
         assert_eq!(lists.first_sure_fit(1 << 63), None);
         // Whatever a sure fit names, every member of it holds the size, and
