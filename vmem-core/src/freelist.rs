@@ -43,8 +43,9 @@ pub(crate) fn class(size: u64) -> usize {
     level * SUB + sub
 }
 
-/// The smallest size of class `class`, for a class some size maps to.
-#[inline(always)]
+/// The smallest size of class `class`, for a class some size maps to (the
+/// tests check [`FreeLists::first_sure_fit`] against it).
+#[cfg(test)]
 pub(crate) fn class_floor(class: usize) -> u64 {
     let (level, sub) = (class / SUB, (class % SUB) as u64);
     if level >= SUB_BITS {
@@ -164,11 +165,18 @@ impl FreeLists {
     /// The first non-empty list whose every member holds `size`.
     #[inline]
     pub(crate) fn first_sure_fit(&self, size: u64) -> Option<usize> {
-        let list = class(size);
-        if class_floor(list) == size {
-            self.first_from(list)
+        // Rounded up to the next class floor (itself when it is one), the
+        // size's class is the first whose floor is at least `size`; past
+        // the top of the sizes there is no such class.
+        let level = highbit(size);
+        let round = if level >= SUB_BITS {
+            (1u64 << (level - SUB_BITS)) - 1
         } else {
-            self.first_from(list + 1)
+            0
+        };
+        match size.checked_add(round) {
+            Some(rounded) => self.first_from(class(rounded)),
+            None => None,
         }
     }
 
