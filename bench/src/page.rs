@@ -344,9 +344,10 @@ caches; offset-allocator's cost grows too.",
     (
         "frag-instant",
         "**Largest allocation after churn, instant fit.** Instant fit takes the head of the \
-smallest power-of-two freelist whose members all fit, so a request of 33 quanta never \
-uses a free segment of 33..63 quanta while a larger one exists; first fit by address \
-fills such holes and keeps the free space at the end of the span in one piece. Best fit \
+smallest size class (eight per power of two) whose members all fit, so a request of 33 \
+quanta never uses a free segment of 33..35 quanta while a larger one exists; first fit \
+by address fills such holes and keeps the free space at the end of the span in one \
+piece. Best fit \
 (the other vmem-core row) searches, and keeps as large an allocation possible as the \
 peers or larger; up to 100k live it also churns faster than every searching peer, but \
 its search walks the whole might-fit freelist, so at 1M live range-alloc's search of a \

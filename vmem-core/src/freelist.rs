@@ -1,12 +1,28 @@
-//! Power-of-two freelists and the bitmap of non-empty lists: what makes
-//! instant fit O(1).
+//! Size-class freelists and the two-level bitmap of non-empty lists: what
+//! makes instant fit O(1).
 //!
-//! A free segment of size `s` sits on list `highbit(s)`, the list of sizes
-//! in `[2^i, 2^(i+1))`. Every member of a list above `highbit(s)` (or of list
-//! `highbit(s)` itself when `s` is a power of two) is large enough for `s`;
-//! list `highbit(s)` is the one list that only might fit.
+//! Sizes split first by power of two, level `highbit(s)` holding the sizes
+//! in `[2^i, 2^(i+1))`, and each level splits again into [`SUB`] sub-lists
+//! of equal width (TLSF's second level): from level 3 up, sub-list `j` of
+//! level `i` holds the sizes in `[2^i + j * 2^(i-3), 2^i + (j+1) * 2^(i-3))`;
+//! below level 3 each size has a sub-list of its own. The classes, numbered
+//! `i * SUB + j`, follow one another in size: every member of a class is
+//! larger than every member of a lower one. The class of a size `s` is the
+//! one class that only might hold `s` unless `s` is its lower bound; every
+//! member of a higher class holds `s`.
+//!
+//! A bitmap of levels marks the levels with a non-empty sub-list, and one
+//! byte per level marks its non-empty sub-lists, so the first non-empty
+//! class at or above any class is two bit scans away.
 
 use crate::tag::{Link, TagPtr};
+
+/// Bits of the sub-list index within a level.
+const SUB_BITS: usize = 3;
+/// Sub-lists per power of two.
+pub(crate) const SUB: usize = 1 << SUB_BITS;
+/// Classes in all: 64 levels of [`SUB`] sub-lists.
+pub(crate) const CLASSES: usize = 64 * SUB;
 
 /// Index of the highest set bit (`size` is never zero here).
 #[inline(always)]
@@ -14,24 +30,70 @@ pub(crate) fn highbit(size: u64) -> usize {
     63 - size.leading_zeros() as usize
 }
 
+/// The size class of `size` (never zero): its level and, within it, the
+/// sub-list given by the `SUB_BITS` bits below the highest one.
+#[inline(always)]
+pub(crate) fn class(size: u64) -> usize {
+    let level = highbit(size);
+    let sub = if level >= SUB_BITS {
+        (size >> (level - SUB_BITS)) as usize
+    } else {
+        (size << (SUB_BITS - level)) as usize
+    } & (SUB - 1);
+    level * SUB + sub
+}
+
+/// The smallest size of class `class`, for a class some size maps to (the
+/// tests check [`FreeLists::first_sure_fit`] against it).
+#[cfg(test)]
+pub(crate) fn class_floor(class: usize) -> u64 {
+    let (level, sub) = (class / SUB, (class % SUB) as u64);
+    if level >= SUB_BITS {
+        (1u64 << level) + (sub << (level - SUB_BITS))
+    } else {
+        (1u64 << level) + (sub >> (SUB_BITS - level))
+    }
+}
+
 /// The freelists of one arena.
 pub(crate) struct FreeLists {
-    heads: [Link; 64],
-    /// Bit `i` is set exactly when list `i` is non-empty.
-    bitmap: u64,
+    heads: [Link; CLASSES],
+    /// Bit `i` is set exactly when some sub-list of level `i` is non-empty.
+    levels: u64,
+    /// Bit `j` of byte `i` is set exactly when class `i * SUB + j` is
+    /// non-empty.
+    subs: [u8; 64],
 }
 
 impl FreeLists {
     pub(crate) const fn new() -> Self {
         FreeLists {
-            heads: [None; 64],
-            bitmap: 0,
+            heads: [None; CLASSES],
+            levels: 0,
+            subs: [0; 64],
+        }
+    }
+
+    /// Marks class `list` non-empty.
+    #[inline(always)]
+    fn mark(&mut self, list: usize) {
+        self.subs[list / SUB] |= 1 << (list % SUB);
+        self.levels |= 1 << (list / SUB);
+    }
+
+    /// Marks class `list` empty.
+    #[inline(always)]
+    fn unmark(&mut self, list: usize) {
+        let level = list / SUB;
+        self.subs[level] &= !(1 << (list % SUB));
+        if self.subs[level] == 0 {
+            self.levels &= !(1 << level);
         }
     }
 
     /// Puts a free segment at the head of its list.
     pub(crate) fn insert(&mut self, seg: TagPtr) {
-        let list = highbit(seg.size());
+        let list = class(seg.size());
         let head = self.heads[list];
         seg.set_list_prev(None);
         seg.set_list_next(head);
@@ -39,13 +101,13 @@ impl FreeLists {
             head.set_list_prev(Some(seg));
         }
         self.heads[list] = Some(seg);
-        self.bitmap |= 1 << list;
+        self.mark(list);
     }
 
     /// Takes a free segment off its list (its size is the one it was
     /// inserted with).
     pub(crate) fn remove(&mut self, seg: TagPtr) {
-        let list = highbit(seg.size());
+        let list = class(seg.size());
         let prev = seg.list_prev();
         let next = seg.list_next();
         match prev {
@@ -56,7 +118,7 @@ impl FreeLists {
             next.set_list_prev(prev);
         }
         if self.heads[list].is_none() {
-            self.bitmap &= !(1 << list);
+            self.unmark(list);
         }
         seg.set_list_prev(None);
         seg.set_list_next(None);
@@ -71,36 +133,59 @@ impl FreeLists {
         new.set_list_next(next);
         match prev {
             Some(prev) => prev.set_list_next(Some(new)),
-            None => self.heads[highbit(old.size())] = Some(new),
+            None => self.heads[class(old.size())] = Some(new),
         }
         if let Some(next) = next {
             next.set_list_prev(Some(new));
         }
     }
 
+    /// The first non-empty class at or above `list`: two bit scans.
+    #[inline]
+    pub(crate) fn first_from(&self, list: usize) -> Option<usize> {
+        if list >= CLASSES {
+            return None;
+        }
+        let level = list / SUB;
+        let here = u32::from(self.subs[level]) & (u32::MAX << (list % SUB));
+        if here != 0 {
+            return Some(level * SUB + here.trailing_zeros() as usize);
+        }
+        if level + 1 >= 64 {
+            return None;
+        }
+        let above = self.levels & (u64::MAX << (level + 1));
+        if above == 0 {
+            return None;
+        }
+        let level = above.trailing_zeros() as usize;
+        Some(level * SUB + self.subs[level].trailing_zeros() as usize)
+    }
+
     /// The first non-empty list whose every member holds `size`.
     #[inline]
     pub(crate) fn first_sure_fit(&self, size: u64) -> Option<usize> {
-        let list = if size.is_power_of_two() {
-            highbit(size)
+        // Rounded up to the next class floor (itself when it is one), the
+        // size's class is the first whose floor is at least `size`; past
+        // the top of the sizes there is no such class.
+        let level = highbit(size);
+        let round = if level >= SUB_BITS {
+            (1u64 << (level - SUB_BITS)) - 1
         } else {
-            highbit(size) + 1
+            0
         };
-        if list >= 64 {
-            return None;
+        match size.checked_add(round) {
+            Some(rounded) => self.first_from(class(rounded)),
+            None => None,
         }
-        let candidates = self.bitmap & (u64::MAX << list);
-        if candidates == 0 {
-            return None;
-        }
-        Some(candidates.trailing_zeros() as usize)
     }
 
-    /// The non-empty lists from the one that might hold `size` upwards, as
-    /// a bitmap, for searches that must look at every candidate.
+    /// The first non-empty list that might hold `size`: the lists a search
+    /// that must look at every candidate walks start here and go on by
+    /// [`FreeLists::first_from`].
     #[inline]
-    pub(crate) fn lists_from(&self, size: u64) -> u64 {
-        self.bitmap & (u64::MAX << highbit(size))
+    pub(crate) fn first_might_fit(&self, size: u64) -> Option<usize> {
+        self.first_from(class(size))
     }
 
     /// The head of list `list`.
@@ -109,9 +194,15 @@ impl FreeLists {
         self.heads[list]
     }
 
-    /// The bitmap of non-empty lists.
-    pub(crate) fn bitmap(&self) -> u64 {
-        self.bitmap
+    /// Whether the bitmaps mark class `list` non-empty.
+    pub(crate) fn marked(&self, list: usize) -> bool {
+        self.subs[list / SUB] & (1 << (list % SUB)) != 0
+    }
+
+    /// Whether the level bitmap marks exactly the levels with a marked
+    /// class.
+    pub(crate) fn levels_agree(&self) -> bool {
+        (0..64).all(|level| (self.levels & (1 << level) != 0) == (self.subs[level] != 0))
     }
 }
 
@@ -131,11 +222,15 @@ mod tests {
         out
     }
 
-    /// The bitmap the lists' heads say it should be.
-    fn bitmap_of_heads(lists: &FreeLists) -> u64 {
-        (0..64)
-            .filter(|&i| lists.head(i).is_some())
-            .fold(0, |map, i| map | 1 << i)
+    /// The classes the bitmaps mark, after checking that the level bitmap
+    /// agrees with the sub-list bitmaps and that the marks are exactly the
+    /// non-empty lists.
+    fn marked(lists: &FreeLists) -> Vec<usize> {
+        assert!(lists.levels_agree(), "level bitmap out of step");
+        let marked: Vec<usize> = (0..CLASSES).filter(|&c| lists.marked(c)).collect();
+        let headed: Vec<usize> = (0..CLASSES).filter(|&c| lists.head(c).is_some()).collect();
+        assert_eq!(marked, headed, "bitmaps and heads disagree");
+        marked
     }
 
     #[test]
@@ -154,12 +249,48 @@ mod tests {
     }
 
     #[test]
-    fn insert_and_remove_keep_the_lists_and_the_bitmap_in_step() {
+    fn classes_split_each_power_of_two_into_eight_in_size_order() {
+        // Small sizes have a class each; from 8 up, eight per power of two.
+        assert_eq!([1, 2, 3, 4, 5, 6, 7].map(class), [0, 8, 12, 16, 18, 20, 22]);
+        assert_eq!([8, 9, 15, 16, 17, 18].map(class), [24, 25, 31, 32, 32, 33]);
+        assert_eq!(class(33), 40, "33 shares 32's class (width 4)");
+        assert_eq!(class(36), 41);
+        assert_eq!(class(63), 47);
+        assert_eq!(class(u64::MAX), CLASSES - 1);
+        assert_eq!(class(1 << 63), 63 * SUB);
+        let mut sizes: Vec<u64> = (1..5000).collect();
+        for i in 3..64 {
+            let low = 1u64 << i;
+            for j in 0..SUB as u64 {
+                let floor = low + (j << (i - 3));
+                sizes.extend([floor - 1, floor, floor + 1]);
+            }
+            sizes.push(low.wrapping_mul(2).wrapping_sub(1).max(low));
+        }
+        sizes.sort_unstable();
+        sizes.dedup();
+        let mut last = 0;
+        for &size in &sizes {
+            let c = class(size);
+            assert!(c >= last, "classes fall at {size}");
+            last = c;
+            assert_eq!(c / SUB, highbit(size), "{size} left its power of two");
+            let floor = class_floor(c);
+            assert!(floor <= size, "{size} below its class floor {floor}");
+            assert_eq!(class(floor), c, "floor of {size}'s class");
+            if floor > 1 {
+                assert!(class(floor - 1) < c, "{floor} is not its class's floor");
+            }
+        }
+    }
+
+    #[test]
+    fn insert_and_remove_keep_the_lists_and_the_bitmaps_in_step() {
         let meta = Budget::new(1);
         let mut stock = tag_stock(&meta, 1);
         let mut lists = FreeLists::new();
-        assert_eq!(lists.bitmap(), 0);
-        let sizes = [1u64, 2, 3, 4096, 4097, 8191, 1 << 63];
+        assert_eq!(marked(&lists), Vec::<usize>::new());
+        let sizes = [1u64, 2, 3, 4096, 4097, 4100, 1 << 63];
         let segs: Vec<TagPtr> = sizes
             .iter()
             .enumerate()
@@ -167,28 +298,27 @@ mod tests {
             .collect();
         for &seg in &segs {
             lists.insert(seg);
-            assert_eq!(lists.bitmap(), bitmap_of_heads(&lists));
+            marked(&lists);
         }
-        assert_eq!(lists.bitmap(), 1 | 1 << 1 | 1 << 12 | 1 << 63);
+        assert_eq!(marked(&lists), vec![0, 8, 12, 96, 504]);
         // The newest insert heads its list.
-        assert_eq!(members(&lists, 1), vec![0x20, 0x10]);
-        assert_eq!(members(&lists, 12), vec![0x50, 0x40, 0x30]);
+        assert_eq!(members(&lists, 96), vec![0x50, 0x40, 0x30]);
         // Taking one from the middle keeps the rest linked both ways.
         lists.remove(segs[4]);
-        assert_eq!(members(&lists, 12), vec![0x50, 0x30]);
+        assert_eq!(members(&lists, 96), vec![0x50, 0x30]);
         assert_eq!(segs[5].list_next(), Some(segs[3]));
         assert_eq!(segs[3].list_prev(), Some(segs[5]));
         assert_eq!((segs[4].list_prev(), segs[4].list_next()), (None, None));
         // Emptying a list clears its bit, and only its bit.
         lists.remove(segs[0]);
-        assert_eq!(lists.bitmap(), 1 << 1 | 1 << 12 | 1 << 63);
+        assert_eq!(marked(&lists), vec![8, 12, 96, 504]);
         lists.remove(segs[5]);
         lists.remove(segs[3]);
-        assert_eq!(lists.bitmap(), 1 << 1 | 1 << 63);
+        assert_eq!(marked(&lists), vec![8, 12, 504]);
         for seg in [segs[1], segs[2], segs[6]] {
             lists.remove(seg);
         }
-        assert_eq!((lists.bitmap(), bitmap_of_heads(&lists)), (0, 0));
+        assert_eq!(marked(&lists), Vec::<usize>::new());
         for seg in segs {
             stock.give_back(seg);
         }
@@ -212,12 +342,12 @@ mod tests {
             let new = segment(&mut stock, start, 0x20);
             lists.replace(old, new);
         }
-        assert_eq!(members(&lists, 5), vec![0x1000, 0x2000, 0x3000]);
-        let head = lists.head(5).unwrap();
+        assert_eq!(members(&lists, 40), vec![0x1000, 0x2000, 0x3000]);
+        let head = lists.head(40).unwrap();
         assert_eq!(head.list_prev(), None);
         let tail = head.list_next().unwrap().list_next().unwrap();
         assert_eq!(tail.list_prev(), head.list_next());
-        assert_eq!(lists.bitmap(), 1 << 5);
+        assert_eq!(marked(&lists), vec![40]);
         stock.dispose(Some(&meta));
     }
 
@@ -227,35 +357,53 @@ mod tests {
         let mut stock = tag_stock(&meta, 1);
         let mut lists = FreeLists::new();
         assert_eq!(lists.first_sure_fit(1), None, "no list at all");
-        // Lists 3 (sizes 8..16) and 6 (64..128).
+        // Classes 24 (size 8), 31 (sizes 15..16) and 48 (64..72).
         for (start, size) in [(0, 8), (0x100, 15), (0x200, 64)] {
             lists.insert(segment(&mut stock, start, size));
         }
-        assert_eq!(lists.first_sure_fit(1), Some(3));
+        assert_eq!(lists.first_sure_fit(1), Some(24));
+        assert_eq!(lists.first_sure_fit(8), Some(24), "a floor fits its class");
         assert_eq!(
-            lists.first_sure_fit(8),
-            Some(3),
-            "a power of two fits its own list"
+            lists.first_sure_fit(9),
+            Some(31),
+            "15 holds 9; 64 is not needed"
         );
-        assert_eq!(lists.first_sure_fit(9), Some(6), "list 3 only might hold 9");
-        assert_eq!(lists.first_sure_fit(64), Some(6));
-        assert_eq!(lists.first_sure_fit(65), None, "list 6 only might hold 65");
+        assert_eq!(lists.first_sure_fit(15), Some(31));
+        assert_eq!(lists.first_sure_fit(16), Some(48));
+        assert_eq!(lists.first_sure_fit(64), Some(48));
+        assert_eq!(
+            lists.first_sure_fit(65),
+            None,
+            "class 48 only might hold 65"
+        );
         assert_eq!(lists.first_sure_fit(u64::MAX), None, "past the last list");
         assert_eq!(lists.first_sure_fit(1 << 63), None);
-        // Whatever a sure fit names, every member of it holds the size.
+        // Whatever a sure fit names, every member of it holds the size, and
+        // every non-empty class below it has members too small.
         for size in 1..200u64 {
-            if let Some(list) = lists.first_sure_fit(size) {
+            let sure = lists.first_sure_fit(size);
+            if let Some(list) = sure {
                 let mut cursor = lists.head(list);
                 while let Some(seg) = cursor {
                     assert!(seg.size() >= size, "size {size}: list {list}");
                     cursor = seg.list_next();
                 }
             }
+            for below in 0..sure.unwrap_or(CLASSES) {
+                if lists.head(below).is_some() {
+                    assert!(class_floor(below) < size, "size {size}: {below} skipped");
+                }
+            }
         }
         // The searched lists start at the one that might fit.
-        assert_eq!(lists.lists_from(9), 1 << 3 | 1 << 6);
-        assert_eq!(lists.lists_from(16), 1 << 6);
-        assert_eq!(lists.lists_from(1 << 7), 0);
+        assert_eq!(lists.first_might_fit(9), Some(31));
+        assert_eq!(lists.first_might_fit(16), Some(48));
+        assert_eq!(lists.first_might_fit(65), Some(48));
+        assert_eq!(lists.first_might_fit(73), None);
+        assert_eq!(lists.first_from(25), Some(31));
+        assert_eq!(lists.first_from(32), Some(48));
+        assert_eq!(lists.first_from(49), None);
+        assert_eq!(lists.first_from(CLASSES), None);
         stock.dispose(Some(&meta));
     }
 }

@@ -25,13 +25,16 @@
 //! once, so two free segments are never adjacent inside a span; the span
 //! markers in the list stop coalescing at span edges.
 //!
-//! Free segments also sit on **freelists**, one per power of two: list `i`
-//! holds sizes in `[2^i, 2^(i+1))`, and a bitmap marks the lists that are not
-//! empty. This gives the three **policies** ([`Policy`]):
-//! - *instant fit* takes the head of the first non-empty list above the
-//!   request's size class, whose every member is large enough: one bitmap
-//!   scan, O(1), with no search. Only when there is none does it search the
-//!   one list that *might* fit, so a request fails only when nothing free is
+//! Free segments also sit on **freelists** by size class: each power of two
+//! `[2^i, 2^(i+1))` splits into eight classes of equal width (sizes below 8
+//! have a class each), and a two-level bitmap (one bit per power of two, one
+//! byte of class bits under it) marks the classes that are not empty. This
+//! gives the three **policies** ([`Policy`]):
+//! - *instant fit* takes the head of the first non-empty class whose every
+//!   member is large enough (the request's own class when the request is
+//!   its smallest size, else the classes above): two bit scans, O(1), with
+//!   no search. Only when there is none does it search from the list that
+//!   *might* fit upwards, so a request fails only when nothing free is
 //!   large enough;
 //! - *best fit* searches from the might-fit list up for the smallest segment
 //!   that holds the request;

@@ -153,8 +153,11 @@ fn running_out_of_fuel_names_the_line() {
 #[test]
 fn running_out_of_memory_names_the_line() {
     let script = churn(100_000);
+    // The script alone is about 2.8 MiB of guest memory and the setup (the
+    // stack, the heap, three arenas) about 1 MiB more; the churn needs
+    // about 24 MiB, so 6 MiB runs out part way through it.
     let limits = Limits {
-        memory: 4 << 20,
+        memory: 6 << 20,
         ..Limits::DEFAULT
     };
     match run_wasm_with(&script, limits) {

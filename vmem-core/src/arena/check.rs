@@ -2,7 +2,7 @@
 //! compares each with the others, naming the first broken invariant.
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::freelist::highbit;
+use crate::freelist::{CLASSES, class};
 use crate::tag::{Kind, Link};
 
 use super::segment::Inner;
@@ -89,7 +89,7 @@ impl Inner {
                                 tag.start(),
                             );
                         }
-                        let list = highbit(tag.size());
+                        let list = class(tag.size());
                         let linked = match tag.list_prev() {
                             Some(p) => p.list_next() == Some(tag),
                             None => self.free.head(list) == Some(tag),
@@ -127,11 +127,15 @@ impl Inner {
             );
         }
         // Freelists: members are free, on the right list, and as many as the
-        // free segments; the bitmap marks exactly the non-empty lists.
+        // free segments; the sub-list bitmaps mark exactly the non-empty
+        // lists, and the level bitmap exactly the levels with one.
+        if !self.free.levels_agree() {
+            return corrupt("freelist level bitmap disagrees with the sub-lists", 0);
+        }
         let mut listed = 0u64;
-        for list in 0..64 {
+        for list in 0..CLASSES {
             let head = self.free.head(list);
-            if head.is_some() != (self.free.bitmap() & (1 << list) != 0) {
+            if head.is_some() != self.free.marked(list) {
                 return corrupt("freelist bitmap disagrees with the lists", list as u64);
             }
             let mut prev: Link = None;
@@ -141,7 +145,7 @@ impl Inner {
                 if listed > limit as u64 {
                     return corrupt("a freelist has a cycle", seg.start());
                 }
-                if !seg.is_free() || highbit(seg.size()) != list || seg.list_prev() != prev {
+                if !seg.is_free() || class(seg.size()) != list || seg.list_prev() != prev {
                     return corrupt("freelist holds a wrong or misfiled segment", seg.start());
                 }
                 prev = Some(seg);

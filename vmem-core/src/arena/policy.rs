@@ -11,7 +11,8 @@ use super::segment::Inner;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Policy {
     /// O(1): the head of the first freelist whose every member is large
-    /// enough, else the first fit on the one list that might hold it.
+    /// enough (freelists split each power of two into eight size classes),
+    /// else the first fit on the lists from the one that might hold it.
     #[default]
     InstantFit,
     /// The smallest free segment that holds the request.
@@ -69,10 +70,9 @@ impl Inner {
     /// The first placement on the lists that might hold `fit`, lowest list
     /// first.
     fn search_first(&self, fit: &Fit) -> Option<(TagPtr, u64)> {
-        let mut lists = self.free.lists_from(fit.size);
-        while lists != 0 {
-            let list = lists.trailing_zeros() as usize;
-            lists &= lists - 1;
+        let mut next = self.free.first_might_fit(fit.size);
+        while let Some(list) = next {
+            next = self.free.first_from(list + 1);
             let mut cursor = self.free.head(list);
             while let Some(seg) = cursor {
                 if let Some(addr) = fit.place_in(seg.start(), seg.end()) {
@@ -87,10 +87,9 @@ impl Inner {
     /// The smallest free segment with a placement for `fit` (the lowest
     /// address among equals).
     fn search_best(&self, fit: &Fit) -> Option<(TagPtr, u64)> {
-        let mut lists = self.free.lists_from(fit.size);
-        while lists != 0 {
-            let list = lists.trailing_zeros() as usize;
-            lists &= lists - 1;
+        let mut next = self.free.first_might_fit(fit.size);
+        while let Some(list) = next {
+            next = self.free.first_from(list + 1);
             let mut best: Option<(TagPtr, u64)> = None;
             let mut cursor = self.free.head(list);
             while let Some(seg) = cursor {
@@ -105,7 +104,7 @@ impl Inner {
                 }
                 cursor = seg.list_next();
             }
-            // Every member of a higher list is larger than any of this one.
+            // Every member of a higher class is larger than any of this one.
             if best.is_some() {
                 return best;
             }

@@ -7,7 +7,7 @@
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::fault::ArenaFaults;
-use crate::freelist::{FreeLists, highbit};
+use crate::freelist::{FreeLists, class};
 use crate::hash::AllocHash;
 use crate::meta::MetaPages;
 use crate::tag::{AllocBy, Kind, Link, TAGS_PER_PAGE, TagPtr, TagStock, next_leaving, page_slot};
@@ -357,7 +357,7 @@ impl Inner {
             size > 0 && self.quantum_multiples(start, size),
             "free segment reshaped to nothing or off the quantum"
         );
-        if highbit(size) == highbit(seg.size()) {
+        if class(size) == class(seg.size()) {
             seg.set_start(start);
             seg.set_size(size);
         } else {

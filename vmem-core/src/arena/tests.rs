@@ -167,6 +167,32 @@ fn instant_fit_fails_only_when_nothing_is_large_enough() {
 }
 
 #[test]
+fn instant_fit_takes_the_smallest_sure_class_within_a_power_of_two() {
+    // Holes of 34, 37 and 50 quanta and a free tail of 132, all in or
+    // above the power of two [32, 64) quanta, whose classes are 4 quanta
+    // wide: [32, 36), [36, 40), ... [48, 52).
+    let a = arena(0, 0x100000);
+    let mut holes = Vec::new();
+    for quanta in [34, 37, 50] {
+        holes.push(a.alloc(quanta * Q, Policy::InstantFit).unwrap());
+        a.alloc(Q, Policy::InstantFit).unwrap();
+    }
+    for (&at, quanta) in holes.iter().zip([34, 37, 50]) {
+        a.free(at, quanta * Q).unwrap();
+    }
+    // 33 quanta: its class [32, 36) only might hold it (the 34 hole does,
+    // but a 33 would not), so the head of the next class with members,
+    // [36, 40): the 37 hole, not the 50 hole or the tail.
+    assert_eq!(a.alloc(33 * Q, Policy::InstantFit).unwrap(), holes[1]);
+    // 32 quanta is the floor of [32, 36): every member holds it.
+    assert_eq!(a.alloc(32 * Q, Policy::InstantFit).unwrap(), holes[0]);
+    // 49 quanta: [48, 52) only might hold it, and nothing above it but the
+    // tail is sure; the 50 hole stays.
+    assert_eq!(a.alloc(49 * Q, Policy::InstantFit).unwrap(), 124 * Q);
+    a.check().unwrap();
+}
+
+#[test]
 fn best_fit_takes_the_smallest_hole() {
     let a = arena(0, 0x20000);
     let mut v = Vec::new();
