@@ -82,6 +82,14 @@ struct Barrier {
 }
 
 impl Barrier {
+    fn new(cpus: usize) -> Barrier {
+        Barrier {
+            count: AtomicUsize::new(0),
+            sense: AtomicBool::new(false),
+            cpus,
+        }
+    }
+
     fn wait(&self, local: &mut bool) {
         *local = !*local;
         if self.count.fetch_add(1, Ordering::AcqRel) + 1 == self.cpus {
@@ -282,72 +290,30 @@ impl Shared<'_> {
 /// Times 64-byte heap pairs on every CPU at once: pairs per second in all,
 /// and the slowest and fastest CPU's own rate (which shows whether the
 /// host ran the vCPUs side by side).
-/// Steps per second of a register-only loop (a multiply-add) on every CPU
-/// at once, summed, and the slowest CPU's own rate: the scaling the
-/// vCPUs give for work that shares nothing, against which the heap's is
-/// read.
-fn spin_rate(clock: &Clock, cpus: usize, pairs: u64) -> (u64, u64) {
-    let steps = pairs * 16;
-    let slowest = AtomicU64::new(0);
-    let barrier = Barrier {
-        count: AtomicUsize::new(0),
-        sense: AtomicBool::new(false),
-        cpus,
-    };
-    let (start, end) = (AtomicU64::new(0), AtomicU64::new(0));
-    smp::run_on_all(&|cpu| {
-        let mut sense = false;
-        barrier.wait(&mut sense);
-        if cpu == 0 {
-            start.store(rdtsc(), Ordering::Release);
-        }
-        let mine = rdtsc();
-        let mut x = cpu as u64 + 1;
-        for _ in 0..steps {
-            x = core::hint::black_box(x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1));
-        }
-        core::hint::black_box(x);
-        slowest.fetch_max(rdtsc() - mine, Ordering::Relaxed);
-        barrier.wait(&mut sense);
-        if cpu == 0 {
-            end.store(rdtsc(), Ordering::Release);
-        }
-    });
-    let rate = |ns: u64| steps * 1_000_000_000 / ns.max(1);
-    let ns = clock.ns(end.load(Ordering::Acquire) - start.load(Ordering::Acquire));
-    (
-        rate(ns) * cpus as u64,
-        rate(clock.ns(slowest.load(Ordering::Relaxed))),
-    )
-}
-
-fn heap_rate(clock: &Clock, cpus: usize, pairs: u64) -> (u64, u64, u64) {
+/// Runs `work(cpu)` (`ops` operations) on every CPU at once between two
+/// barriers, after `warm(cpu)`: operations per second on all CPUs
+/// together, and the slowest and fastest CPU's own rate.
+fn rate_on_all(
+    clock: &Clock,
+    cpus: usize,
+    ops: u64,
+    warm: &(dyn Fn(usize) + Sync),
+    work: &(dyn Fn(usize) + Sync),
+) -> (u64, u64, u64) {
     let start = AtomicU64::new(0);
     let end = AtomicU64::new(0);
     let slowest = AtomicU64::new(0);
     let fastest = AtomicU64::new(u64::MAX);
-    let barrier = Barrier {
-        count: AtomicUsize::new(0),
-        sense: AtomicBool::new(false),
-        cpus,
-    };
+    let barrier = Barrier::new(cpus);
     smp::run_on_all(&|cpu| {
-        let layout = core::alloc::Layout::from_size_align(64, 8).expect("a valid layout");
         let mut sense = false;
-        // SAFETY: each block is freed with the layout it was allocated with.
-        unsafe { alloc::alloc::dealloc(alloc::alloc::alloc(layout), layout) };
+        warm(cpu);
         barrier.wait(&mut sense);
         if cpu == 0 {
             start.store(rdtsc(), Ordering::Release);
         }
         let mine = rdtsc();
-        for _ in 0..pairs {
-            // SAFETY: as above; the pointer is freed at once.
-            unsafe {
-                let p = core::hint::black_box(alloc::alloc::alloc(layout));
-                alloc::alloc::dealloc(p, layout);
-            }
-        }
+        work(cpu);
         let mine = rdtsc() - mine;
         slowest.fetch_max(mine, Ordering::Relaxed);
         fastest.fetch_min(mine, Ordering::Relaxed);
@@ -356,12 +322,50 @@ fn heap_rate(clock: &Clock, cpus: usize, pairs: u64) -> (u64, u64, u64) {
             end.store(rdtsc(), Ordering::Release);
         }
     });
-    let rate = |ns: u64| pairs * 1_000_000_000 / ns.max(1);
+    let rate = |ns: u64| ops * 1_000_000_000 / ns.max(1);
     let ns = clock.ns(end.load(Ordering::Acquire) - start.load(Ordering::Acquire));
     (
         rate(ns) * cpus as u64,
         rate(clock.ns(slowest.load(Ordering::Relaxed))),
         rate(clock.ns(fastest.load(Ordering::Relaxed))),
+    )
+}
+
+/// Steps per second of a register-only loop (a multiply-add) on every CPU
+/// at once, summed, and the slowest CPU's own rate: the scaling the
+/// vCPUs give for work that shares nothing, against which the heap's is
+/// read.
+fn spin_rate(clock: &Clock, cpus: usize, pairs: u64) -> (u64, u64) {
+    let steps = pairs * 16;
+    let (all, slowest, _) = rate_on_all(clock, cpus, steps, &|_| {}, &|cpu| {
+        let mut x = cpu as u64 + 1;
+        for _ in 0..steps {
+            x = core::hint::black_box(x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1));
+        }
+        core::hint::black_box(x);
+    });
+    (all, slowest)
+}
+
+/// 64-byte heap alloc+free pairs per second on every CPU at once, and the
+/// slowest and fastest CPU's own rate.
+fn heap_rate(clock: &Clock, cpus: usize, pairs: u64) -> (u64, u64, u64) {
+    let layout = core::alloc::Layout::from_size_align(64, 8).expect("a valid layout");
+    rate_on_all(
+        clock,
+        cpus,
+        pairs,
+        // SAFETY: each block is freed with the layout it was allocated with.
+        &|_| unsafe { alloc::alloc::dealloc(alloc::alloc::alloc(layout), layout) },
+        &|_| {
+            for _ in 0..pairs {
+                // SAFETY: as above; the pointer is freed at once.
+                unsafe {
+                    let p = core::hint::black_box(alloc::alloc::alloc(layout));
+                    alloc::alloc::dealloc(p, layout);
+                }
+            }
+        },
     )
 }
 
@@ -708,21 +712,16 @@ fn reap_by_cross_call(
     local::settle().map_err(|cpu| format!("CPU {cpu} did not answer its cross-call"))?;
     let us = clock.ns(rdtsc() - start) / 1000;
     reap_all()?;
-    let mut left = Vec::new();
-    let s = cache.stats();
-    let in_slots = s.magazines - s.depot_full - s.depot_empty;
-    if in_slots != 0 {
-        left.push(format!("smp_objects: {in_slots}"));
-    }
-    if let Some(classes) = kmem::HEAP.classes() {
-        for c in classes.caches() {
+    // Magazines in CPU slots: those a cache owns less the depot's.
+    let heap = kmem::HEAP.classes().map_or(&[][..], |c| c.caches());
+    let left: Vec<String> = core::iter::once(cache)
+        .chain(heap)
+        .filter_map(|c| {
             let s = c.stats();
             let in_slots = s.magazines - s.depot_full - s.depot_empty;
-            if in_slots != 0 {
-                left.push(format!("{}: {in_slots}", c.name()));
-            }
-        }
-    }
+            (in_slots != 0).then(|| format!("{}: {in_slots}", c.name()))
+        })
+        .collect();
     if !left.is_empty() {
         return Err(format!(
             "magazines still in CPU slots after every CPU answered: {}",
@@ -748,11 +747,7 @@ fn run_rounds(
         queues: (0..cpus).map(|_| spin::Mutex::new(Vec::new())).collect(),
         ids: (0..(1 << 20) / 64).map(|_| AtomicU64::new(0)).collect(),
         failures: spin::Mutex::new(Vec::new()),
-        barrier: Barrier {
-            count: AtomicUsize::new(0),
-            sense: AtomicBool::new(false),
-            cpus,
-        },
+        barrier: Barrier::new(cpus),
         cpus,
     };
     let checks = spin::Mutex::new(Vec::new());
