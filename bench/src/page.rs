@@ -300,10 +300,11 @@ pub fn render(r: &Results) -> String {
         s,
         "Net bytes the allocator holds from the global allocator, divided by the live ranges, \
          right after the fill and again after the churn (more free segments). vmem-core's \
-         boundary tags and allocation hash live in meta pages taken one at a time from the \
-         global allocator (`GlobalMeta`), so its figure includes the spare tags of its last \
-         page and the hash's empty buckets. offset-allocator sizes its node array for \
-         `2 × live` allocations up front.\n"
+         boundary tags and allocation hash live in meta pages from `HeapMeta`; its figure \
+         counts the pages its arena holds (so it includes the spare tags of its last page and \
+         the hash's empty buckets), not the uncut rest of the pool's current chunk, which \
+         every arena in the process shares (at most 2 MiB). offset-allocator sizes its node \
+         array for `2 × live` allocations up front.\n"
     );
     let _ = writeln!(
         s,

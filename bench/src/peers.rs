@@ -2,7 +2,9 @@
 
 use std::ptr::NonNull;
 
-use vmem_core::{Arena, ArenaConfig, Constraints, META_PAGE, MetaSource, Policy};
+use std::sync::atomic::{AtomicIsize, Ordering};
+
+use vmem_core::{Arena, ArenaConfig, Constraints, HeapMeta, META_PAGE, MetaSource, Policy};
 
 /// The quantum, in bytes (page size; free-list requires it).
 pub const QUANTUM: u64 = 4096;
@@ -23,35 +25,40 @@ pub trait RangePeer {
     fn free(&mut self, h: Self::H);
     /// Quanta the allocation covers (its length as the peer reports it).
     fn len(h: Self::H) -> u64;
+    /// Bytes of metadata the peer's kind holds now, where the binary's
+    /// counting allocator does not see them (`None`: it does).
+    fn meta_held() -> Option<isize> {
+        None
+    }
     /// Start of the allocation, in quanta from the span's start.
     fn start(h: Self::H) -> u64;
 }
 
-/// Meta pages straight from the global allocator and back to it, so the
-/// binary's counting allocator sees exactly what an arena holds (`HeapMeta`
-/// keeps freed chunks in a process-wide pool, which later arenas would reuse
-/// unseen).
-pub struct GlobalMeta;
+/// Bytes of meta pages that arenas hold from [`PoolMeta`] now.
+static META_HELD: AtomicIsize = AtomicIsize::new(0);
 
-fn meta_layout(pages: usize) -> Option<std::alloc::Layout> {
-    std::alloc::Layout::from_size_align(pages.checked_mul(META_PAGE)?, META_PAGE).ok()
-}
+/// vmem-core's own host meta source, [`HeapMeta`] (a process-wide pool cut
+/// from 256 KiB chunks, and from 2 MiB chunks on large pages once it has
+/// fetched 16 MiB), counted: [`META_HELD`] follows the pages arenas hold,
+/// which the binary's counting allocator cannot see (the pool keeps the
+/// pages arenas give back for later arenas).
+pub struct PoolMeta;
 
-impl MetaSource for GlobalMeta {
+impl MetaSource for PoolMeta {
     fn alloc_pages(&self, pages: usize) -> Option<NonNull<u8>> {
-        let layout = meta_layout(pages).filter(|l| l.size() > 0)?;
-        // SAFETY: the layout has a non-zero size.
-        NonNull::new(unsafe { std::alloc::alloc(layout) })
+        let run = HeapMeta.alloc_pages(pages)?;
+        META_HELD.fetch_add((pages * META_PAGE) as isize, Ordering::Relaxed);
+        Some(run)
     }
     unsafe fn free_pages(&self, base: NonNull<u8>, pages: usize) {
-        if let Some(layout) = meta_layout(pages) {
-            // SAFETY: `base` came from `alloc_pages(pages)`, with this layout.
-            unsafe { std::alloc::dealloc(base.as_ptr(), layout) }
-        }
+        META_HELD.fetch_sub((pages * META_PAGE) as isize, Ordering::Relaxed);
+        // SAFETY: the caller's promise, passed on: `base` came from
+        // `alloc_pages(pages)`, which took it from `HeapMeta`.
+        unsafe { HeapMeta.free_pages(base, pages) }
     }
 }
 
-/// vmem-core, instant fit (or next fit for IDs), tags from the heap.
+/// vmem-core, instant fit (or next fit for IDs), tags from [`PoolMeta`].
 pub struct VmemCore(pub Arena<'static>, pub Policy);
 
 impl RangePeer for VmemCore {
@@ -62,10 +69,13 @@ impl RangePeer for VmemCore {
         let arena = Arena::create(
             ArenaConfig::new("bench", QUANTUM)
                 .span(BASE, span * QUANTUM)
-                .meta(&GlobalMeta),
+                .meta(&PoolMeta),
         )
         .expect("vmem-core arena");
         VmemCore(arena, Policy::InstantFit)
+    }
+    fn meta_held() -> Option<isize> {
+        Some(META_HELD.load(Ordering::Relaxed))
     }
     fn alloc(&mut self, q: u64, align: u64) -> Option<Self::H> {
         let size = q * QUANTUM;

@@ -140,13 +140,14 @@ fn churn<P: RangePeer>(live: usize, b: Budget) -> Churn {
     let span = span_for(live);
     let mut rng = SplitMix64::new(0x5EED_0000 ^ live as u64);
     let mut segs: Vec<Option<P::H>> = Vec::with_capacity(live);
-    let before = live_bytes();
+    let held = || P::meta_held().unwrap_or_else(live_bytes);
+    let before = held();
     let mut p = P::new(span, live);
     for _ in 0..live {
         let q = quanta(&mut rng);
         segs.push(Some(p.alloc(q, 1).expect("fill")));
     }
-    let meta_fill = (live_bytes() - before) as f64 / live as f64;
+    let meta_fill = (held() - before) as f64 / live as f64;
     let mut fails = 0u64;
     let mut pair = || {
         let slot = rng.below(live as u64) as usize;
@@ -159,7 +160,7 @@ fn churn<P: RangePeer>(live: usize, b: Budget) -> Churn {
     };
     timed(&mut pair, b.warm, b.time);
     let (pairs, el) = timed(&mut pair, b.ops, b.time);
-    let meta_churn = (live_bytes() - before) as f64 / live as f64;
+    let meta_churn = (held() - before) as f64 / live as f64;
     Churn {
         peer: P::NAME,
         live,

@@ -265,7 +265,7 @@ pub use cpu::{CPU0, CpuGuard, CpuId, CpuLocal, FixedCpu, HELD_CPUS, MAX_CPUS, No
 pub use error::{Error, ErrorKind, Result};
 pub use fault::{FaultPlan, FaultSchedule, FaultSite, FaultyMeta};
 #[cfg(feature = "alloc")]
-pub use heap_meta::{CHUNK_PAGES, HeapMeta};
+pub use heap_meta::{CHUNK_PAGES, HUGE_AFTER_PAGES, HUGE_CHUNK_PAGES, HeapMeta};
 pub use kmalloc::{GlobalHeap, SIZE_CLASSES, SizeClasses};
 pub use meta::{META_PAGE, MetaSource};
 pub use name::NAME_MAX;
