@@ -289,6 +289,9 @@ mod tests {
         assert_eq!(chunks * CHUNK_PAGES, HUGE_AFTER_PAGES);
         assert_eq!(pool.chunk_pages(), HUGE_CHUNK_PAGES);
         assert_eq!(layout(HUGE_CHUNK_PAGES).map(|l| l.align()), Some(2 << 20));
-        assert_eq!(layout(HUGE_CHUNK_PAGES - 1).map(|l| l.align()), Some(META_PAGE));
+        assert_eq!(
+            layout(HUGE_CHUNK_PAGES - 1).map(|l| l.align()),
+            Some(META_PAGE)
+        );
     }
 }

@@ -38,7 +38,9 @@ fn pages_past_sixteen_mib_come_from_advised_large_page_chunks() {
     // 2 MiB-aligned block.
     let mut blocks: HashMap<usize, usize> = HashMap::new();
     for page in &pages[HUGE_AFTER_PAGES..] {
-        *blocks.entry(page.as_ptr() as usize & !(HUGE - 1)).or_default() += 1;
+        *blocks
+            .entry(page.as_ptr() as usize & !(HUGE - 1))
+            .or_default() += 1;
     }
     let (&block, &count) = blocks.iter().max_by_key(|(_, n)| **n).expect("pages");
     assert!(
