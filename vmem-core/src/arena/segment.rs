@@ -210,6 +210,22 @@ impl Inner {
         self.link(prev, tag, next);
     }
 
+    /// Links `tag` into the segment list right before the linked `next`.
+    /// Reads only `next`: the segment before it is written, never read,
+    /// which in a large arena saves a cache miss (it is seldom in the
+    /// cache) where `seg_insert_after` would read its `seg_next`.
+    fn seg_insert_before(&mut self, next: TagPtr, tag: TagPtr) {
+        debug_assert!(
+            self.linked(next) && tag.start() <= next.start(),
+            "inserting before a tag that is not linked or lies below the new one"
+        );
+        debug_assert!(
+            tag.size() > 0 && self.quantum_multiples(tag.start(), tag.size()),
+            "inserting an empty tag or one off the quantum"
+        );
+        self.link(next.seg_prev(), tag, Some(next));
+    }
+
     /// Puts `tag` between `prev` and `next` in the segment list (`None`:
     /// at that end of the list), pointing them and it at each other.
     fn link(&mut self, prev: Link, tag: TagPtr, next: Link) {
@@ -390,7 +406,7 @@ impl Inner {
             // and usually its place on its freelist, so only the new tag and
             // the segment before it are touched.
             let taken = self.new_tag(addr, size, Kind::Alloc(by));
-            self.seg_insert_after(seg.seg_prev(), taken);
+            self.seg_insert_before(seg, taken);
             self.reshape_free(seg, addr + size, end - addr - size);
             if self.rotor == Some(seg) {
                 self.rotor = Some(taken);
@@ -401,7 +417,7 @@ impl Inner {
             self.free_segments -= 1;
             if addr > start {
                 let lead = self.new_tag(start, addr - start, Kind::Free);
-                self.seg_insert_after(seg.seg_prev(), lead);
+                self.seg_insert_before(seg, lead);
                 self.free.insert(lead);
                 self.free_segments += 1;
                 if self.rotor == Some(seg) {
