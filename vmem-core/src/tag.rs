@@ -87,51 +87,69 @@ pub(crate) enum Kind {
 /// higher children in the arena's span tree; an allocated segment chains
 /// through `list_next` in the allocated-segment hash.
 ///
-/// What the tag describes costs no field of its own. Tags are aligned to
-/// 16 bytes, so the low bits of every link are zero: `seg_prev`'s two
-/// lowest bits hold the tag's class (free, allocated, span, imported span),
-/// next to `start` and in the tag's first 16 bytes, so testing whether a
-/// neighbour is free reads one cache line. An allocated segment is on no
-/// freelist, so its `list_prev` word holds who allocated it ([`AllocBy`]
-/// and an importer's identity).
+/// Tags are aligned to 16 bytes, so the low bits of every link are zero,
+/// and two facts live there at no cost in bytes:
+/// - the lowest bit of `seg_prev` and of `seg_next` says whether the tag
+///   it points to is a free segment. A free reads the tag of the segment it
+///   frees and learns from it which neighbours it merges with; it reads a
+///   neighbour only to merge with it, never to find out that it is
+///   allocated (in a large arena a neighbour is seldom in the cache). Every
+///   change of a segment's class writes these bits into its neighbours
+///   without reading them: the bit is the whole of what the word holds
+///   besides the link, so the word is written whole;
+/// - the two lowest bits of the `list_prev` word hold the tag's own class
+///   (free, allocated, span, imported span). An allocated segment is on no
+///   freelist, so the rest of its word holds who allocated it ([`AllocBy`]
+///   and an importer's identity). Freelists write a free segment's word
+///   whole (its class is zero), the span tree keeps a marker's class.
 #[repr(C, align(16))]
 pub(crate) struct Tag {
     start: u64,
-    /// The previous tag's address, its low bits the class.
-    seg_prev_class: usize,
+    /// The previous tag's address, its lowest bit whether that is free.
+    seg_prev_word: usize,
     size: u64,
-    seg_next: Link,
-    /// A link (free segments, span markers), or an allocated segment's
-    /// [`AllocBy`] (see [`encode_by`]).
-    list_prev_by: u64,
+    /// The next tag's address, its lowest bit whether that is free.
+    seg_next_word: usize,
+    /// The class in the two lowest bits; above them a link (free segments,
+    /// span markers) or an allocated segment's [`AllocBy`] (see
+    /// [`encode_by`]).
+    list_prev_class: u64,
     list_next: Link,
 }
 
-/// The class bits of `seg_prev_class`.
-const CLASS_MASK: usize = 0b11;
-const CLASS_FREE: usize = 0;
-const CLASS_ALLOC: usize = 1;
-const CLASS_SPAN: usize = 2;
-const CLASS_SPAN_IMPORTED: usize = 3;
+/// The class bits of `list_prev_class`.
+const CLASS_MASK: u64 = 0b11;
+const CLASS_FREE: u64 = 0;
+const CLASS_ALLOC: u64 = 1;
+const CLASS_SPAN: u64 = 2;
+const CLASS_SPAN_IMPORTED: u64 = 3;
 
-/// An allocated segment's [`AllocBy`] as its `list_prev_by` word: the
-/// variant in the low byte, an importer's identity in the high half.
-/// `AllocBy::Alloc` is zero, as a link of none is.
+/// The bit of `seg_prev` and `seg_next` that says the tag linked is free.
+const NEIGHBOUR_FREE: usize = 1;
+
+/// The bits of a link word that are not the address (tags are aligned to
+/// 16, so four bits are spare).
+const LINK_BITS: usize = 0b1111;
+
+/// An allocated segment's [`AllocBy`] as its `list_prev_class` word, above
+/// the class: the variant in bits 2 to 7, an importer's identity in the
+/// high half.
 #[inline(always)]
 fn encode_by(by: AllocBy) -> u64 {
-    match by {
+    let variant = match by {
         AllocBy::Alloc => 0,
         AllocBy::Xalloc => 1,
         AllocBy::Cache => 2,
         AllocBy::QCache => 3,
-        AllocBy::Import(importer) => 4 | (u64::from(importer.0.get()) << 32),
-    }
+        AllocBy::Import(importer) => 4 | (u64::from(importer.0.get()) << 30),
+    };
+    (variant << 2) | CLASS_ALLOC
 }
 
 /// The [`AllocBy`] [`encode_by`] wrote.
 #[inline(always)]
 fn decode_by(word: u64) -> AllocBy {
-    match word & 0xff {
+    match (word >> 2) & 0x3f {
         0 => AllocBy::Alloc,
         1 => AllocBy::Xalloc,
         2 => AllocBy::Cache,
@@ -151,10 +169,16 @@ fn link_bits(link: Link) -> usize {
     link.map_or(0, |tag| tag.addr())
 }
 
-/// The link stored as `bits` (class bits masked off by the caller).
+/// The link stored as `bits` (flag bits masked off by the caller).
 #[inline(always)]
 fn bits_link(bits: usize) -> Link {
     NonNull::new(bits as *mut Tag).map(TagPtr)
+}
+
+/// A neighbour link and whether the neighbour is free, as one word.
+#[inline(always)]
+fn neighbour_word(link: Link, free: bool) -> usize {
+    link_bits(link) | usize::from(free)
 }
 
 /// A link to a tag, or none.
@@ -188,86 +212,96 @@ macro_rules! tag_field {
 impl TagPtr {
     tag_field!(start, set_start, u64);
     tag_field!(size, set_size, u64);
-    tag_field!(seg_next, set_seg_next, Link);
     tag_field!(list_next, set_list_next, Link);
+    tag_field!(seg_prev_word, set_seg_prev_word, usize);
+    tag_field!(seg_next_word, set_seg_next_word, usize);
+    tag_field!(list_prev_class, set_list_prev_class, u64);
 
     #[inline(always)]
-    fn seg_prev_class(self) -> usize {
-        // SAFETY: as in `tag_field!`.
-        unsafe { (*self.0.as_ptr()).seg_prev_class }
-    }
-
-    #[inline(always)]
-    fn set_seg_prev_class(self, word: usize) {
-        // SAFETY: as in `tag_field!`.
-        unsafe { (*self.0.as_ptr()).seg_prev_class = word }
-    }
-
-    #[inline(always)]
-    fn list_prev_by(self) -> u64 {
-        // SAFETY: as in `tag_field!`.
-        unsafe { (*self.0.as_ptr()).list_prev_by }
-    }
-
-    #[inline(always)]
-    fn set_list_prev_by(self, word: u64) {
-        // SAFETY: as in `tag_field!`.
-        unsafe { (*self.0.as_ptr()).list_prev_by = word }
-    }
-
-    #[inline(always)]
-    fn class(self) -> usize {
-        self.seg_prev_class() & CLASS_MASK
+    fn class(self) -> u64 {
+        self.list_prev_class() & CLASS_MASK
     }
 
     /// The previous tag in address order.
     #[inline(always)]
     pub(crate) fn seg_prev(self) -> Link {
-        bits_link(self.seg_prev_class() & !CLASS_MASK)
+        bits_link(self.seg_prev_word() & !LINK_BITS)
     }
 
+    /// Whether the previous tag in address order is a free segment, as
+    /// this tag records it (read without reading that tag).
     #[inline(always)]
-    pub(crate) fn set_seg_prev(self, link: Link) {
-        self.set_seg_prev_class(link_bits(link) | self.class());
+    pub(crate) fn prev_free(self) -> bool {
+        self.seg_prev_word() & NEIGHBOUR_FREE != 0
+    }
+
+    /// Links the previous tag, recording whether it is free. Writes the
+    /// word whole: reads nothing.
+    #[inline(always)]
+    pub(crate) fn set_seg_prev(self, link: Link, free: bool) {
+        self.set_seg_prev_word(neighbour_word(link, free));
+    }
+
+    /// The next tag in address order.
+    #[inline(always)]
+    pub(crate) fn seg_next(self) -> Link {
+        bits_link(self.seg_next_word() & !LINK_BITS)
+    }
+
+    /// Whether the next tag in address order is a free segment, as this
+    /// tag records it.
+    #[inline(always)]
+    pub(crate) fn next_free(self) -> bool {
+        self.seg_next_word() & NEIGHBOUR_FREE != 0
+    }
+
+    /// Links the next tag, recording whether it is free. Reads nothing.
+    #[inline(always)]
+    pub(crate) fn set_seg_next(self, link: Link, free: bool) {
+        self.set_seg_next_word(neighbour_word(link, free));
     }
 
     /// The previous tag on a free segment's list, or a span marker's lower
     /// child; an allocated segment's word is its [`AllocBy`] instead.
     #[inline(always)]
     pub(crate) fn list_prev(self) -> Link {
-        bits_link(self.list_prev_by() as usize)
+        bits_link((self.list_prev_class() & !CLASS_MASK) as usize)
     }
 
+    /// Sets a free segment's previous tag on its freelist. Writes the word
+    /// whole, with the class of a free segment, and reads nothing: only for
+    /// a tag that is free (or being made free).
     #[inline(always)]
     pub(crate) fn set_list_prev(self, link: Link) {
-        self.set_list_prev_by(link_bits(link) as u64);
+        self.set_list_prev_class(link_bits(link) as u64 | CLASS_FREE);
     }
 
     /// What the tag describes.
     #[inline(always)]
     pub(crate) fn kind(self) -> Kind {
-        match self.class() {
+        let word = self.list_prev_class();
+        match word & CLASS_MASK {
             CLASS_FREE => Kind::Free,
             CLASS_SPAN => Kind::Span { imported: false },
             CLASS_SPAN_IMPORTED => Kind::Span { imported: true },
-            _ => Kind::Alloc(decode_by(self.list_prev_by())),
+            _ => Kind::Alloc(decode_by(word)),
         }
     }
 
-    /// Makes the tag describe `kind`. An allocated segment's [`AllocBy`]
+    /// Makes the tag describe `kind`. Its own word alone: a linked tag's
+    /// neighbours learn of a change between free and not free from the
+    /// arena (`Inner::mark_class`). An allocated segment's [`AllocBy`]
     /// takes its `list_prev` word, so a tag leaves its freelist first.
     #[inline(always)]
     pub(crate) fn set_kind(self, kind: Kind) {
-        let class = match kind {
-            Kind::Free => CLASS_FREE,
-            Kind::Span { imported: false } => CLASS_SPAN,
-            Kind::Span { imported: true } => CLASS_SPAN_IMPORTED,
-            Kind::Alloc(by) => {
-                self.set_list_prev_by(encode_by(by));
-                CLASS_ALLOC
-            }
+        let link = self.list_prev_class() & !CLASS_MASK;
+        let word = match kind {
+            Kind::Free => link | CLASS_FREE,
+            Kind::Span { imported: false } => link | CLASS_SPAN,
+            Kind::Span { imported: true } => link | CLASS_SPAN_IMPORTED,
+            Kind::Alloc(by) => encode_by(by),
         };
-        self.set_seg_prev_class((self.seg_prev_class() & !CLASS_MASK) | class);
+        self.set_list_prev_class(word);
     }
 
     /// A span marker's child in the span tree whose subtree holds the
@@ -277,9 +311,10 @@ impl TagPtr {
         self.list_prev()
     }
 
+    /// Sets a span marker's lower child, keeping its class.
     #[inline(always)]
     pub(crate) fn set_lower(self, child: Link) {
-        self.set_list_prev(child)
+        self.set_list_prev_class(link_bits(child) as u64 | self.class());
     }
 
     /// A span marker's child in the span tree whose subtree holds the
@@ -321,10 +356,10 @@ impl TagPtr {
         unsafe {
             self.0.as_ptr().write(Tag {
                 start,
-                seg_prev_class: CLASS_FREE,
+                seg_prev_word: 0,
                 size,
-                seg_next: None,
-                list_prev_by: 0,
+                seg_next_word: 0,
+                list_prev_class: CLASS_FREE,
                 list_next: None,
             })
         }
@@ -714,9 +749,10 @@ fn page_record(tag: TagPtr) -> Option<TagPtr> {
 /// Whether the meta page layout holds: a page keeps a record and tags.
 const _: () = assert!(TAGS_PER_PAGE >= 8 && size_of::<Tag>() <= 64);
 
-/// What a tag describes costs no room: 48 bytes a tag, the class in spare
-/// bits of a link, aligned so that those bits are spare.
-const _: () = assert!(size_of::<Tag>() == 48 && core::mem::align_of::<Tag>() > CLASS_MASK);
+/// What a tag describes costs no room: 48 bytes a tag, the class and the
+/// neighbours' freedom in spare bits of links, aligned so that those bits
+/// are spare.
+const _: () = assert!(size_of::<Tag>() == 48 && core::mem::align_of::<Tag>() > LINK_BITS);
 
 #[cfg(test)]
 mod tests {
@@ -788,44 +824,54 @@ mod tests {
             Kind::Alloc(AllocBy::Import(importers[1])),
         ];
         for kind in kinds {
-            // The kind survives the links being rewritten around it.
-            a.set_seg_prev(Some(b));
+            // The kind survives the links being rewritten around it, and
+            // each link keeps its neighbour's freedom.
+            a.set_seg_prev(Some(b), true);
             a.set_kind(kind);
-            assert_eq!((a.kind(), a.seg_prev()), (kind, Some(b)));
-            a.set_seg_prev(Some(c));
-            a.set_seg_next(Some(b));
+            assert_eq!(
+                (a.kind(), a.seg_prev(), a.prev_free()),
+                (kind, Some(b), true)
+            );
+            a.set_seg_prev(Some(c), false);
+            a.set_seg_next(Some(b), true);
             a.set_list_next(Some(c));
             a.set_start(0x1000);
             a.set_size(0x2000);
             assert_eq!(a.kind(), kind, "{kind:?}");
-            a.set_seg_prev(None);
+            assert_eq!((a.prev_free(), a.next_free()), (false, true));
+            a.set_seg_prev(None, false);
             assert_eq!((a.kind(), a.seg_prev()), (kind, None));
             assert_eq!(a.is_free(), kind == Kind::Free);
             assert_eq!(a.is_span(), matches!(kind, Kind::Span { .. }));
             // And the links survive the kind changing under them.
-            a.set_seg_prev(Some(c));
+            a.set_seg_prev(Some(c), true);
             a.set_kind(Kind::Free);
             a.set_kind(kind);
             assert_eq!(
                 (
                     a.seg_prev(),
+                    a.prev_free(),
                     a.seg_next(),
+                    a.next_free(),
                     a.list_next(),
                     a.start(),
                     a.end()
                 ),
-                (Some(c), Some(b), Some(c), 0x1000, 0x3000)
+                (Some(c), true, Some(b), true, Some(c), 0x1000, 0x3000)
             );
         }
-        // A free segment's and a span marker's list_prev is a link.
-        for kind in [Kind::Free, Kind::Span { imported: true }] {
-            a.set_kind(kind);
-            a.set_list_prev(Some(b));
-            assert_eq!(
-                (a.list_prev(), a.lower(), a.kind()),
-                (Some(b), Some(b), kind)
-            );
-        }
+        // A free segment's list_prev is a link written with its class; a
+        // span marker's lower child keeps the marker's class.
+        a.set_kind(Kind::Alloc(AllocBy::Xalloc));
+        a.set_list_prev(Some(b));
+        assert_eq!((a.list_prev(), a.kind()), (Some(b), Kind::Free));
+        let span = Kind::Span { imported: true };
+        a.set_kind(span);
+        a.set_lower(Some(c));
+        assert_eq!(
+            (a.list_prev(), a.lower(), a.kind()),
+            (Some(c), Some(c), span)
+        );
         for tag in [a, b, c] {
             stock.give_back(tag);
         }
@@ -837,7 +883,7 @@ mod tests {
         let meta = Budget::new(1);
         let mut stock = tag_stock(&meta, 1);
         let a = stock.take(0x1000, 0x20, Kind::Free).unwrap();
-        a.set_seg_next(Some(a));
+        a.set_seg_next(Some(a), true);
         stock.give_back(a);
         let b = stock
             .take(0x2000, 0x40, Kind::Span { imported: true })
@@ -851,6 +897,7 @@ mod tests {
             (None, None, None, None),
             "a taken tag carries no old links"
         );
+        assert!(!b.prev_free() && !b.next_free(), "nor old neighbour bits");
         let mut taken = vec![b];
         while let Some(tag) = stock.take(0, 1, Kind::Free) {
             taken.push(tag);

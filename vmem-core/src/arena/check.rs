@@ -35,6 +35,7 @@ impl Inner {
             if tag.seg_prev() != prev {
                 return corrupt("segment list back link is wrong", tag.start());
             }
+
             if tag.size() == 0 || (tag.start() | tag.size()) & (quantum - 1) != 0 {
                 return corrupt("tag is empty or not a multiple of the quantum", tag.start());
             }
@@ -113,6 +114,19 @@ impl Inner {
         }
         if self.seg_tail != prev {
             return corrupt("segment list tail is wrong", 0);
+        }
+        // Each tag records whether its neighbours are free, and a free
+        // trusts the record and reads no allocated neighbour. Checked once
+        // the list is known sound, so a wrong class is named as such first.
+        let mut cursor = self.seg_head;
+        while let Some(tag) = cursor {
+            let next = tag.seg_next();
+            if tag.prev_free() != tag.seg_prev().is_some_and(|p| p.is_free())
+                || tag.next_free() != next.is_some_and(|n| n.is_free())
+            {
+                return corrupt("a tag misstates whether its neighbour is free", tag.start());
+            }
+            cursor = next;
         }
         if span_end.is_some_and(|end| covered != end) || (span_end.is_some() && seg_in_span == 0) {
             return corrupt("segments do not tile their span", covered);

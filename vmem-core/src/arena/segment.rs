@@ -126,7 +126,13 @@ impl Inner {
         new.set_start(old.start());
         new.set_size(old.size());
         new.set_kind(old.kind());
-        self.link(old.seg_prev(), new, old.seg_next());
+        self.link(
+            old.seg_prev(),
+            old.prev_free(),
+            new,
+            old.seg_next(),
+            old.next_free(),
+        );
         if self.rotor == Some(old) {
             self.rotor = Some(new);
         }
@@ -193,7 +199,8 @@ impl Inner {
     }
 
     /// Links `tag` into the segment list right after `prev` (at the head
-    /// when `prev` is none).
+    /// when `prev` is none). Reads `prev` (its class, and the next tag with
+    /// its freedom from `prev`'s own record); writes the next tag unread.
     fn seg_insert_after(&mut self, prev: Link, tag: TagPtr) {
         debug_assert!(
             prev.is_none_or(|prev| self.linked(prev) && prev.start() <= tag.start()),
@@ -203,17 +210,19 @@ impl Inner {
             tag.size() > 0 && self.quantum_multiples(tag.start(), tag.size()),
             "inserting an empty tag or one off the quantum"
         );
-        let next = match prev {
-            Some(prev) => prev.seg_next(),
-            None => self.seg_head,
+        let (next, next_free) = match prev {
+            Some(prev) => (prev.seg_next(), prev.next_free()),
+            None => (self.seg_head, self.seg_head.is_some_and(TagPtr::is_free)),
         };
-        self.link(prev, tag, next);
+        let prev_free = prev.is_some_and(TagPtr::is_free);
+        self.link(prev, prev_free, tag, next, next_free);
     }
 
     /// Links `tag` into the segment list right before the linked `next`.
-    /// Reads only `next`: the segment before it is written, never read,
-    /// which in a large arena saves a cache miss (it is seldom in the
-    /// cache) where `seg_insert_after` would read its `seg_next`.
+    /// Reads only `next`: the segment before it and whether that is free
+    /// come from `next`'s own record, and the segment before is written,
+    /// never read, which in a large arena saves a cache miss (it is seldom
+    /// in the cache) where `seg_insert_after` would read it.
     fn seg_insert_before(&mut self, next: TagPtr, tag: TagPtr) {
         debug_assert!(
             self.linked(next) && tag.start() <= next.start(),
@@ -223,37 +232,64 @@ impl Inner {
             tag.size() > 0 && self.quantum_multiples(tag.start(), tag.size()),
             "inserting an empty tag or one off the quantum"
         );
-        self.link(next.seg_prev(), tag, Some(next));
+        self.link(
+            next.seg_prev(),
+            next.prev_free(),
+            tag,
+            Some(next),
+            next.is_free(),
+        );
     }
 
     /// Puts `tag` between `prev` and `next` in the segment list (`None`:
-    /// at that end of the list), pointing them and it at each other.
-    fn link(&mut self, prev: Link, tag: TagPtr, next: Link) {
-        tag.set_seg_prev(prev);
-        tag.set_seg_next(next);
+    /// at that end of the list), pointing them and it at each other, each
+    /// link with whether the tag it points to is free (`prev_free` and
+    /// `next_free` for the neighbours, which are written, not read).
+    fn link(&mut self, prev: Link, prev_free: bool, tag: TagPtr, next: Link, next_free: bool) {
+        debug_assert!(
+            prev.is_none_or(|p| p.is_free() == prev_free)
+                && next.is_none_or(|n| n.is_free() == next_free),
+            "linking with a neighbour's freedom misstated"
+        );
+        let free = tag.is_free();
+        tag.set_seg_prev(prev, prev_free);
+        tag.set_seg_next(next, next_free);
         match prev {
-            Some(prev) => prev.set_seg_next(Some(tag)),
+            Some(prev) => prev.set_seg_next(Some(tag), free),
             None => self.seg_head = Some(tag),
         }
         match next {
-            Some(next) => next.set_seg_prev(Some(tag)),
+            Some(next) => next.set_seg_prev(Some(tag), free),
             None => self.seg_tail = Some(tag),
         }
     }
 
+    /// Tells a linked tag's neighbours whether it is free, after its class
+    /// changed: writes their links to it whole, reads neither.
+    fn mark_class(&mut self, tag: TagPtr) {
+        let free = tag.is_free();
+        if let Some(prev) = tag.seg_prev() {
+            prev.set_seg_next(Some(tag), free);
+        }
+        if let Some(next) = tag.seg_next() {
+            next.set_seg_prev(Some(tag), free);
+        }
+    }
+
     /// Unlinks `tag` from the segment list and gives it back, moving the
-    /// rotor to `heir` if it pointed at `tag`.
+    /// rotor to `heir` if it pointed at `tag`. Its neighbours learn whether
+    /// each other is free from `tag`'s record: neither is read.
     fn seg_destroy(&mut self, tag: TagPtr, heir: Link) {
         debug_assert!(self.linked(tag), "destroying a tag that is not linked");
         debug_assert!(heir != Some(tag), "the rotor's heir is the tag destroyed");
         let prev = tag.seg_prev();
         let next = tag.seg_next();
         match prev {
-            Some(prev) => prev.set_seg_next(next),
+            Some(prev) => prev.set_seg_next(next, tag.next_free()),
             None => self.seg_head = next,
         }
         match next {
-            Some(next) => next.set_seg_prev(prev),
+            Some(next) => next.set_seg_prev(prev, tag.prev_free()),
             None => self.seg_tail = prev,
         }
         if self.rotor == Some(tag) {
@@ -433,6 +469,7 @@ impl Inner {
             seg.set_start(addr);
             seg.set_size(size);
             seg.set_kind(Kind::Alloc(by));
+            self.mark_class(seg);
             seg
         };
         self.hash.insert(taken);
@@ -463,14 +500,17 @@ impl Inner {
         self.bytes_alloc -= size;
         self.bytes_free += size;
         // Span markers separate spans in the list, so a free neighbour in
-        // the list is a neighbour inside the same span.
-        let prev = seg.seg_prev().filter(|t| t.is_free());
-        let next = seg.seg_next().filter(|t| t.is_free());
+        // the list is a neighbour inside the same span. The segment's own
+        // record says which neighbours are free: an allocated one is not
+        // read at all.
+        let prev = seg.seg_prev().filter(|_| seg.prev_free());
+        let next = seg.seg_next().filter(|_| seg.next_free());
         let merged = match (prev, next) {
             (None, None) => {
                 seg.set_kind(Kind::Free);
                 self.free.insert(seg);
                 self.free_segments += 1;
+                self.mark_class(seg);
                 seg
             }
             (Some(prev), None) => {

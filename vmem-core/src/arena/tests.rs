@@ -707,6 +707,27 @@ fn checker_names_the_broken_invariant() {
         .unwrap()
         .set_kind(Kind::Alloc(AllocBy::Alloc));
     a.check().unwrap();
+    {
+        // The span marker records its first segment (allocated) as free.
+        let inner = a.inner.lock();
+        let span = inner.seg_head.unwrap();
+        span.set_seg_next(span.seg_next(), true);
+    }
+    let e = a.check().unwrap_err();
+    assert_eq!(
+        (e.kind(), e.what(), e.addr()),
+        (
+            ErrorKind::Corrupt,
+            "a tag misstates whether its neighbour is free",
+            Some(0)
+        )
+    );
+    {
+        let inner = a.inner.lock();
+        let span = inner.seg_head.unwrap();
+        span.set_seg_next(span.seg_next(), false);
+    }
+    a.check().unwrap();
     a.inner.lock().spans += 1;
     assert_eq!(a.check().unwrap_err().kind(), ErrorKind::Corrupt);
     a.inner.lock().spans -= 1;
