@@ -92,8 +92,16 @@ impl FreeLists {
     }
 
     /// Puts a free segment at the head of its list.
+    #[inline]
     pub(crate) fn insert(&mut self, seg: TagPtr) {
-        let list = class(seg.size());
+        self.insert_in(seg, class(seg.size()));
+    }
+
+    /// Puts a free segment at the head of list `list`, its size's class
+    /// (computed by the caller, who had it already).
+    #[inline]
+    pub(crate) fn insert_in(&mut self, seg: TagPtr, list: usize) {
+        debug_assert_eq!(list, class(seg.size()), "inserting into another class");
         let head = self.heads[list];
         seg.set_list_prev(None);
         seg.set_list_next(head);
@@ -106,8 +114,16 @@ impl FreeLists {
 
     /// Takes a free segment off its list (its size is the one it was
     /// inserted with).
+    #[inline]
     pub(crate) fn remove(&mut self, seg: TagPtr) {
-        let list = class(seg.size());
+        self.remove_from(seg, class(seg.size()));
+    }
+
+    /// Takes a free segment off list `list`, its size's class (computed by
+    /// the caller, who had it already).
+    #[inline]
+    pub(crate) fn remove_from(&mut self, seg: TagPtr, list: usize) {
+        debug_assert_eq!(list, class(seg.size()), "removing from another class");
         let prev = seg.list_prev();
         let next = seg.list_next();
         match prev {

@@ -191,6 +191,23 @@ impl Level {
     }
 }
 
+/// An allocated segment [`AllocHash::lookup`] found.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Found {
+    /// The segment's tag.
+    pub(crate) seg: TagPtr,
+    from: LinkedFrom,
+}
+
+/// What links a found segment into its chain.
+#[derive(Clone, Copy, Debug)]
+enum LinkedFrom {
+    /// The chain head itself.
+    Head(NonNull<Link>),
+    /// The tag before it in the chain.
+    Tag(TagPtr),
+}
+
 /// The hash of allocated segments, chained through `list_next`.
 pub(crate) struct AllocHash {
     inline: [Link; INLINE_CHAINS],
@@ -363,17 +380,43 @@ impl AllocHash {
     /// The allocated segment starting at `addr`, if any.
     #[inline]
     pub(crate) fn find(&mut self, addr: u64) -> Link {
+        self.lookup(addr).map(|found| found.seg)
+    }
+
+    /// The allocated segment starting at `addr` and where its chain links
+    /// it from, so that [`AllocHash::take`] unlinks it without walking the
+    /// chain again.
+    #[inline]
+    pub(crate) fn lookup(&mut self, addr: u64) -> Option<Found> {
         for slot in self.homes(addr).all() {
             // SAFETY: a chain head of this hash, reached through `&mut self`.
             let mut cursor = unsafe { slot.read() };
+            let mut from = LinkedFrom::Head(slot);
             while let Some(seg) = cursor {
                 if seg.start() == addr {
-                    return Some(seg);
+                    return Some(Found { seg, from });
                 }
+                from = LinkedFrom::Tag(seg);
                 cursor = seg.list_next();
             }
         }
         None
+    }
+
+    /// Takes out the segment [`AllocHash::lookup`] found, from where it
+    /// found it linked. Nothing may have changed the hash in between (the
+    /// arena holds its lock from the lookup to the take).
+    #[inline]
+    pub(crate) fn take(&mut self, found: Found) {
+        let next = found.seg.list_next();
+        match found.from {
+            // SAFETY: a chain head of this hash that `lookup` read the
+            // segment from, reached through `&mut self`.
+            LinkedFrom::Head(slot) => unsafe { slot.write(next) },
+            LinkedFrom::Tag(prev) => prev.set_list_next(next),
+        }
+        found.seg.set_list_next(None);
+        self.count -= 1;
     }
 
     /// Takes an allocated segment out: unlinks it from its predecessor in

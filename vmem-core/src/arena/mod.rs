@@ -853,9 +853,10 @@ impl<'s, R: RawMutex> Arena<'s, R> {
         }
         let size = round_up(size, self.quantum).map_err(|e| e.at(addr))?;
         let mut inner = self.inner.lock();
-        let Some(seg) = inner.hash.find(addr) else {
+        let Some(found) = inner.hash.lookup(addr) else {
             return Err(Error::new(ErrorKind::BadFree, "address is not allocated").at(addr));
         };
+        let seg = found.seg;
         match seg.kind() {
             Kind::Alloc(owner) if owner == by => {}
             Kind::Alloc(AllocBy::Alloc) => {
@@ -887,7 +888,7 @@ impl<'s, R: RawMutex> Arena<'s, R> {
             );
         }
         inner.frees += 1;
-        let released = inner.free_segment(seg);
+        let released = inner.free_segment(found);
         if let Some((_base, _size)) = released {
             inner.releases += 1;
             event!(

@@ -8,7 +8,7 @@
 use crate::error::{Error, ErrorKind, Result};
 use crate::fault::ArenaFaults;
 use crate::freelist::{FreeLists, class};
-use crate::hash::AllocHash;
+use crate::hash::{AllocHash, Found};
 use crate::meta::MetaPages;
 use crate::tag::{AllocBy, Kind, Link, TAGS_PER_PAGE, TagPtr, TagStock, next_leaving, page_slot};
 
@@ -409,14 +409,15 @@ impl Inner {
             size > 0 && self.quantum_multiples(start, size),
             "free segment reshaped to nothing or off the quantum"
         );
-        if class(size) == class(seg.size()) {
+        let (from, to) = (class(seg.size()), class(size));
+        if from == to {
             seg.set_start(start);
             seg.set_size(size);
         } else {
-            self.free.remove(seg);
+            self.free.remove_from(seg, from);
             seg.set_start(start);
             seg.set_size(size);
-            self.free.insert(seg);
+            self.free.insert_in(seg, to);
         }
     }
 
@@ -482,7 +483,8 @@ impl Inner {
     /// absorbs it (so the tags that change are the ones already read), and
     /// when its span is imported and now wholly free the span is removed and
     /// returned for release.
-    pub(super) fn free_segment(&mut self, seg: TagPtr) -> Option<(u64, u64)> {
+    pub(super) fn free_segment(&mut self, found: Found) -> Option<(u64, u64)> {
+        let seg = found.seg;
         debug_assert!(
             matches!(seg.kind(), Kind::Alloc(_)),
             "freeing a segment that is not allocated"
@@ -495,7 +497,7 @@ impl Inner {
             self.linked(seg) && self.tiles(seg),
             "freeing a segment that is not linked or not in its span"
         );
-        self.hash.remove(seg);
+        self.hash.take(found);
         let size = seg.size();
         self.bytes_alloc -= size;
         self.bytes_free += size;
