@@ -127,6 +127,9 @@ impl RangePeer for VmemCoreBest {
     fn start(h: Self::H) -> u64 {
         VmemCore::start(h)
     }
+    fn meta_held() -> Option<isize> {
+        VmemCore::meta_held()
+    }
 }
 
 /// Boundary tags for the `vmem` crate, from the global allocator.
