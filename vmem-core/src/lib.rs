@@ -23,7 +23,11 @@
 //! removing one of an arena's n spans looks at O(log n) of them (expected;
 //! an adversary who knows the hash could make it deeper, never wrong). Freeing a segment coalesces it with free neighbours at
 //! once, so two free segments are never adjacent inside a span; the span
-//! markers in the list stop coalescing at span edges.
+//! markers in the list stop coalescing at span edges. Each tag records, in
+//! spare bits of its links, whether the tags before and after it are free,
+//! so a free reads a neighbour's tag only to merge with it, and a change
+//! of class writes the neighbours' links without reading them
+//! ([`Arena::check`] verifies the bits).
 //!
 //! Free segments also sit on **freelists** by size class: each power of two
 //! `[2^i, 2^(i+1))` splits into eight classes of equal width (sizes below 8
