@@ -8,9 +8,9 @@
 //! segment; the table holds at most one segment per chain on average
 //! before it asks for a larger one (of a quarter to a half segment per
 //! chain), so that is usually the segment's own tag alone, which a free
-//! reads next anyway. A removal
-//! walks the same chain again, over the lines the lookup brought in, to
-//! unlink the segment from its predecessor. (A cached start beside each
+//! reads next anyway. A free removes the segment from where the lookup
+//! found it linked (the chain head or the tag before it), without walking
+//! the chain again. (A cached start beside each
 //! head, as this hash had before, saves no tag read: the free reads the
 //! tag right after the lookup. It doubled the bytes of a head, and an
 //! insert second in a chain touched two more tags.)
@@ -419,29 +419,13 @@ impl AllocHash {
         self.count -= 1;
     }
 
-    /// Takes an allocated segment out: unlinks it from its predecessor in
-    /// its chain, which a lookup of the segment has just walked.
+    /// Takes an allocated segment out (a lookup by its start, then
+    /// [`AllocHash::take`]: starts of allocated segments are unique).
     #[inline]
     pub(crate) fn remove(&mut self, seg: TagPtr) {
-        for slot in self.homes(seg.start()).all() {
-            let mut prev: Link = None;
-            // SAFETY: a chain head of this hash, reached through `&mut self`.
-            let mut cursor = unsafe { slot.read() };
-            while let Some(member) = cursor {
-                if member == seg {
-                    let next = seg.list_next();
-                    match prev {
-                        Some(prev) => prev.set_list_next(next),
-                        // SAFETY: as above.
-                        None => unsafe { slot.write(next) },
-                    }
-                    seg.set_list_next(None);
-                    self.count -= 1;
-                    return;
-                }
-                prev = Some(member);
-                cursor = member.list_next();
-            }
+        if let Some(found) = self.lookup(seg.start()) {
+            debug_assert!(found.seg == seg, "another segment with the same start");
+            self.take(found);
         }
     }
 

@@ -65,6 +65,9 @@ pub const CHUNK_PAGES: usize = 64;
 /// one large page. Runs of at least this many pages are aligned to it too.
 pub const HUGE_CHUNK_PAGES: usize = 512;
 
+/// Bytes of a large chunk, and the alignment of large runs: one 2 MiB page.
+const HUGE_BYTES: usize = HUGE_CHUNK_PAGES * META_PAGE;
+
 /// Pages fetched in chunks after which chunks are [`HUGE_CHUNK_PAGES`].
 pub const HUGE_AFTER_PAGES: usize = 4096;
 
@@ -182,7 +185,7 @@ static NESTED: AtomicUsize = AtomicUsize::new(0);
 fn layout(pages: usize) -> Option<Layout> {
     let bytes = pages.checked_mul(META_PAGE)?;
     let align = if pages >= HUGE_CHUNK_PAGES {
-        HUGE_CHUNK_PAGES * META_PAGE
+        HUGE_BYTES
     } else {
         META_PAGE
     };
@@ -192,7 +195,7 @@ fn layout(pages: usize) -> Option<Layout> {
 /// Asks the kernel to back a large-page-aligned run with large pages.
 #[cfg(all(feature = "std", target_os = "linux"))]
 fn advise_huge(run: NonNull<u8>, layout: Layout) {
-    if layout.align() >= HUGE_CHUNK_PAGES * META_PAGE {
+    if layout.align() >= HUGE_BYTES {
         // SAFETY: the run is memory this process owns (just allocated with
         // this layout); MADV_HUGEPAGE changes how it is backed, never its
         // contents. A refusal (no THP in this kernel) changes nothing.

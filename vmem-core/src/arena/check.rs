@@ -35,7 +35,6 @@ impl Inner {
             if tag.seg_prev() != prev {
                 return corrupt("segment list back link is wrong", tag.start());
             }
-
             if tag.size() == 0 || (tag.start() | tag.size()) & (quantum - 1) != 0 {
                 return corrupt("tag is empty or not a multiple of the quantum", tag.start());
             }

@@ -251,27 +251,32 @@ impl Inner {
                 && next.is_none_or(|n| n.is_free() == next_free),
             "linking with a neighbour's freedom misstated"
         );
-        let free = tag.is_free();
         tag.set_seg_prev(prev, prev_free);
         tag.set_seg_next(next, next_free);
-        match prev {
-            Some(prev) => prev.set_seg_next(Some(tag), free),
-            None => self.seg_head = Some(tag),
+        Self::point_at(prev, tag, next);
+        if prev.is_none() {
+            self.seg_head = Some(tag);
         }
-        match next {
-            Some(next) => next.set_seg_prev(Some(tag), free),
-            None => self.seg_tail = Some(tag),
+        if next.is_none() {
+            self.seg_tail = Some(tag);
         }
     }
 
     /// Tells a linked tag's neighbours whether it is free, after its class
-    /// changed: writes their links to it whole, reads neither.
+    /// changed.
     fn mark_class(&mut self, tag: TagPtr) {
+        Self::point_at(tag.seg_prev(), tag, tag.seg_next());
+    }
+
+    /// Points `prev` and `next` at `tag`, with whether it is free: writes
+    /// their links to it whole, reads neither.
+    #[inline(always)]
+    fn point_at(prev: Link, tag: TagPtr, next: Link) {
         let free = tag.is_free();
-        if let Some(prev) = tag.seg_prev() {
+        if let Some(prev) = prev {
             prev.set_seg_next(Some(tag), free);
         }
-        if let Some(next) = tag.seg_next() {
+        if let Some(next) = next {
             next.set_seg_prev(Some(tag), free);
         }
     }
